@@ -1,0 +1,76 @@
+"""MaxText's command lines, accepted as they are, turned into ConversionOptions flags.
+
+`key=value` words are MaxText config overrides: the ones ckptflow uses become `--key=value`, the
+rest (hardware=cpu, skip_jax_distributed_system=true, ...) only matter to MaxText and are noted
+and ignored. A positional `*.yml` (MaxText's base config) is ignored likewise. `--flags` pass
+through: ours and Beam's pipeline options (--runner, --direct_num_workers, --project, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from typing import Callable, Sequence
+
+from pipeline.errors import ConversionError
+from pipeline.options import ConversionOptions
+
+BEAM_OPTIONS_HELP = """\
+Beam pipeline options pass through unchanged, e.g.:
+  --runner=DataflowRunner --project=P --region=R --temp_location=gs://b/tmp --num_workers=N
+  --direct_num_workers=N   worker processes of the local runner (default: the number of CPUs)
+Without --runner, the local multi-process runner is used and nothing touches the network.
+"""
+
+
+def translate(argv: Sequence[str], used_keys: Sequence[str]) -> tuple[list[str], list[str]]:
+  """MaxText argv -> (pipeline flags, notes for the user about what was ignored)."""
+  flags: list[str] = []
+  notes: list[str] = []
+  for word in argv:
+    if word.startswith("-"):
+      flags.append(word)
+    elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*=.*", word, flags=re.S):
+      key, value = word.split("=", 1)
+      if key in used_keys:
+        flags.append(f"--{key}={value}")
+      else:
+        notes.append(f"ignored {word!r}: it only matters to MaxText itself")
+    elif word.endswith((".yml", ".yaml")):
+      notes.append(f"ignored {word!r}: MaxText's base config is not needed")
+    else:
+      raise ConversionError(f"unexpected argument {word!r}; use key=value or --flag=value (see --help)")
+  return flags, notes
+
+
+def help_text(prog: str, summary: str, maxtext_keys: Sequence[str]) -> str:
+  parser = argparse.ArgumentParser(prog=prog, description=summary, add_help=False,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  ConversionOptions._add_argparse_args(parser)  # pylint: disable=protected-access
+  keys = " ".join(f"{k}=..." for k in maxtext_keys)
+  epilog = (f"\nMaxText-style overrides are accepted as key=value: {keys}\n"
+            "(each is the --flag of the same name). Other key=value overrides of MaxText, such as\n"
+            "hardware=cpu or skip_jax_distributed_system=true, are accepted and ignored.\n\n"
+            + BEAM_OPTIONS_HELP)
+  return parser.format_help() + epilog
+
+
+def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
+  """Runs `main`, turning ConversionError (also from inside a pipeline worker) into one line."""
+  try:
+    return main(list(sys.argv[1:] if argv is None else argv))
+  except ConversionError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except Exception as e:  # pylint: disable=broad-except
+    message = worker_error(e)
+    if message is None:
+      raise
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def worker_error(e: BaseException) -> str | None:
+  """The ConversionError message inside a runner's wrapped worker failure, if there is one."""
+  found = re.findall(r"ConversionError: ([^\n]+)", str(e))
+  return found[-1].strip() if found else None

@@ -1,0 +1,53 @@
+"""Every ckptflow option in one PipelineOptions subclass; the MaxText-style CLI and the Dataflow
+template parameters both map onto it one to one."""
+from __future__ import annotations
+
+import argparse
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+
+def str2bool(value: str | bool) -> bool:
+  if isinstance(value, bool):
+    return value
+  lowered = value.strip().lower()
+  if lowered in ("true", "1", "yes", "y", "on"):
+    return True
+  if lowered in ("false", "0", "no", "n", "off"):
+    return False
+  raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+class ConversionOptions(PipelineOptions):
+  """Options of both directions; MaxText's names where MaxText has one."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--hf_model_path", default=None,
+        help="HF model directory (local or gs://) with config.json and *.safetensors.")
+    add("--base_output_directory", default=None,
+        help="Where the checkpoint goes: <dir>/0/items (MaxText's load_parameters_path).")
+    add("--model_name", default=None,
+        help="MaxText model name (e.g. llama3.1-8b). Optional: the family is read from config.json; "
+             "when given it must agree with it.")
+    add("--scan_layers", type=str2bool, default=True,
+        help="Stack decoder layers into one array per parameter (MaxText's scan_layers). Default true.")
+    add("--save_dtype", default="bfloat16", choices=("bfloat16", "float32"),
+        help="dtype of the saved MaxText weights. Default bfloat16.")
+    add("--checkpoint_storage_use_zarr3", type=str2bool, default=True,
+        help="zarr3 arrays (true, McJAX and Pathways) or zarr v2 (false).")
+    add("--checkpoint_storage_use_ocdbt", type=str2bool, default=True,
+        help="One OCDBT database for all arrays (true, McJAX) or one directory per array (false, Pathways).")
+    add("--simulated_cpu_devices_count", type=int, default=16,
+        help="Split each array's first axis divisible by N into N chunks, as MaxText's N simulated devices "
+             "do (stacked layer axes are always chunked by 1). Default 16.")
+    add("--overwrite", type=str2bool, nargs="?", const=True, default=False,
+        help="Replace an existing checkpoint at the output path (refused otherwise).")
+    add("--progress", type=str2bool, nargs="?", const=True, default=True,
+        help="Show tensors done / total while a local runner works. Default true.")
+    add("--lazy_load_tensors", type=str2bool, nargs="?", const=True, default=True,
+        help="Accepted for MaxText compatibility; ckptflow always streams one tensor at a time.")
+    add("--eager_load_method", default=None,
+        help="Accepted for MaxText compatibility and ignored.")
+    add("--revision", default=None, help="Accepted for MaxText compatibility (Hub revision); ignored.")

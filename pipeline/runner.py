@@ -1,0 +1,106 @@
+"""Running a pipeline: offline local defaults, a progress bar, and a metrics summary."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import threading
+from typing import Callable
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+from transforms.dofns import METRICS_NAMESPACE
+
+# Runs locally with worker processes and never downloads the Prism runner (REFERENCE §4).
+LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+LOCAL_RUNNERS = {LOCAL_RUNNER, "FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"}
+
+
+def with_local_defaults(options: PipelineOptions) -> PipelineOptions:
+  """No --runner means the offline multi-process local runner, one worker per CPU."""
+  standard = options.view_as(StandardOptions)
+  if standard.runner is None:
+    standard.runner = LOCAL_RUNNER
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode == "in_memory":
+      direct.direct_running_mode = "multi_processing"
+    if not direct.direct_num_workers:
+      direct.direct_num_workers = os.cpu_count() or 1
+  return options
+
+
+def is_local(options: PipelineOptions) -> bool:
+  runner = options.view_as(StandardOptions).runner
+  return not isinstance(runner, str) or runner in LOCAL_RUNNERS
+
+
+class Progress:
+  """Counts the dots that local workers append to a file: tensors done / total, on stderr."""
+
+  def __init__(self, total: int, label: str, enabled: bool):
+    self.total = total
+    self.label = label
+    self.enabled = enabled and total > 0
+    self.path: str | None = None
+    self._stop = threading.Event()
+
+  def __enter__(self) -> "Progress":
+    if self.enabled:
+      fd, self.path = tempfile.mkstemp(prefix="ckptflow-progress-")
+      os.close(fd)
+      self._thread = threading.Thread(target=self._watch, daemon=True)
+      self._thread.start()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    if self.enabled:
+      self._stop.set()
+      self._thread.join()
+      os.unlink(self.path)
+
+  def _done(self) -> int:
+    try:
+      return os.path.getsize(self.path)
+    except OSError:
+      return 0
+
+  def _watch(self) -> None:
+    if sys.stderr.isatty():
+      from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+      with tqdm(total=self.total, desc=self.label, unit="tensor", file=sys.stderr) as bar:
+        while not self._stop.wait(0.2):
+          bar.update(self._done() - bar.n)
+        bar.update(self._done() - bar.n)
+      return
+    reported = 0
+    while not self._stop.wait(0.5):
+      done = self._done()
+      if done - reported >= max(1, self.total // 10) or (done == self.total and reported < done):
+        print(f"{self.label}: {done}/{self.total} tensors", file=sys.stderr, flush=True)
+        reported = done
+
+
+def run(build: Callable[[beam.Pipeline, str | None], object], options: PipelineOptions, total: int,
+        label: str, show_progress: bool) -> dict[str, int]:
+  """Builds with `build(pipeline, progress_path)`, runs to completion, returns the counters."""
+  local = is_local(options)
+  with Progress(total, label, show_progress and local) as progress:
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, progress.path)
+    result = pipeline.run()
+    result.wait_until_finish()
+  counters = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]
+  totals: dict[str, int] = {}
+  for c in counters:
+    totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + (c.committed or c.attempted or 0)
+  return totals
+
+
+def summary(totals: dict[str, int], seconds: float) -> str:
+  read_gb = totals.get("read-bytes", 0) / 1e9
+  write_gb = totals.get("write-bytes", 0) / 1e9
+  rate = totals.get("read-bytes", 0) / 1e6 / max(seconds, 1e-9)
+  return (f"{totals.get('tensors', 0)} tensors, {read_gb:.3f} GB read, {write_gb:.3f} GB written "
+          f"in {seconds:.1f}s ({rate:.0f} MB/s)")

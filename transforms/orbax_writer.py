@@ -1,0 +1,149 @@
+"""Writes an Orbax checkpoint from many independent workers, then commits it once.
+
+Every writer (a Beam DoFn instance) owns one OCDBT sub-database `items/ocdbt.process_<id>/` and
+writes whole chunks only, so no two writers ever touch the same chunk. Array metadata is computed
+from the plan (`orbax_layout`), written once by `create_arrays`, and assumed by the writers. After a
+barrier, `commit` merges the sub-databases into `items/manifest.ocdbt` in one atomic transaction
+(as Orbax does for multi-host saves) and writes the metadata files and commit markers, last.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import time
+from typing import Iterable, Sequence
+
+import ml_dtypes
+import numpy as np
+import tensorstore as ts
+
+from transforms import orbax_layout, storage
+from transforms.orbax_layout import ArraySpec
+
+NUMPY_DTYPES = {"bfloat16": np.dtype(ml_dtypes.bfloat16), "float32": np.dtype(np.float32),
+                "int64": np.dtype(np.int64)}
+# Each write call covers whole chunks and about this many bytes, bounding a worker's extra memory.
+WRITE_BLOCK_BYTES = 64 * 2**20
+META_PROCESS = "meta"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointTarget:
+  """Where a checkpoint step goes and how it is stored (McJAX: zarr3 + OCDBT; Pathways: no OCDBT)."""
+  step_dir: str
+  use_ocdbt: bool = True
+  use_zarr3: bool = True
+
+  @property
+  def items(self) -> str:
+    return storage.join(self.step_dir, orbax_layout.ITEMS)
+
+
+@functools.lru_cache(maxsize=None)
+def ts_context() -> ts.Context:
+  """One tensorstore context per process: its thread pools and caches are shared by all writes."""
+  return ts.Context({"cache_pool": {"total_bytes_limit": 0}})
+
+
+def _ocdbt_kvstore(target: CheckpointTarget, process: str | None = None) -> dict:
+  base = target.items if process is None else storage.join(target.items, orbax_layout.PROCESS_PREFIX + process)
+  return {"driver": "ocdbt", "base": storage.kvstore_spec(base), "config": orbax_layout.OCDBT_CONFIG,
+          "assume_config": True}
+
+
+def _array_spec(target: CheckpointTarget, array: ArraySpec, process: str) -> dict:
+  if target.use_ocdbt:
+    kvstore = {**_ocdbt_kvstore(target, process), "path": array.key}
+  else:
+    kvstore = storage.kvstore_spec(storage.join(target.items, array.key))
+  return {"driver": "zarr3" if target.use_zarr3 else "zarr", "kvstore": kvstore,
+          "metadata": array.metadata(target.use_zarr3), "store_data_equal_to_fill_value": True}
+
+
+def step_array() -> ArraySpec:
+  """The TrainState's `step`: an int64 scalar 0."""
+  return ArraySpec("step", (), "int64", ())
+
+
+def create_arrays(target: CheckpointTarget, arrays: Iterable[ArraySpec]) -> None:
+  """Writes every array's metadata (and the step value) once, into the coordinator's sub-database."""
+  ctx = ts_context()
+  opens = [ts.open({**_array_spec(target, a, META_PROCESS), "create": True, "open": True}, context=ctx)
+           for a in arrays]
+  for future in opens:
+    future.result()
+  step = ts.open({**_array_spec(target, step_array(), META_PROCESS), "create": True, "open": True},
+                 context=ctx).result()
+  step.write(np.int64(0)).result()
+
+
+class SliceWriter:
+  """One writer's handle: caches open arrays and writes slices block by block."""
+
+  def __init__(self, target: CheckpointTarget, process_id: str):
+    self.target = target
+    self.process_id = process_id
+    self._stores: dict[str, ts.TensorStore] = {}
+
+  def _store(self, array: ArraySpec) -> ts.TensorStore:
+    store = self._stores.get(array.path)
+    if store is None:
+      spec = {**_array_spec(self.target, array, self.process_id), "assume_metadata": True}
+      store = self._stores[array.path] = ts.open(spec, context=ts_context()).result()
+    return store
+
+  def write(self, array: ArraySpec, index: Sequence[tuple[int, int]], value: np.ndarray) -> int:
+    """Writes `value` at the stacked positions `index`; returns the bytes written."""
+    store = self._store(array)
+    dtype = NUMPY_DTYPES[array.dtype]
+    fixed = dict(index)
+    free = [a for a in range(len(array.shape)) if a not in fixed]
+    expected = tuple(array.shape[a] for a in free)
+    if tuple(value.shape) != expected:
+      raise ValueError(f"{array.path}: slice has shape {list(value.shape)}, expected {list(expected)}")
+    if not free:
+      store[tuple(fixed.get(a) for a in range(len(array.shape)))].write(np.asarray(value, dtype)).result()
+      return dtype.itemsize
+    axis = free[0]
+    row_bytes = math.prod(value.shape[1:]) * dtype.itemsize
+    chunk_rows = array.chunks[axis]
+    rows = max(chunk_rows, (WRITE_BLOCK_BYTES // max(row_bytes, 1)) // chunk_rows * chunk_rows)
+    expr: list = [fixed.get(a, slice(None)) for a in range(len(array.shape))]
+    for start in range(0, value.shape[0], rows):
+      stop = min(start + rows, value.shape[0])
+      expr[axis] = slice(start, stop)
+      block = np.ascontiguousarray(value[start:stop], dtype=dtype)
+      store[tuple(expr)].write(block).result()
+    return value.size * dtype.itemsize
+
+
+def merge_writers(target: CheckpointTarget, process_ids: Iterable[str]) -> None:
+  """Points items/manifest.ocdbt at every writer's data in one atomic transaction.
+
+  Only B-tree references are copied: the sub-databases stay and hold the data.
+  """
+  ctx = ts_context()
+  parent = ts.KvStore.open(_ocdbt_kvstore(target), context=ctx).result()
+  txn = ts.Transaction(atomic=True)
+  copies = [ts.KvStore.open(_ocdbt_kvstore(target, p), context=ctx).result()
+            .experimental_copy_range_to(parent.with_transaction(txn)) for p in sorted(set(process_ids))]
+  for copy in copies:
+    copy.result()
+  txn.commit_async().result()
+
+
+def commit(target: CheckpointTarget, arrays: Iterable[ArraySpec], process_ids: Iterable[str],
+           scan_layers: bool, init_ns: int) -> None:
+  """Merges, then writes _METADATA, _CHECKPOINT_METADATA and the two commit markers, markers last."""
+  if target.use_ocdbt:
+    merge_writers(target, [META_PROCESS, *process_ids])
+  paths = [a.path for a in arrays]
+  storage.write_text(storage.join(target.items, "_METADATA"),
+                     json.dumps(orbax_layout.pytree_metadata(paths, target.use_ocdbt, target.use_zarr3)))
+  storage.write_text(storage.join(target.step_dir, "_CHECKPOINT_METADATA"),
+                     json.dumps(orbax_layout.checkpoint_metadata(scan_layers, init_ns, time.time_ns())))
+  for directory in (target.items, target.step_dir):
+    storage.write_text(storage.join(directory, orbax_layout.COMMIT_MARKER),
+                       f"Checkpoint commit was successful to {directory}")

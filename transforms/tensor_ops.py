@@ -1,0 +1,95 @@
+"""Pure tensor math shared by every model family, each op with its exact inverse.
+
+Layout changes (transpose, split/merge of head axes) are expressed with named axes, einops style:
+`"(heads head_dim) embed"` is a 2-D tensor whose first axis is heads*head_dim. `rearrange` returns a
+view whenever numpy can, so the caller materialises only what it writes.
+
+Value ops (`RopeInterleave`, `Scale`) act on an array already in MaxText's layout. `forward` goes HF
+-> MaxText, `inverse` goes back; both are pure and tested for `inverse(forward(x)) == x`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Mapping
+
+import numpy as np
+
+Sizes = Mapping[str, int]
+
+
+def parse_axes(axes: str) -> tuple[tuple[str, ...], ...]:
+  """'(heads head_dim) embed' -> (('heads', 'head_dim'), ('embed',))."""
+  groups: list[tuple[str, ...]] = []
+  current: list[str] | None = None
+  for token in axes.replace("(", " ( ").replace(")", " ) ").split():
+    if token == "(":
+      if current is not None:
+        raise ValueError(f"nested group in axes {axes!r}")
+      current = []
+    elif token == ")":
+      if not current:
+        raise ValueError(f"empty or unopened group in axes {axes!r}")
+      groups.append(tuple(current))
+      current = None
+    elif current is not None:
+      current.append(token)
+    else:
+      groups.append((token,))
+  if current is not None:
+    raise ValueError(f"unclosed group in axes {axes!r}")
+  return tuple(groups)
+
+
+def axes_shape(axes: str, sizes: Sizes) -> tuple[int, ...]:
+  """The shape a tensor with these named axes has, given each elementary axis's size."""
+  return tuple(math.prod(sizes[a] for a in group) for group in parse_axes(axes))
+
+
+def rearrange(x: np.ndarray, src: str, dst: str, sizes: Sizes) -> np.ndarray:
+  """Moves `x` from axes `src` to axes `dst` (same elementary axes, any grouping and order)."""
+  src_groups, dst_groups = parse_axes(src), parse_axes(dst)
+  src_elems = [a for g in src_groups for a in g]
+  dst_elems = [a for g in dst_groups for a in g]
+  if sorted(src_elems) != sorted(dst_elems) or len(set(src_elems)) != len(src_elems):
+    raise ValueError(f"cannot rearrange {src!r} to {dst!r}")
+  if tuple(x.shape) != axes_shape(src, sizes):
+    raise ValueError(f"shape {list(x.shape)} is not {src!r} = {list(axes_shape(src, sizes))}")
+  x = x.reshape([sizes[a] for a in src_elems])
+  perm = [src_elems.index(a) for a in dst_elems]
+  if perm != sorted(perm):
+    x = x.transpose(perm)
+  target = axes_shape(dst, sizes)
+  return x if tuple(x.shape) == target else x.reshape(target)
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeInterleave:
+  """HF's rotate-half RoPE order (x1..xn/2, y1..yn/2) <-> MaxText's interleaved pairs (x1 y1 x2 y2 ...).
+
+  Acts on the last axis (head_dim) of a q or k kernel in MaxText layout.
+  """
+
+  def forward(self, x: np.ndarray, sizes: Sizes) -> np.ndarray:
+    half = x.shape[-1] // 2
+    return np.stack([x[..., :half], x[..., half:]], axis=-1).reshape(x.shape)
+
+  def inverse(self, x: np.ndarray, sizes: Sizes) -> np.ndarray:
+    return np.concatenate([x[..., 0::2], x[..., 1::2]], axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+  """Multiplies by `sizes[factor]` in float32 (e.g. 1/sqrt(head_dim) folded into the query).
+
+  The product stays float32; the single rounding to the save dtype happens at the write, which
+  is exactly what MaxText's converter does (float32 multiply, then one cast).
+  """
+  factor: str
+
+  def forward(self, x: np.ndarray, sizes: Sizes) -> np.ndarray:
+    return x.astype(np.float32) * np.float32(sizes[self.factor])
+
+  def inverse(self, x: np.ndarray, sizes: Sizes) -> np.ndarray:
+    return x.astype(np.float32) * np.float32(1.0 / sizes[self.factor])
+
