@@ -5,7 +5,7 @@ import os
 import sys
 import tempfile
 import threading
-from typing import Callable
+from typing import Callable, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
@@ -18,15 +18,18 @@ LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 LOCAL_RUNNERS = {LOCAL_RUNNER, "FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"}
 
 
-def with_local_defaults(options: PipelineOptions) -> PipelineOptions:
-  """No --runner means the offline multi-process local runner, one worker per CPU."""
+def with_local_defaults(options: PipelineOptions, flags: Sequence[str]) -> PipelineOptions:
+  """No --runner means the offline multi-process local runner, one worker per CPU.
+
+  `flags` are the user's, so explicit --direct_running_mode / --direct_num_workers win.
+  """
   standard = options.view_as(StandardOptions)
   if standard.runner is None:
     standard.runner = LOCAL_RUNNER
     direct = options.view_as(DirectOptions)
-    if direct.direct_running_mode == "in_memory":
+    if not any(f.startswith("--direct_running_mode") for f in flags):
       direct.direct_running_mode = "multi_processing"
-    if not direct.direct_num_workers:
+    if not any(f.startswith("--direct_num_workers") for f in flags):
       direct.direct_num_workers = os.cpu_count() or 1
   return options
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -39,7 +40,7 @@ def prepare_output(base_output_directory: str, overwrite: bool) -> str:
   return step_dir
 
 
-def convert(options: PipelineOptions) -> tuple[Plan, str, dict[str, int]]:
+def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, str, dict[str, int]]:
   """Plans, writes and commits; returns the plan, the items path and the run's counters."""
   conv = options.view_as(ConversionOptions)
   if not conv.hf_model_path:
@@ -51,9 +52,9 @@ def convert(options: PipelineOptions) -> tuple[Plan, str, dict[str, int]]:
                          conv.simulated_cpu_devices_count)
   target = CheckpointTarget(prepare_output(conv.base_output_directory, conv.overwrite),
                             use_ocdbt=conv.checkpoint_storage_use_ocdbt,
-                            use_zarr3=conv.checkpoint_storage_use_zarr3)
+                            use_zarr3=conv.checkpoint_storage_use_zarr3, zstd_level=conv.zstd_level)
   totals = runner.run(lambda p, progress: add_to_maxtext(p, plan, target, progress),
-                      runner.with_local_defaults(options), len(plan.tasks), "to_maxtext", conv.progress)
+                      runner.with_local_defaults(options, flags), len(plan.tasks), "to_maxtext", conv.progress)
   return plan, target.items, totals
 
 
@@ -66,7 +67,7 @@ def main(argv: list[str]) -> int:
     print(f"note: {note}", file=sys.stderr)
   options = PipelineOptions(flags)
   start = time.monotonic()
-  plan, items, totals = convert(options)
+  plan, items, totals = convert(options, flags)
   for name in plan.unused:
     print(f"note: {name} is not part of a MaxText {plan.family} checkpoint and was skipped", file=sys.stderr)
   print(f"{plan.family}: {runner.summary(totals, time.monotonic() - start)}", file=sys.stderr)

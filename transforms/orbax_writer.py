@@ -21,11 +21,13 @@ import tensorstore as ts
 
 from transforms import orbax_layout, storage
 from transforms.orbax_layout import ArraySpec
+from transforms.tensor_ops import contiguous
 
 NUMPY_DTYPES = {"bfloat16": np.dtype(ml_dtypes.bfloat16), "float32": np.dtype(np.float32),
                 "int64": np.dtype(np.int64)}
-# Each write call covers whole chunks and about this many bytes, bounding a worker's extra memory.
-WRITE_BLOCK_BYTES = 64 * 2**20
+# Each write call covers whole chunks and about this many bytes: large enough that tensorstore
+# compresses several chunks in parallel, small enough to bound a worker's extra memory.
+WRITE_BLOCK_BYTES = 256 * 2**20
 META_PROCESS = "meta"
 
 
@@ -35,6 +37,7 @@ class CheckpointTarget:
   step_dir: str
   use_ocdbt: bool = True
   use_zarr3: bool = True
+  zstd_level: int = orbax_layout.DEFAULT_ZSTD_LEVEL
 
   @property
   def items(self) -> str:
@@ -59,7 +62,7 @@ def _array_spec(target: CheckpointTarget, array: ArraySpec, process: str) -> dic
   else:
     kvstore = storage.kvstore_spec(storage.join(target.items, array.key))
   return {"driver": "zarr3" if target.use_zarr3 else "zarr", "kvstore": kvstore,
-          "metadata": array.metadata(target.use_zarr3), "store_data_equal_to_fill_value": True}
+          "metadata": array.metadata(target.use_zarr3, target.zstd_level), "store_data_equal_to_fill_value": True}
 
 
 def step_array() -> ArraySpec:
@@ -111,11 +114,17 @@ class SliceWriter:
     chunk_rows = array.chunks[axis]
     rows = max(chunk_rows, (WRITE_BLOCK_BYTES // max(row_bytes, 1)) // chunk_rows * chunk_rows)
     expr: list = [fixed.get(a, slice(None)) for a in range(len(array.shape))]
+    pending = None
     for start in range(0, value.shape[0], rows):
       stop = min(start + rows, value.shape[0])
       expr[axis] = slice(start, stop)
-      block = np.ascontiguousarray(value[start:stop], dtype=dtype)
-      store[tuple(expr)].write(block).result()
+      # Copy the next block while tensorstore compresses and writes the previous one.
+      block = contiguous(value[start:stop], dtype)
+      future = store[tuple(expr)].write(block)
+      if pending is not None:
+        pending.result()
+      pending = future
+    pending.result()
     return value.size * dtype.itemsize
 
 

@@ -1,0 +1,84 @@
+import math
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from transforms.tensor_ops import RopeInterleave, Scale, axes_shape, contiguous, parse_axes, rearrange
+
+SIZES = {"embed": 6, "heads": 3, "head_dim": 4, "vocab": 5}
+
+
+def test_parse_axes_groups():
+  assert parse_axes("(heads head_dim) embed") == (("heads", "head_dim"), ("embed",))
+  assert axes_shape("(heads head_dim) embed", SIZES) == (12, 6)
+  for bad in ("(heads (head_dim)) embed", "(heads head_dim embed", "heads)"):
+    with pytest.raises(ValueError):
+      parse_axes(bad)
+
+
+def test_rearrange_matches_transpose_then_reshape():
+  x = np.arange(12 * 6).reshape(12, 6)
+  y = rearrange(x, "(heads head_dim) embed", "embed heads head_dim", SIZES)
+  np.testing.assert_array_equal(y, x.T.reshape(6, 3, 4))
+  out = np.arange(6 * 12).reshape(6, 12)
+  np.testing.assert_array_equal(rearrange(out, "embed (heads head_dim)", "heads head_dim embed", SIZES),
+                                out.T.reshape(3, 4, 6))
+
+
+@pytest.mark.parametrize("src,dst", [("(heads head_dim) embed", "embed heads head_dim"),
+                                     ("embed (heads head_dim)", "heads head_dim embed"),
+                                     ("vocab embed", "embed vocab"), ("embed", "embed")])
+def test_rearrange_inverse_is_exact(src, dst):
+  x = np.random.default_rng(0).standard_normal(axes_shape(src, SIZES)).astype(ml_dtypes.bfloat16)
+  back = rearrange(rearrange(x, src, dst, SIZES), dst, src, SIZES)
+  assert back.dtype == x.dtype and np.array_equal(back.view(np.uint16), x.view(np.uint16))
+
+
+def test_rearrange_rejects_wrong_shape_and_axes():
+  with pytest.raises(ValueError, match="shape"):
+    rearrange(np.zeros((11, 6)), "(heads head_dim) embed", "embed heads head_dim", SIZES)
+  with pytest.raises(ValueError, match="cannot rearrange"):
+    rearrange(np.zeros((6,)), "embed", "vocab", SIZES)
+
+
+def test_rope_interleave_pairs_halves():
+  x = np.array([[0, 1, 2, 3, 10, 11, 12, 13]])
+  y = RopeInterleave().forward(x, {})
+  np.testing.assert_array_equal(y, [[0, 10, 1, 11, 2, 12, 3, 13]])
+  np.testing.assert_array_equal(RopeInterleave().inverse(y, {}), x)
+
+
+def test_rope_inverse_is_exact_on_heads():
+  x = np.random.default_rng(1).standard_normal((6, 3, 8)).astype(ml_dtypes.bfloat16)
+  op = RopeInterleave()
+  assert np.array_equal(op.inverse(op.forward(x, {}), {}).view(np.uint16), x.view(np.uint16))
+
+
+def test_scale_is_float32_and_rounds_once():
+  x = np.random.default_rng(2).standard_normal((64,)).astype(ml_dtypes.bfloat16)
+  sizes = {"s": 1 / math.sqrt(32)}
+  y = Scale("s").forward(x, sizes)
+  assert y.dtype == np.float32
+  np.testing.assert_array_equal(y, x.astype(np.float32) * np.float32(1 / math.sqrt(32)))
+  back = Scale("s").inverse(y.astype(ml_dtypes.bfloat16), sizes).astype(ml_dtypes.bfloat16)
+  # Scaling by a power of two (1/sqrt(32) is not, so one bf16 rounding step at most).
+  diff = np.abs(back.astype(np.float64) - x.astype(np.float64))
+  assert np.all(diff <= np.abs(x.astype(np.float64)) * 2.0 ** -7)
+  pow2 = {"s": 0.25}
+  exact = Scale("s").inverse(Scale("s").forward(x, pow2), pow2).astype(ml_dtypes.bfloat16)
+  assert np.array_equal(exact.view(np.uint16), x.view(np.uint16))
+
+
+@pytest.mark.parametrize("src,dst", [("(heads head_dim) embed", "embed heads head_dim"),
+                                     ("embed (heads head_dim)", "heads head_dim embed"),
+                                     ("vocab embed", "embed vocab")])
+@pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float32])
+def test_contiguous_copies_transposed_views_exactly(src, dst, dtype):
+  sizes = {"embed": 600, "heads": 3, "head_dim": 100, "vocab": 513}
+  x = np.random.default_rng(3).standard_normal(axes_shape(src, sizes)).astype(ml_dtypes.bfloat16)
+  view = rearrange(x, src, dst, sizes)
+  out = contiguous(view, dtype)
+  assert out.flags.c_contiguous and out.dtype == dtype
+  np.testing.assert_array_equal(out, np.ascontiguousarray(view).astype(dtype))
+  np.testing.assert_array_equal(contiguous(view[5:300]), np.ascontiguousarray(view[5:300]))

@@ -1,0 +1,129 @@
+"""In-process HF -> MaxText pipelines on the goldens, checked by restoring with Orbax itself."""
+import json
+import os
+
+import ml_dtypes
+import numpy as np
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import to_maxtext
+from pipeline.errors import ConversionError
+from tests import goldens
+from transforms import dofns
+
+IN_PROCESS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+
+
+def convert(hf_dir, out, *flags, runner_flags=IN_PROCESS):
+  args = [f"--hf_model_path={hf_dir}", f"--base_output_directory={out}", "--progress=false", *runner_flags,
+          *flags]
+  plan, items, totals = to_maxtext.convert(PipelineOptions(args), args)
+  return plan, items, totals
+
+
+@pytest.mark.parametrize("family", goldens.FAMILIES)
+@pytest.mark.parametrize("layout", ["scan", "unscan"])
+def test_bit_identical_to_maxtext(tmp_path, family, layout):
+  _, items, _ = convert(goldens.path(family, "hf"), tmp_path, f"--scan_layers={layout == 'scan'}")
+  goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items(family, layout)))
+
+
+def test_commit_files_and_metrics(tmp_path):
+  plan, items, totals = convert(goldens.path("qwen3", "hf"), tmp_path, "--scan_layers=false")
+  step = tmp_path / "0"
+  with open(step / "_CHECKPOINT_METADATA") as f:
+    assert json.load(f)["custom_metadata"] == {"scan_layers": False}
+  assert (step / "commit_success.txt").exists() and (step / "items" / "commit_success.txt").exists()
+  with open(step / "items" / "_METADATA") as f:
+    meta = json.load(f)
+  assert meta["use_ocdbt"] and meta["use_zarr3"] and meta["store_array_data_equal_to_fill_value"]
+  assert len(meta["tree_metadata"]) == len(plan.arrays) + 1
+  assert totals["tensors"] == len(plan.tasks)
+  assert totals["read-bytes"] == plan.source_bytes
+
+
+def test_float32_save_rounds_to_maxtexts_bf16(tmp_path):
+  _, items, _ = convert(goldens.path("llama3.1", "hf"), tmp_path, "--save_dtype=float32")
+  ours = goldens.restore(items)
+  theirs = goldens.restore(goldens.items("llama3.1", "scan"))
+  for k, v in theirs.items():
+    if k == "step":
+      continue
+    assert ours[k].dtype == np.float32
+    # The scaled query is kept in float32 here and rounds to exactly MaxText's bf16 value.
+    assert goldens.same_bits(ours[k].astype(ml_dtypes.bfloat16), v), k
+  query = "params/params/decoder/layers/self_attention/query/kernel"
+  assert not np.array_equal(ours[query], ours[query].astype(ml_dtypes.bfloat16).astype(np.float32))
+
+
+@pytest.mark.parametrize("ocdbt,zarr3", [(False, True), (False, False), (True, False)])
+def test_other_storage_layouts(tmp_path, ocdbt, zarr3):
+  _, items, _ = convert(goldens.path("llama3.1", "hf"), tmp_path, f"--checkpoint_storage_use_ocdbt={ocdbt}",
+                        f"--checkpoint_storage_use_zarr3={zarr3}")
+  names = os.listdir(items)
+  assert ("manifest.ocdbt" in names) == ocdbt
+  if not ocdbt:
+    marker = "zarr.json" if zarr3 else ".zarray"
+    assert os.path.exists(os.path.join(items, "params.params.decoder.layers.mlp.wo.kernel", marker))
+  goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("llama3.1", "scan")))
+
+
+def test_one_and_two_worker_processes_give_the_same_checkpoint(tmp_path):
+  results = {}
+  for n in (1, 2):
+    out = tmp_path / f"w{n}"
+    _, items, totals = convert(goldens.path("qwen2.5", "hf"), out, runner_flags=(
+        "--direct_running_mode=multi_processing", f"--direct_num_workers={n}"))
+    writers = [d for d in os.listdir(items) if d.startswith("ocdbt.process_") and d != "ocdbt.process_meta"]
+    assert len(writers) == n
+    results[n] = goldens.restore(items)
+  goldens.assert_same_checkpoint(results[1], results[2])
+  goldens.assert_same_checkpoint(results[2], goldens.restore(goldens.items("qwen2.5", "scan")))
+
+
+@pytest.mark.parametrize("level", [None, 3, 0])
+def test_chunk_grid_and_codecs_on_disk(tmp_path, level):
+  import tensorstore as ts  # pylint: disable=import-outside-toplevel
+  flags = () if level is None else (f"--zstd_level={level}",)
+  _, items, _ = convert(goldens.path("llama3.1", "hf"), tmp_path, *flags)
+  kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{items}"}).result()
+  meta = json.loads(kv.read("params.params.decoder.layers.mlp.wi_0.kernel/zarr.json").result().value)
+  assert meta["shape"] == [64, 3, 96]
+  assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [4, 1, 96]
+  codecs = meta["codecs"][0]["configuration"]["codecs"]
+  if level == 0:
+    assert [c["name"] for c in codecs] == ["bytes"]
+  else:
+    assert codecs[1] == {"name": "zstd", "configuration": {"level": level or 1, "checksum": False}}
+  chunks = [k for k in kv.list().result() if k.startswith(b"params.params.decoder.layers.mlp.wi_0.kernel/c/")]
+  assert len(chunks) == 16 * 3
+  goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("llama3.1", "scan")))
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path):
+  hf = goldens.path("qwen3", "hf")
+  convert(hf, tmp_path)
+  with pytest.raises(ConversionError, match=r"0 already holds a checkpoint; pass --overwrite"):
+    convert(hf, tmp_path)
+  _, items, _ = convert(hf, tmp_path, "--overwrite", "--scan_layers=false")
+  goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("qwen3", "unscan")))
+
+
+def test_a_run_that_dies_leaves_no_commit_marker(tmp_path, monkeypatch):
+  real = dofns.read_tensor
+
+  def failing(ref):
+    if ref.name == "model.layers.1.mlp.up_proj.weight":
+      raise OSError("disk went away")
+    return real(ref)
+  monkeypatch.setattr(dofns, "read_tensor", failing)
+  with pytest.raises(Exception, match="disk went away"):
+    convert(goldens.path("llama3.1", "hf"), tmp_path)
+  step = tmp_path / "0"
+  assert not (step / "commit_success.txt").exists()
+  assert not (step / "items" / "commit_success.txt").exists()
+  assert not (step / "items" / "_METADATA").exists()
+  monkeypatch.setattr(dofns, "read_tensor", real)
+  with pytest.raises(ConversionError, match="incomplete checkpoint from an earlier run"):
+    convert(goldens.path("llama3.1", "hf"), tmp_path)
