@@ -1,6 +1,7 @@
 """Running a pipeline: offline local defaults, a progress bar, and a metrics summary."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -32,6 +33,16 @@ def with_local_defaults(options: PipelineOptions, flags: Sequence[str]) -> Pipel
     if not any(f.startswith("--direct_num_workers") for f in flags):
       direct.direct_num_workers = os.cpu_count() or 1
   return options
+
+
+class _QuietLocalWorkers(logging.Filter):
+  """Drops the local runner's per-worker warning about Dataflow's semi-persistent directory."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "No semi_persistent_directory found" not in record.getMessage()
+
+
+logging.getLogger("apache_beam.runners.portability.local_job_service").addFilter(_QuietLocalWorkers())
 
 
 def is_local(options: PipelineOptions) -> bool:
@@ -101,9 +112,16 @@ def run(build: Callable[[beam.Pipeline, str | None], object], options: PipelineO
   return totals
 
 
+def human_bytes(n: float) -> str:
+  for unit in ("B", "KB", "MB", "GB"):
+    if n < 1000:
+      return f"{n:.3g} {unit}"
+    n /= 1000
+  return f"{n:.3g} TB"
+
+
 def summary(totals: dict[str, int], seconds: float) -> str:
-  read_gb = totals.get("read-bytes", 0) / 1e9
-  write_gb = totals.get("write-bytes", 0) / 1e9
-  rate = totals.get("read-bytes", 0) / 1e6 / max(seconds, 1e-9)
-  return (f"{totals.get('tensors', 0)} tensors, {read_gb:.3f} GB read, {write_gb:.3f} GB written "
-          f"in {seconds:.1f}s ({rate:.0f} MB/s)")
+  read = totals.get("read-bytes", 0)
+  return (f"{totals.get('tensors', 0)} tensors, {human_bytes(read)} read, "
+          f"{human_bytes(totals.get('write-bytes', 0))} written in {seconds:.1f}s "
+          f"({human_bytes(read / max(seconds, 1e-9))}/s)")

@@ -1,0 +1,75 @@
+"""The command line as a user types it: MaxText's flags, --help, and one-line errors."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import cli
+from pipeline.errors import ConversionError
+from tests import goldens
+
+
+def run_cli(*args):
+  return subprocess.run([sys.executable, "-m", "pipeline.to_maxtext", *args], cwd=goldens.REPO,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_maxtext_command_line_works_unchanged(tmp_path):
+  hf = goldens.copy_hf("qwen3", str(tmp_path / "hf"))
+  out = tmp_path / "out"
+  p = run_cli("src/maxtext/configs/base.yml", "model_name=qwen3-0.6b", f"base_output_directory={out}",
+              "scan_layers=True", "hardware=cpu", "skip_jax_distributed_system=True", "use_multimodal=false",
+              "checkpoint_storage_use_zarr3=true", "checkpoint_storage_use_ocdbt=true",
+              f"--hf_model_path={hf}", "--lazy_load_tensors=true", "--save_dtype=bfloat16")
+  assert p.returncode == 0, p.stderr
+  assert "note: ignored 'hardware=cpu'" in p.stderr
+  assert "note: ignored 'src/maxtext/configs/base.yml'" in p.stderr
+  assert "qwen3: 35 tensors" in p.stderr
+  assert p.stdout.strip() == f"wrote {out}/0/items (load_parameters_path={out}/0/items)"
+  goldens.assert_same_checkpoint(goldens.restore(f"{out}/0/items"), goldens.restore(goldens.items("qwen3", "scan")))
+
+
+def test_help_documents_everything():
+  p = run_cli("--help")
+  assert p.returncode == 0
+  for word in ("--hf_model_path", "--save_dtype", "--checkpoint_storage_use_ocdbt", "--overwrite",
+               "--lazy_load_tensors", "model_name=...", "scan_layers=...", "hardware=cpu", "--runner",
+               "--direct_num_workers"):
+    assert word in p.stdout, word
+
+
+@pytest.mark.parametrize("case", ["truncated", "mismatch", "no_hf_path"])
+def test_bad_input_is_one_line(tmp_path, case):
+  hf = goldens.copy_hf("llama3.1", str(tmp_path / "hf"))
+  args = [f"base_output_directory={tmp_path / 'out'}", f"--hf_model_path={hf}"]
+  if case == "truncated":
+    shard = os.path.join(hf, "model.safetensors")
+    os.truncate(shard, os.path.getsize(shard) // 2)
+    expect = f"error: {shard}: truncated: tensor "
+  elif case == "mismatch":
+    args.append("model_name=qwen3-4b")
+    expect = "error: model_name=qwen3-4b is a qwen3 model but "
+  else:
+    args = args[:1]
+    expect = "error: --hf_model_path is required"
+  p = run_cli(*args)
+  assert p.returncode == 2
+  lines = p.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(expect), p.stderr
+  assert not (tmp_path / "out").exists()
+
+
+def test_translate_maps_maxtext_keys_and_notes_the_rest():
+  flags, notes = cli.translate(["model_name=x", "scan_layers=false", "hardware=cpu", "--runner=R",
+                                "base.yml"], ["model_name", "scan_layers"])
+  assert flags == ["--model_name=x", "--scan_layers=false", "--runner=R"]
+  assert len(notes) == 2
+  with pytest.raises(ConversionError, match="unexpected argument 'oops'"):
+    cli.translate(["oops"], [])
+
+
+def test_worker_error_is_found_in_a_runner_failure():
+  wrapped = RuntimeError("Traceback ...\npipeline.errors.ConversionError: f.safetensors: truncated\n [while running]")
+  assert cli.worker_error(wrapped) == "f.safetensors: truncated"
+  assert cli.worker_error(RuntimeError("other")) is None

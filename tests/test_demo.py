@@ -1,0 +1,29 @@
+"""The README's first command, at a smaller size: it must convert and verify end to end."""
+import json
+
+from pipeline import demo
+from tests import goldens
+
+
+def test_demo_converts_and_verifies(tmp_path, capsys):
+  assert demo.main(["--workdir", str(tmp_path), "--layers", "2"]) == 0
+  out = capsys.readouterr().out
+  assert "scan_layers=True: 21 slices bit-exact" in out and "scan_layers=False: 21 slices bit-exact" in out
+  restored = goldens.restore(str(tmp_path / "maxtext_scan" / "0" / "items"))
+  assert restored["params/params/decoder/layers/mlp/wi_0/kernel"].shape == (256, 2, 688)
+  with open(tmp_path / "hf" / "config.json") as f:
+    assert json.load(f)["num_hidden_layers"] == 2
+
+
+def test_verify_catches_a_wrong_array(tmp_path):
+  demo.make_model(str(tmp_path / "hf"), {**demo.DEMO_CONFIG, "num_hidden_layers": 1})
+  other = tmp_path / "other"
+  demo.make_model(str(other), {**demo.DEMO_CONFIG, "num_hidden_layers": 1}, seed=1)
+  demo.to_maxtext.main([f"base_output_directory={tmp_path / 'ckpt'}", f"--hf_model_path={other}",
+                        "--direct_running_mode=in_memory", "--progress=false"])
+  try:
+    demo.verify(str(tmp_path / "hf"), str(tmp_path / "ckpt" / "0" / "items"), True)
+  except SystemExit as e:
+    assert "MISMATCH" in str(e)
+  else:
+    raise AssertionError("verify accepted a checkpoint made from other weights")
