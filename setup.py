@@ -16,7 +16,6 @@ setup(
         "ml_dtypes==0.6.0",
         "fsspec==2026.9.0",
         "gcsfs==2026.10.1",
-        "tqdm>=4.60",
     ],
     extras_require={
         # Verifying with Orbax itself, the GCS emulator, and the test runner.

@@ -6,6 +6,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 from typing import Callable, Sequence
 
 import apache_beam as beam
@@ -81,19 +82,27 @@ class Progress:
       return 0
 
   def _watch(self) -> None:
-    if sys.stderr.isatty():
-      from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-      with tqdm(total=self.total, desc=self.label, unit="tensor", file=sys.stderr) as bar:
-        while not self._stop.wait(0.2):
-          bar.update(self._done() - bar.n)
-        bar.update(self._done() - bar.n)
-      return
-    reported = 0
-    while not self._stop.wait(0.5):
+    tty = sys.stderr.isatty()
+    start, reported = time.monotonic(), -1
+    while True:
+      stopping = self._stop.wait(0.25 if tty else 1.0)
       done = self._done()
-      if done - reported >= max(1, self.total // 10) or (done == self.total and reported < done):
-        print(f"{self.label}: {done}/{self.total} tensors", file=sys.stderr, flush=True)
+      if tty:
+        print("\r" + self.line(done, time.monotonic() - start), end="", file=sys.stderr, flush=True)
+      elif done != reported and (done - reported >= max(1, self.total // 10) or done == self.total):
+        print(self.line(done, time.monotonic() - start), file=sys.stderr, flush=True)
         reported = done
+      if stopping:
+        break
+    if tty:
+      print(file=sys.stderr, flush=True)
+
+  def line(self, done: int, seconds: float) -> str:
+    """'to_maxtext: 12/39 tensors [#####...............]  31% 4.2s'."""
+    width = 24
+    filled = width * done // self.total
+    return (f"{self.label}: {done}/{self.total} tensors [{'#' * filled}{'.' * (width - filled)}] "
+            f"{100 * done // self.total:3d}% {seconds:.1f}s")
 
 
 def run(build: Callable[[beam.Pipeline, str | None], object], options: PipelineOptions, total: int,

@@ -73,3 +73,15 @@ def test_worker_error_is_found_in_a_runner_failure():
   wrapped = RuntimeError("Traceback ...\npipeline.errors.ConversionError: f.safetensors: truncated\n [while running]")
   assert cli.worker_error(wrapped) == "f.safetensors: truncated"
   assert cli.worker_error(RuntimeError("other")) is None
+
+
+def test_progress_counts_worker_dots(capsys):
+  from pipeline.runner import Progress  # pylint: disable=import-outside-toplevel
+  with Progress(total=4, label="to_maxtext", enabled=True) as progress:
+    for _ in range(4):
+      with open(progress.path, "a") as f:
+        f.write(".")
+    assert progress.line(2, 1.0) == "to_maxtext: 2/4 tensors [############............]  50% 1.0s"
+  err = capsys.readouterr().err
+  assert "to_maxtext: 4/4 tensors [########################] 100%" in err
+  assert not os.path.exists(progress.path)

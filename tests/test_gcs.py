@@ -36,12 +36,13 @@ def test_worker_reads_only_its_tensor_bytes(gcs_server, gcs_bucket):
   task = plan_to_maxtext(hf).tasks[5]
   (ref,) = task.sources
   # The server logs after it answers: let the plan's header reads drain before counting.
+  storage.write_text(f"gs://{gcs_bucket}/settled", "x")
   settle = gcs_server.log.mark()
-  storage.exists(f"gs://{gcs_bucket}/settled")
-  gcs_server.log.since(settle, until="settled")
+  assert storage.read_bytes(f"gs://{gcs_bucket}/settled") == b"x"
+  gcs_server.log.since(settle, until="settled?alt=media")
   mark = gcs_server.log.mark()
   value = read_tensor(ref)
   lines = gcs_server.log.since(mark, until="206")
-  gets = [l for l in lines if '"GET ' in l]
+  gets = [l for l in lines if '"GET ' in l and "model.safetensors" in l]
   assert len(gets) == 1 and " 206 " in gets[0], lines
   assert value.nbytes == ref.nbytes < storage.size(ref.file) / 10
