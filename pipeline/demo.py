@@ -19,7 +19,7 @@ from pipeline import cli, to_maxtext
 from pipeline.plan import plan_to_maxtext
 from transforms.convert import hf_to_maxtext
 from transforms.orbax_reader import CheckpointReader
-from transforms.orbax_writer import NUMPY_DTYPES
+from transforms.orbax_layout import NUMPY_DTYPES
 from transforms.safetensors_io import read_tensor, write_safetensors
 from transforms.tensor_ops import axes_shape
 

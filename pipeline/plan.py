@@ -21,7 +21,7 @@ from transforms.tensor_ops import axes_shape
 PARAMS_PREFIX = "params/params/"
 # MaxText stacks scanned layers on this axis (its `param_scan_axis`).
 SCAN_AXIS = 1
-SAVE_DTYPES = {"bfloat16": "bfloat16", "float32": "float32"}
+SAVE_DTYPES = ("bfloat16", "float32")
 SOURCE_DTYPES = {"BF16", "F16", "F32"}
 
 
@@ -94,13 +94,13 @@ def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: st
                     model_name: str | None = None, chunk_split: int = orbax_layout.DEFAULT_SPLIT) -> Plan:
   """Plans HF -> MaxText from headers only; raises ConversionError on any mismatch."""
   if save_dtype not in SAVE_DTYPES:
-    raise ConversionError(f"--save_dtype={save_dtype} is not supported; use one of {sorted(SAVE_DTYPES)}")
+    raise ConversionError(f"--save_dtype={save_dtype} is not supported; use one of {list(SAVE_DTYPES)}")
   config_path = storage.join(hf_model_path, "config.json")
   config = read_config(hf_model_path)
   family = detect_family(config, model_name, config_path)
   sizes = family_sizes(family, config, config_path)
   tensors = list_checkpoint(hf_model_path)
-  itemsize = 2 if save_dtype == "bfloat16" else 4
+  itemsize = orbax_layout.NUMPY_DTYPES[save_dtype].itemsize
 
   arrays: dict[str, ArraySpec] = {}
   tasks: list[SliceTask] = []

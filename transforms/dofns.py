@@ -1,7 +1,6 @@
 """Thin Beam steps around the pure functions: create arrays, write slices, barrier, commit."""
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from typing import Any, Iterable, Iterator

@@ -9,12 +9,18 @@ import dataclasses
 import time
 from typing import Any, Iterable, Sequence
 
+import ml_dtypes
+import numpy as np
+
 # MaxText's converter shards each array 16 ways (16 simulated devices) along its first axis
 # divisible by 16; TPU hosts read those chunks. Ours are never coarser.
 DEFAULT_SPLIT = 16
 # Orbax caps a chunk at the OCDBT target data file size (2 GiB local, 400 MiB on GCS); we use the
 # smaller everywhere so local and gs:// outputs are laid out identically.
 MAX_CHUNK_BYTES = 400 * 2**20
+# The dtypes a MaxText checkpoint holds, by their zarr3 names.
+NUMPY_DTYPES = {"bfloat16": np.dtype(ml_dtypes.bfloat16), "float32": np.dtype(np.float32),
+                "int64": np.dtype(np.int64)}
 PROCESS_PREFIX = "ocdbt.process_"
 # Orbax and MaxText write zstd level 3. Level 1 compresses bf16 weights to the same size (0.777 of
 # raw on normal-distributed bf16) at 1.7x the speed, so it is ckptflow's default; readers do

@@ -16,16 +16,13 @@ import os
 import time
 from typing import Iterable, Sequence
 
-import ml_dtypes
 import numpy as np
 import tensorstore as ts
 
 from transforms import orbax_layout, storage
-from transforms.orbax_layout import ArraySpec
+from transforms.orbax_layout import NUMPY_DTYPES, ArraySpec
 from transforms.tensor_ops import contiguous
 
-NUMPY_DTYPES = {"bfloat16": np.dtype(ml_dtypes.bfloat16), "float32": np.dtype(np.float32),
-                "int64": np.dtype(np.int64)}
 # Each write call covers whole chunks and about this many bytes: large enough that tensorstore
 # compresses several chunks in parallel, small enough to bound a worker's extra memory.
 WRITE_BLOCK_BYTES = 256 * 2**20
