@@ -1,4 +1,8 @@
-"""The pre-norm decoder block that Llama and Qwen share, so each family file lists only its extras."""
+"""The pre-norm decoder block that Llama and Qwen share, so each family file lists only its options.
+
+Parameters are listed in the HF module order (embedding, each layer's attention then MLP then
+norms, final norm, lm_head): the HF writer shards tensors in this order, as transformers does.
+"""
 from __future__ import annotations
 
 import math
@@ -26,25 +30,37 @@ def decoder_sizes(config: Config) -> dict[str, Any]:
   }
 
 
-def decoder_params(query_ops: tuple[ValueOp, ...] = (), key_ops: tuple[ValueOp, ...] = ()) -> tuple[Param, ...]:
-  """Embedding, final norm, lm_head and the attention + gated-MLP block."""
-  attn = LAYER + "self_attn."
-  mt_attn = BLOCK + "self_attention/"
+def decoder_params(query_ops: tuple[ValueOp, ...] = (), key_ops: tuple[ValueOp, ...] = (),
+                   attention_bias: bool = False, qk_norm: bool = False) -> tuple[Param, ...]:
+  """Embedding, the attention + gated-MLP block, final norm and lm_head.
+
+  `attention_bias`: q/k/v projections carry biases (Qwen2.5). `qk_norm`: per-head RMSNorm on q
+  and k (Qwen3).
+  """
+  attn, mt_attn = LAYER + "self_attn.", BLOCK + "self_attention/"
+  projections = (("q", "query", "heads", query_ops), ("k", "key", "kv_heads", key_ops),
+                 ("v", "value", "kv_heads", ()))
+  attention: list[Param] = []
+  for hf, mt, heads, ops in projections:
+    attention.append(Param(f"{attn}{hf}_proj.weight", f"{mt_attn}{mt}/kernel", f"({heads} head_dim) embed",
+                           f"embed {heads} head_dim", ops=ops))
+    if attention_bias:
+      attention.append(Param(f"{attn}{hf}_proj.bias", f"{mt_attn}{mt}/bias", f"({heads} head_dim)",
+                             f"{heads} head_dim"))
+  attention.append(Param(attn + "o_proj.weight", mt_attn + "out/kernel", "embed (heads head_dim)",
+                         "heads head_dim embed"))
+  if qk_norm:
+    attention += [Param(attn + "q_norm.weight", mt_attn + "query_norm/scale", "head_dim", "head_dim"),
+                  Param(attn + "k_norm.weight", mt_attn + "key_norm/scale", "head_dim", "head_dim")]
   return (
       Param("model.embed_tokens.weight", "token_embedder/embedding", "vocab embed", "vocab embed"),
-      Param("model.norm.weight", "decoder/decoder_norm/scale", "embed", "embed"),
-      Param("lm_head.weight", "decoder/logits_dense/kernel", "vocab embed", "embed vocab", when=untied),
-      Param(LAYER + "input_layernorm.weight", BLOCK + "pre_self_attention_layer_norm/scale", "embed", "embed"),
-      Param(LAYER + "post_attention_layernorm.weight", BLOCK + "post_self_attention_layer_norm/scale",
-            "embed", "embed"),
-      Param(attn + "q_proj.weight", mt_attn + "query/kernel", "(heads head_dim) embed", "embed heads head_dim",
-            ops=query_ops),
-      Param(attn + "k_proj.weight", mt_attn + "key/kernel", "(kv_heads head_dim) embed",
-            "embed kv_heads head_dim", ops=key_ops),
-      Param(attn + "v_proj.weight", mt_attn + "value/kernel", "(kv_heads head_dim) embed",
-            "embed kv_heads head_dim"),
-      Param(attn + "o_proj.weight", mt_attn + "out/kernel", "embed (heads head_dim)", "heads head_dim embed"),
+      *attention,
       Param(LAYER + "mlp.gate_proj.weight", BLOCK + "mlp/wi_0/kernel", "mlp embed", "embed mlp"),
       Param(LAYER + "mlp.up_proj.weight", BLOCK + "mlp/wi_1/kernel", "mlp embed", "embed mlp"),
       Param(LAYER + "mlp.down_proj.weight", BLOCK + "mlp/wo/kernel", "embed mlp", "mlp embed"),
+      Param(LAYER + "input_layernorm.weight", BLOCK + "pre_self_attention_layer_norm/scale", "embed", "embed"),
+      Param(LAYER + "post_attention_layernorm.weight", BLOCK + "post_self_attention_layer_norm/scale",
+            "embed", "embed"),
+      Param("model.norm.weight", "decoder/decoder_norm/scale", "embed", "embed"),
+      Param("lm_head.weight", "decoder/logits_dense/kernel", "vocab embed", "embed vocab", when=untied),
   )

@@ -1,4 +1,4 @@
-"""Pipeline construction: Create(tasks) | Reshuffle | WriteSlices | barrier | Commit."""
+"""Pipeline construction, both directions: plan elements | Reshuffle | write | barrier | commit."""
 from __future__ import annotations
 
 import time
@@ -6,8 +6,10 @@ import time
 import apache_beam as beam
 
 from pipeline.plan import Plan
+from pipeline.plan_hf import HfPlan
 from transforms.dofns import CollectWriters, CommitFn, CreateArraysFn, WriteSliceFn
 from transforms.orbax_writer import CheckpointTarget
+from transforms.shard_dofns import CountTensors, FinalizeFn, WriteShardFn
 
 
 def add_to_maxtext(pipeline: beam.Pipeline, plan: Plan, target: CheckpointTarget,
@@ -25,3 +27,15 @@ def add_to_maxtext(pipeline: beam.Pipeline, plan: Plan, target: CheckpointTarget
           | "Barrier" >> beam.CombineGlobally(CollectWriters())
           | "Commit" >> beam.ParDo(CommitFn(target, plan.arrays, len(plan.tasks), plan.scan_layers,
                                             time.time_ns())))
+
+
+def add_to_huggingface(pipeline: beam.Pipeline, plan: HfPlan, hf_model_path: str | None,
+                       progress_path: str | None = None) -> beam.PCollection:
+  """Adds the MaxText -> HF steps: Create(shards) | Reshuffle | WriteShards | barrier | Finalize."""
+  return (pipeline
+          | "PlanShards" >> beam.Create(plan.shards, reshuffle=False)
+          | "DistributeShards" >> beam.Reshuffle()
+          | "WriteShards" >> beam.ParDo(WriteShardFn(plan.items, plan.family, plan.sizes, progress_path))
+          | "ShardBarrier" >> beam.CombineGlobally(CountTensors())
+          | "Finalize" >> beam.ParDo(FinalizeFn(plan.output, plan.tensor_count, plan.index(), plan.config,
+                                                hf_model_path)))

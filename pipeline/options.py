@@ -31,8 +31,17 @@ class ConversionOptions(PipelineOptions):
     add("--model_name", default=None,
         help="MaxText model name (e.g. llama3.1-8b). Optional: the family is read from config.json; "
              "when given it must agree with it.")
-    add("--scan_layers", type=str2bool, default=True,
-        help="Stack decoder layers into one array per parameter (MaxText's scan_layers). Default true.")
+    add("--scan_layers", type=str2bool, default=None,
+        help="to_maxtext: stack decoder layers into one array per parameter (default true). "
+             "to_huggingface: the layout the checkpoint must have (default: read from the checkpoint).")
+    add("--load_parameters_path", default=None,
+        help="to_huggingface: the MaxText checkpoint item, <dir>/0/items (local or gs://).")
+    add("--weight_dtype", default=None, choices=("bfloat16", "float32", "float16"),
+        help="to_huggingface: dtype of the HF tensors (default: config.json's dtype, else bfloat16).")
+    add("--max_shard_size", default="5GB",
+        help="to_huggingface: largest safetensors shard, as transformers reads it (5GB = 5e9 bytes).")
+    add("--hf_access_token", default=None,
+        help="Token for hf:// destinations (default: the HF_TOKEN environment variable).")
     add("--save_dtype", default="bfloat16", choices=("bfloat16", "float32"),
         help="dtype of the saved MaxText weights. Default bfloat16.")
     add("--checkpoint_storage_use_zarr3", type=str2bool, default=True,

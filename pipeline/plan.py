@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 import models
+from models.known_configs import known_config
 from models.spec import Family, Param
 from pipeline.errors import ConversionError
 from transforms import orbax_layout, storage
@@ -73,14 +74,24 @@ def detect_family(config: dict[str, Any], model_name: str | None = None, where: 
   if family is None:
     supported = ", ".join(sorted(models.BY_ARCHITECTURE))
     raise ConversionError(f"{where}: unsupported architecture {archs or '(none given)'}; supported: {supported}")
-  if model_name and not family.matches_model_name(model_name):
-    named = next((f for f in models.FAMILIES if f.matches_model_name(model_name)), None)
-    if named is None:
-      known = ", ".join(p + "*" for f in models.FAMILIES for p in f.model_name_prefixes)
-      raise ConversionError(f"model_name={model_name} is not a known model (known: {known})")
-    raise ConversionError(f"model_name={model_name} is a {named.name} model but {where} describes "
-                          f"{archs[0]} ({family.name}); fix model_name or omit it to auto-detect")
+  if model_name:
+    named = family_of_model_name(model_name)
+    if named is not family:
+      raise ConversionError(f"model_name={model_name} is a {named.name} model but {where} describes "
+                            f"{archs[0]} ({family.name}); fix model_name or omit it to auto-detect")
   return family
+
+
+def family_of_model_name(model_name: str) -> Family:
+  """The family of a MaxText model name: exact for released models, else by name prefix."""
+  config = known_config(model_name)
+  if config is not None:
+    return models.BY_ARCHITECTURE[config["architectures"][0]]
+  matches = [f for f in models.FAMILIES for p in f.model_name_prefixes if model_name.startswith(p)]
+  if not matches:
+    known = ", ".join(p + "*" for f in models.FAMILIES for p in f.model_name_prefixes)
+    raise ConversionError(f"model_name={model_name} is not a known model (known: {known})")
+  return max(matches, key=lambda f: max(len(p) for p in f.model_name_prefixes if model_name.startswith(p)))
 
 
 def family_sizes(family: Family, config: dict[str, Any], where: str) -> dict[str, Any]:
@@ -88,6 +99,46 @@ def family_sizes(family: Family, config: dict[str, Any], where: str) -> dict[str
     return family.sizes(config)
   except KeyError as e:
     raise ConversionError(f"{where}: missing {e.args[0]!r}, which {family.name} needs") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where one HF tensor lives in MaxText: the array, its full shape, and the stacked position."""
+  param: Param
+  hf_name: str
+  array_path: str
+  array_shape: tuple[int, ...]
+  index: tuple[tuple[int, int], ...]
+
+  @property
+  def stacked_axes(self) -> tuple[int, ...]:
+    return tuple(axis for axis, _ in self.index)
+
+
+def placements(family: Family, config: dict[str, Any], sizes: dict[str, Any],
+               scan_layers: bool) -> list[Placement]:
+  """Every parameter of the model, in HF module order: what comes before the layers, each layer's
+  parameters, then what comes after (the order transformers shards a checkpoint in)."""
+  params = [p for p in family.params if p.applies(config)]
+  first = next((i for i, p in enumerate(params) if p.layered), len(params))
+  order = ([(p, None) for p in params[:first] if not p.layered]
+           + [(p, layer) for layer in range(sizes["layers"]) for p in params if p.layered]
+           + [(p, None) for p in params[first:] if not p.layered])
+  return [_place(p, layer, scan_layers, sizes) for p, layer in order]
+
+
+def _place(param: Param, layer: int | None, scan_layers: bool, sizes: dict[str, Any]) -> Placement:
+  shape = list(axes_shape(param.mt_axes, sizes))
+  index: tuple[tuple[int, int], ...] = ()
+  if layer is None:
+    path = param.mt
+  elif scan_layers:
+    path = param.mt.format(layers="layers")
+    shape.insert(SCAN_AXIS, sizes["layers"])
+    index = ((SCAN_AXIS, layer),)
+  else:
+    path = param.mt.format(layers=f"layers_{layer}")
+  return Placement(param, param.hf.format(layer=layer), PARAMS_PREFIX + path, tuple(shape), index)
 
 
 def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: str = "bfloat16",
@@ -104,27 +155,21 @@ def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: st
 
   arrays: dict[str, ArraySpec] = {}
   tasks: list[SliceTask] = []
-  used: set[str] = set()
-  for param in family.params:
-    if not param.applies(config):
-      continue
-    layers = range(sizes["layers"]) if param.layered else [None]
-    for layer in layers:
-      source = _source(param, layer, tensors, sizes, hf_model_path)
-      used.add(source.name)
-      array, index = _target(param, layer, scan_layers, sizes, save_dtype, itemsize, chunk_split)
-      arrays.setdefault(array.path, array)
-      tasks.append(SliceTask(array=array, param=param.mt, index=index, sources=(source,)))
+  for place in placements(family, config, sizes, scan_layers):
+    source = _source(place, tensors, sizes, hf_model_path)
+    chunks = orbax_layout.choose_chunks(place.array_shape, itemsize, place.stacked_axes, chunk_split)
+    array = arrays.setdefault(place.array_path, ArraySpec(place.array_path, place.array_shape, save_dtype, chunks))
+    tasks.append(SliceTask(array=array, param=place.param.mt, index=place.index, sources=(source,)))
 
+  used = {s.name for t in tasks for s in t.sources}
   ignored = [re.compile(p) for p in family.ignored]
   unused = sorted(n for n in tensors if n not in used and not any(p.fullmatch(n) for p in ignored))
   return Plan(family=family.name, sizes=sizes, scan_layers=scan_layers, save_dtype=save_dtype,
               arrays=tuple(arrays[k] for k in sorted(arrays)), tasks=tuple(tasks), unused=tuple(unused))
 
 
-def _source(param: Param, layer: int | None, tensors: dict[str, TensorRef], sizes: dict[str, Any],
-            model_dir: str) -> TensorRef:
-  name = param.hf.format(layer=layer)
+def _source(place: Placement, tensors: dict[str, TensorRef], sizes: dict[str, Any], model_dir: str) -> TensorRef:
+  name, param = place.hf_name, place.param
   ref = tensors.get(name)
   if ref is None:
     raise ConversionError(f"{model_dir}: tensor {name} is missing from the checkpoint; config.json says the "
@@ -137,20 +182,3 @@ def _source(param: Param, layer: int | None, tensors: dict[str, TensorRef], size
     raise ConversionError(f"{ref.file}: tensor {name} has dtype {ref.dtype}; only {sorted(SOURCE_DTYPES)} "
                           f"sources are supported")
   return ref
-
-
-def _target(param: Param, layer: int | None, scan_layers: bool, sizes: dict[str, Any], save_dtype: str,
-            itemsize: int, chunk_split: int) -> tuple[ArraySpec, tuple[tuple[int, int], ...]]:
-  shape = list(axes_shape(param.mt_axes, sizes))
-  index: tuple[tuple[int, int], ...] = ()
-  stacked: tuple[int, ...] = ()
-  if layer is None:
-    path = param.mt
-  elif scan_layers:
-    path = param.mt.format(layers="layers")
-    shape.insert(SCAN_AXIS, sizes["layers"])
-    index, stacked = ((SCAN_AXIS, layer),), (SCAN_AXIS,)
-  else:
-    path = param.mt.format(layers=f"layers_{layer}")
-  chunks = orbax_layout.choose_chunks(shape, itemsize, stacked, chunk_split)
-  return ArraySpec(PARAMS_PREFIX + path, tuple(shape), save_dtype, chunks), index

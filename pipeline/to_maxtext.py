@@ -48,7 +48,7 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, 
                           "*.safetensors")
   if not conv.base_output_directory:
     raise ConversionError("base_output_directory=... is required")
-  plan = plan_to_maxtext(conv.hf_model_path, conv.scan_layers, conv.save_dtype, conv.model_name,
+  plan = plan_to_maxtext(conv.hf_model_path, conv.scan_layers is not False, conv.save_dtype, conv.model_name,
                          conv.simulated_cpu_devices_count)
   target = CheckpointTarget(prepare_output(conv.base_output_directory, conv.overwrite),
                             use_ocdbt=conv.checkpoint_storage_use_ocdbt,

@@ -1,4 +1,4 @@
-"""One parameter's tensor math, HF layout -> MaxText layout, as a pure function of its sources."""
+"""One parameter's tensor math in both directions, as pure functions of the source values."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -20,3 +20,14 @@ def hf_to_maxtext(sources: Sequence[np.ndarray], param: Param, sizes: Mapping[st
   for op in param.ops:
     value = op.forward(value, sizes)
   return value
+
+
+def maxtext_to_hf(value: np.ndarray, param: Param, sizes: Mapping[str, Any]) -> np.ndarray:
+  """The HF tensor of `param` from its MaxText value (one layer's slice when stacked).
+
+  Undoes the value ops in reverse order, then the layout; the result is often a transposed view,
+  which the writer copies (tiled) while casting to the output dtype.
+  """
+  for op in reversed(param.ops):
+    value = op.inverse(value, sizes)
+  return rearrange(value, param.mt_axes, param.hf_axes, sizes)

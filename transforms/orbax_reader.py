@@ -5,8 +5,9 @@ The storage layout is read from the checkpoint itself: `_METADATA` says zarr3 or
 """
 from __future__ import annotations
 
+import ast
 import json
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import tensorstore as ts
@@ -46,6 +47,38 @@ class CheckpointReader:
         raise ConversionError(f"{self.items}: cannot open array {path}: {e}") from None
       self._stores[path] = store
     return store
+
+  @property
+  def paths(self) -> list[str]:
+    """Every array's tree path ('params/params/decoder/...'), from _METADATA."""
+    return sorted("/".join(ast.literal_eval(key)) for key in self.metadata.get("tree_metadata", {}))
+
+  def spec(self, path: str) -> tuple[tuple[int, ...], str]:
+    """(shape, zarr dtype name) of an array, from its metadata only."""
+    store = self.array(path)
+    return tuple(store.shape), store.dtype.name
+
+  def scan_layers(self) -> bool | None:
+    """The layout the checkpoint was saved with: _CHECKPOINT_METADATA first, else the tree itself."""
+    step_metadata = storage.join(self.items.rstrip("/").rsplit("/", 1)[0], "_CHECKPOINT_METADATA")
+    if storage.exists(step_metadata):
+      custom = json.loads(storage.read_text(step_metadata)).get("custom_metadata") or {}
+      if isinstance(custom.get("scan_layers"), bool):
+        return custom["scan_layers"]
+    paths = self.paths
+    if any(p.startswith("params/params/decoder/layers/") for p in paths):
+      return True
+    if any(p.startswith("params/params/decoder/layers_") for p in paths):
+      return False
+    return None
+
+  def read_slice(self, path: str, fixed: Sequence[tuple[int, int]] = ()) -> ts.Future:
+    """Starts reading the array with the (axis, position) pairs of `fixed` taken out (a layer)."""
+    store = self.array(path)
+    if not fixed:
+      return store.read()
+    positions = dict(fixed)
+    return store[tuple(positions.get(a, slice(None)) for a in range(store.rank))].read()
 
   def read(self, path: str, index: tuple = ()) -> np.ndarray:
     """The array at `path`, or the part of it that the numpy-style `index` selects."""

@@ -310,12 +310,17 @@ class SafetensorsWriter:
       self.abort()
 
 
+def package_order(names_and_codes: list[tuple[str, str]]) -> list[str]:
+  """Names in the order the safetensors package lays tensors out: dtype rank descending, then name."""
+  return [n for n, _ in sorted(names_and_codes, key=lambda nc: (-_PACKAGE_RANK[nc[1]], nc[0]))]
+
+
 def write_safetensors(path: str, tensors: dict[str, np.ndarray],
                       metadata: dict[str, str] | None = None) -> None:
   """Writes `tensors` in the safetensors package's own order (byte-identical output)."""
   arrays = {name: np.asarray(a) for name, a in tensors.items()}
   codes = {name: dtype_code(a.dtype) for name, a in arrays.items()}
-  order = sorted(arrays, key=lambda n: (-_PACKAGE_RANK[codes[n]], n))
+  order = package_order(list(codes.items()))
   entries = [(name, codes[name], arrays[name].shape) for name in order]
   with SafetensorsWriter(path, entries, metadata) as writer:
     for name in order:

@@ -80,19 +80,24 @@ class RopeInterleave:
 
 @dataclasses.dataclass(frozen=True)
 class Scale:
-  """Multiplies by `sizes[factor]` in float32 (e.g. 1/sqrt(head_dim) folded into the query).
+  """Multiplies by `sizes[factor]` (e.g. 1/sqrt(head_dim) folded into the query), wider than the input.
 
-  The product stays float32; the single rounding to the save dtype happens at the write, which
-  is exactly what MaxText's converter does (float32 multiply, then one cast).
+  16-bit inputs are computed in float32, exactly as MaxText's converter does (so bf16 results are
+  bit-identical to its output); float32 inputs in float64, so a float32 round trip rounds once
+  each way. The result stays wide: the single rounding to the save dtype happens at the write.
   """
   factor: str
 
   def forward(self, x: np.ndarray, sizes: Sizes) -> np.ndarray:
-    return x.astype(np.float32) * np.float32(sizes[self.factor])
+    return _scaled(x, sizes[self.factor])
 
   def inverse(self, x: np.ndarray, sizes: Sizes) -> np.ndarray:
-    return x.astype(np.float32) * np.float32(1.0 / sizes[self.factor])
+    return _scaled(x, 1.0 / sizes[self.factor])
 
+
+def _scaled(x: np.ndarray, factor: float) -> np.ndarray:
+  wide = np.float32 if x.dtype.itemsize <= 2 else np.float64
+  return x.astype(wide) * wide(factor)
 
 
 # Square tiles keep both the read and the write side of a transposing copy in cache: about 2.4x

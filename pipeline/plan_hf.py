@@ -1,0 +1,176 @@
+"""The driver-side plan of MaxText -> HF: checkpoint metadata + HF config in, shards of tensors out.
+
+Reads only `_METADATA`, `_CHECKPOINT_METADATA` and each array's zarr metadata. Shards are filled
+in HF module order up to `max_shard_size`, exactly as transformers' save_pretrained splits a
+state dict, and named as the Hub names them; within a file tensors follow the safetensors
+package's order, so a shard can be written front to back, one tensor at a time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from models.known_configs import known_config
+from pipeline.errors import ConversionError
+from pipeline.plan import detect_family, family_sizes, placements, read_config
+from transforms import storage
+from transforms.orbax_reader import CheckpointReader
+from transforms.safetensors_io import DTYPES, INDEX_FILE, package_order
+from transforms.tensor_ops import axes_shape
+
+WEIGHT_DTYPES = {"bfloat16": "BF16", "float32": "F32", "float16": "F16"}
+SINGLE_FILE = "model.safetensors"
+SHARD_FILE = "model-{index:05d}-of-{count:05d}.safetensors"
+FILE_METADATA = {"format": "pt"}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)?\s*$", re.IGNORECASE)
+_UNITS = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
+          "GIB": 2**30, "TIB": 2**40}
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorTask:
+  """One HF tensor: read `index` of `array`, undo `param`'s transforms, cast to `dtype`."""
+  name: str
+  dtype: str
+  shape: tuple[int, ...]
+  param: str
+  array: str
+  index: tuple[tuple[int, int], ...]
+
+  @property
+  def nbytes(self) -> int:
+    size = DTYPES[self.dtype].itemsize
+    for n in self.shape:
+      size *= n
+    return size
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardTask:
+  """One output file and its tensors in file order; written front to back by one worker."""
+  file: str
+  tensors: tuple[TensorTask, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class HfPlan:
+  family: str
+  sizes: dict[str, Any]
+  config: dict[str, Any]
+  scan_layers: bool
+  weight_dtype: str
+  items: str
+  output: str
+  shards: tuple[ShardTask, ...]
+
+  @property
+  def tensor_count(self) -> int:
+    return sum(len(s.tensors) for s in self.shards)
+
+  @property
+  def total_size(self) -> int:
+    return sum(t.nbytes for s in self.shards for t in s.tensors)
+
+  def index(self) -> dict[str, Any] | None:
+    """model.safetensors.index.json as transformers writes it, or None for a single file."""
+    if len(self.shards) == 1:
+      return None
+    weight_map = {t.name: s.file.rsplit("/", 1)[-1] for s in self.shards for t in s.tensors}
+    total_parameters = sum(t.nbytes // DTYPES[t.dtype].itemsize for s in self.shards for t in s.tensors)
+    return {"metadata": {"total_parameters": total_parameters, "total_size": self.total_size},
+            "weight_map": dict(sorted(weight_map.items()))}
+
+
+def parse_size(text: str | int) -> int:
+  """'5GB' -> 5 * 10**9 (as transformers reads max_shard_size); '500MiB' and plain bytes work too."""
+  if isinstance(text, int):
+    return text
+  match = _SIZE.match(str(text))
+  if not match:
+    raise ConversionError(f"--max_shard_size={text} is not a size like 5GB, 500MB or 2GiB")
+  return int(float(match.group(1)) * _UNITS[match.group(2).upper() if match.group(2) else None])
+
+
+def target_config(hf_model_path: str | None, model_name: str | None) -> tuple[dict[str, Any], str]:
+  """The HF config to write, and where it came from: --hf_model_path, else the known configs."""
+  if hf_model_path:
+    return read_config(hf_model_path), storage.join(hf_model_path, "config.json")
+  if not model_name:
+    raise ConversionError("give --hf_model_path (a directory with config.json) or model_name=... of a "
+                          "released model")
+  config = known_config(model_name)
+  if config is None:
+    raise ConversionError(f"model_name={model_name} has no built-in config; pass --hf_model_path=DIR with its "
+                          "config.json")
+  return config, f"the built-in config of {model_name}"
+
+
+def default_weight_dtype(config: dict[str, Any]) -> str:
+  dtype = config.get("dtype") or config.get("torch_dtype") or "bfloat16"
+  return dtype if dtype in WEIGHT_DTYPES else "bfloat16"
+
+
+def plan_to_huggingface(items: str, output: str, config: dict[str, Any], where: str,
+                        model_name: str | None = None, scan_layers: bool | None = None,
+                        weight_dtype: str | None = None, max_shard_size: str | int = "5GB") -> HfPlan:
+  """Plans MaxText -> HF from metadata only; raises ConversionError on any mismatch."""
+  family = detect_family(config, model_name, where)
+  sizes = family_sizes(family, config, where)
+  weight_dtype = weight_dtype or default_weight_dtype(config)
+  if weight_dtype not in WEIGHT_DTYPES:
+    raise ConversionError(f"weight_dtype={weight_dtype} is not supported; use one of {list(WEIGHT_DTYPES)}")
+  reader = CheckpointReader(items)
+  layout = reader.scan_layers()
+  if layout is None:
+    raise ConversionError(f"{items}: no decoder layers in the checkpoint tree; is it a MaxText checkpoint?")
+  if scan_layers is not None and scan_layers != layout:
+    have = "scanned layers (scan_layers=true)" if layout else "unscanned layers (scan_layers=false)"
+    raise ConversionError(f"{items} holds {have}; drop scan_layers= or set it to {str(layout).lower()}")
+
+  present = set(reader.paths)
+  code = WEIGHT_DTYPES[weight_dtype]
+  tensors: list[TensorTask] = []
+  for place in placements(family, config, sizes, layout):
+    if place.array_path not in present:
+      raise ConversionError(f"{items}: no array {place.array_path}, which a {family.name} model with this "
+                            f"config has ({where}); wrong model_name or config?")
+    shape, _ = reader.spec(place.array_path)
+    if shape != place.array_shape:
+      raise ConversionError(f"{items}: array {place.array_path} has shape {list(shape)} but {where} implies "
+                            f"{list(place.array_shape)}")
+    tensors.append(TensorTask(place.hf_name, code, axes_shape(place.param.hf_axes, sizes), place.param.mt,
+                              place.array_path, place.index))
+  out_config = dict(config)
+  out_config["dtype" if "dtype" in config else "torch_dtype"] = weight_dtype
+  return HfPlan(family=family.name, sizes=sizes, config=out_config, scan_layers=layout, weight_dtype=weight_dtype,
+                items=items, output=output, shards=_shards(tensors, parse_size(max_shard_size), output))
+
+
+def _shards(tensors: list[TensorTask], max_bytes: int, output: str) -> tuple[ShardTask, ...]:
+  """Greedy in module order, a tensor larger than the limit alone (huggingface_hub's rule)."""
+  groups: list[list[TensorTask]] = []
+  current: list[TensorTask] = []
+  size = 0
+  for t in tensors:
+    if t.nbytes > max_bytes:
+      groups.append([t])
+      continue
+    if current and size + t.nbytes > max_bytes:
+      groups.append(current)
+      current, size = [], 0
+    current.append(t)
+    size += t.nbytes
+  if current:
+    groups.append(current)
+  names = ([SINGLE_FILE] if len(groups) == 1
+           else [SHARD_FILE.format(index=i + 1, count=len(groups)) for i in range(len(groups))])
+  shards = []
+  for name, group in zip(names, groups):
+    by_name = {t.name: t for t in group}
+    ordered = package_order([(t.name, t.dtype) for t in group])
+    shards.append(ShardTask(storage.join(output, name), tuple(by_name[n] for n in ordered)))
+  return tuple(shards)
+
+
+__all__ = ["HfPlan", "ShardTask", "TensorTask", "plan_to_huggingface", "target_config", "INDEX_FILE"]

@@ -1,0 +1,84 @@
+"""MaxText Orbax checkpoint -> HF safetensors, as a Beam pipeline.
+
+  python -m pipeline.to_huggingface model_name=qwen3-4b load_parameters_path=gs://b/ckpt/0/items \\
+      base_output_directory=gs://b/hf-out scan_layers=false weight_dtype=bfloat16 [--hf_model_path=DIR]
+
+writes sharded safetensors (model-0000i-of-0000N.safetensors + model.safetensors.index.json, or
+model.safetensors), config.json and the tokenizer files of --hf_model_path to base_output_directory
+(local, gs://, or hf://user/repo).
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from typing import Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import cli, hub, runner
+from pipeline.build import add_to_huggingface
+from pipeline.errors import ConversionError
+from pipeline.options import ConversionOptions
+from pipeline.plan_hf import INDEX_FILE, HfPlan, plan_to_huggingface, target_config
+from transforms import storage
+from transforms.shard_dofns import AUX_FILES
+
+MAXTEXT_KEYS = ("model_name", "load_parameters_path", "base_output_directory", "scan_layers", "weight_dtype",
+                "hf_model_path", "hf_access_token", "max_shard_size")
+
+
+def prepare_output(output: str, overwrite: bool) -> None:
+  """Refuses to mix with an existing model directory unless `overwrite`, then removes only our files."""
+  ours = [n for n in storage.list_names(output)
+          if n.endswith(".safetensors") or n in (INDEX_FILE, "config.json", *AUX_FILES)]
+  if ours and not overwrite:
+    raise ConversionError(f"{output} already holds a model ({', '.join(ours[:3])}...); pass --overwrite to "
+                          "replace it")
+  for name in ours:
+    storage.remove_tree(storage.join(output, name))
+
+
+def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[HfPlan, dict[str, int]]:
+  """Plans, writes every shard, then the index and config; returns the plan and the run's counters."""
+  conv = options.view_as(ConversionOptions)
+  if not conv.load_parameters_path:
+    raise ConversionError("load_parameters_path=<dir>/0/items is required")
+  if not conv.base_output_directory:
+    raise ConversionError("base_output_directory=... is required")
+  config, where = target_config(conv.hf_model_path, conv.model_name)
+  destination = conv.base_output_directory
+  with tempfile.TemporaryDirectory(prefix="ckptflow-hub-") as staging:
+    output = destination
+    if hub.is_hub(destination):
+      repo, access_token = hub.prepare(destination, conv.hf_access_token)
+      output = staging
+    plan = plan_to_huggingface(conv.load_parameters_path, output, config, where, conv.model_name,
+                               conv.scan_layers, conv.weight_dtype, conv.max_shard_size)
+    prepare_output(output, conv.overwrite)
+    totals = runner.run(lambda p, progress: add_to_huggingface(p, plan, conv.hf_model_path, progress),
+                        runner.with_local_defaults(options, flags), plan.tensor_count, "to_huggingface",
+                        conv.progress)
+    if hub.is_hub(destination):
+      hub.upload(staging, repo, access_token)
+  return plan, totals
+
+
+def main(argv: list[str]) -> int:
+  if any(a in ("-h", "--help") for a in argv):
+    print(cli.help_text("python -m pipeline.to_huggingface", __doc__, MAXTEXT_KEYS))
+    return 0
+  flags, notes = cli.translate(argv, MAXTEXT_KEYS)
+  for note in notes:
+    print(f"note: {note}", file=sys.stderr)
+  start = time.monotonic()
+  plan, totals = convert(PipelineOptions(flags), flags)
+  layout = "scanned" if plan.scan_layers else "unscanned"
+  print(f"{plan.family} ({layout}): {runner.summary(totals, time.monotonic() - start)}", file=sys.stderr)
+  destination = PipelineOptions(flags).view_as(ConversionOptions).base_output_directory
+  print(f"wrote {len(plan.shards)} shard(s) and config.json to {destination}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(cli.run_main(main))

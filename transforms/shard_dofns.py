@@ -1,0 +1,110 @@
+"""Thin Beam steps of MaxText -> HF: write each safetensors shard, then the index and config last."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterator
+
+import apache_beam as beam
+import numpy as np
+
+import models
+from pipeline.errors import ConversionError
+from transforms import storage
+from transforms.convert import maxtext_to_hf
+from transforms.dofns import METRICS_NAMESPACE
+from transforms.orbax_reader import CheckpointReader
+from transforms.safetensors_io import DTYPES, INDEX_FILE, SafetensorsWriter
+from transforms.tensor_ops import contiguous
+
+FILE_METADATA = {"format": "pt"}
+# Files next to the weights that a model directory needs and we carry over from --hf_model_path.
+AUX_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+             "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+             "chat_template.json", "preprocessor_config.json")
+
+
+class WriteShardFn(beam.DoFn):
+  """Streams one shard: header first, then each tensor read from Orbax, converted and appended.
+
+  The next tensor's read (tensorstore decompresses on its own threads) overlaps this one's
+  conversion, so a worker holds at most two tensors.
+  """
+
+  def __init__(self, items: str, family: str, sizes: dict[str, Any], progress_path: str | None = None):
+    self.items = items
+    self.family = family
+    self.sizes = sizes
+    self.progress_path = progress_path
+    self.tensors = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "tensors")
+    self.read_bytes = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "read-bytes")
+    self.write_bytes = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "write-bytes")
+    self.shard_msec = beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "shard-msec")
+
+  def setup(self) -> None:
+    self.reader = CheckpointReader(self.items)
+    self.param_of = models.BY_NAME[self.family].param
+
+  def process(self, shard) -> Iterator[tuple[str, int]]:
+    start = time.monotonic()
+    tasks = shard.tensors
+    entries = [(t.name, t.dtype, t.shape) for t in tasks]
+    with SafetensorsWriter(shard.file, entries, FILE_METADATA) as writer:
+      pending = self.reader.read_slice(tasks[0].array, tasks[0].index)
+      for i, task in enumerate(tasks):
+        value = np.asarray(pending.result())
+        if i + 1 < len(tasks):
+          pending = self.reader.read_slice(tasks[i + 1].array, tasks[i + 1].index)
+        self.read_bytes.inc(value.nbytes)
+        tensor = contiguous(maxtext_to_hf(value, self.param_of(task.param), self.sizes), DTYPES[task.dtype])
+        del value
+        writer.write(task.name, tensor)
+        self.write_bytes.inc(tensor.nbytes)
+        self.tensors.inc()
+        if self.progress_path:
+          with open(self.progress_path, "a") as f:
+            f.write(".")
+    self.shard_msec.update(int((time.monotonic() - start) * 1000))
+    yield shard.file, len(tasks)
+
+
+class CountTensors(beam.CombineFn):
+  """The barrier: how many tensors all shard writers wrote."""
+
+  def create_accumulator(self) -> int:
+    return 0
+
+  def add_input(self, acc: int, item: tuple[str, int]) -> int:
+    return acc + item[1]
+
+  def merge_accumulators(self, accs) -> int:
+    return sum(accs)
+
+  def extract_output(self, acc: int) -> int:
+    return acc
+
+
+class FinalizeFn(beam.DoFn):
+  """After every shard exists: the index, the tokenizer files, and config.json, which goes last."""
+
+  def __init__(self, output: str, expected_tensors: int, index: dict[str, Any] | None, config: dict[str, Any],
+               hf_model_path: str | None):
+    self.output = output
+    self.expected_tensors = expected_tensors
+    self.index = index
+    self.config = config
+    self.hf_model_path = hf_model_path
+
+  def process(self, count: int) -> Iterator[str]:
+    if count != self.expected_tensors:
+      raise ConversionError(f"{self.output}: {count} of {self.expected_tensors} tensors were written; "
+                            "not writing config.json")
+    if self.index is not None:
+      storage.write_text(storage.join(self.output, INDEX_FILE), json.dumps(self.index, indent=2, sort_keys=True) + "\n")
+    if self.hf_model_path:
+      for name in AUX_FILES:
+        source = storage.join(self.hf_model_path, name)
+        if storage.exists(source):
+          storage.write_bytes(storage.join(self.output, name), storage.read_bytes(source))
+    storage.write_text(storage.join(self.output, "config.json"), json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+    yield self.output
