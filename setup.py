@@ -18,8 +18,15 @@ setup(
         "gcsfs==2026.10.1",
     ],
     extras_require={
+        # hf:// destinations.
+        "hub": ["huggingface-hub==2.4.0"],
+        # The logit checker and from_pretrained checks (never needed to convert).
+        "verify": ["torch==2.13.0", "transformers==5.24.0"],
         # Verifying with Orbax itself, the GCS emulator, and the test runner.
         "test": [
+            "huggingface-hub==2.4.0",
+            "torch==2.13.0",
+            "transformers==5.24.0",
             "orbax-checkpoint==0.12.8",
             "jax==0.10.2",
             "jaxlib==0.10.2",

@@ -85,3 +85,22 @@ def test_progress_counts_worker_dots(capsys):
   err = capsys.readouterr().err
   assert "to_maxtext: 4/4 tensors [########################] 100%" in err
   assert not os.path.exists(progress.path)
+
+
+def test_to_huggingface_command_line(tmp_path):
+  out = tmp_path / "hf"
+  p = subprocess.run([sys.executable, "-m", "pipeline.to_huggingface", "model_name=llama3.1-8b",
+                      f"load_parameters_path={goldens.items('llama3.1', 'scan')}", f"base_output_directory={out}",
+                      "scan_layers=false", "weight_dtype=bfloat16", f"--hf_model_path={goldens.path('llama3.1', 'hf')}",
+                      "hardware=cpu"], cwd=goldens.REPO, capture_output=True, text=True, timeout=300)
+  assert p.returncode == 2
+  assert p.stderr.strip().splitlines()[-1].startswith("error: ") and "holds scanned layers" in p.stderr
+  assert len(p.stderr.strip().splitlines()) == 2  # the note on hardware=cpu, then the error
+  p = subprocess.run([sys.executable, "-m", "pipeline.to_huggingface", "model_name=llama3.1-8b",
+                      f"load_parameters_path={goldens.items('llama3.1', 'scan')}", f"base_output_directory={out}",
+                      "weight_dtype=bfloat16", f"--hf_model_path={goldens.path('llama3.1', 'hf')}"],
+                     cwd=goldens.REPO, capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr
+  assert "llama3.1 (scanned): 30 tensors" in p.stderr
+  assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                                     "tokenizer_config.json"]

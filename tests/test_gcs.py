@@ -46,3 +46,18 @@ def test_worker_reads_only_its_tensor_bytes(gcs_server, gcs_bucket):
   gets = [l for l in lines if '"GET ' in l and "model.safetensors" in l]
   assert len(gets) == 1 and " 206 " in gets[0], lines
   assert value.nbytes == ref.nbytes < storage.size(ref.file) / 10
+
+
+def test_gcs_maxtext_to_hf(tmp_path, gcs_bucket):
+  from tests.test_to_huggingface import assert_same_model, tensors, to_hf  # pylint: disable=import-outside-toplevel
+  ckpt = f"gs://{gcs_bucket}/ckpt"
+  upload_dir(goldens.path("llama3.1", "maxtext_unscan"), ckpt)
+  hf = f"gs://{gcs_bucket}/hf-config"
+  upload_dir(goldens.path("llama3.1", "hf"), hf)
+  out = f"gs://{gcs_bucket}/hf-out"
+  plan, totals = to_hf(f"{ckpt}/0/items", out, "--max_shard_size=150KB", hf_model_path=hf,
+                       runner_flags=MULTI_PROCESS)
+  assert len(plan.shards) > 1 and totals["tensors"] == plan.tensor_count
+  assert {"config.json", "model.safetensors.index.json", "tokenizer.json"} <= set(storage.list_names(out))
+  download_dir(out, str(tmp_path / "hf"))
+  assert_same_model(tensors(tmp_path / "hf"), tensors(goldens.path("llama3.1", "hf")), "llama3.1")
