@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -25,11 +25,7 @@ AUX_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json"
 
 
 class WriteShardFn(beam.DoFn):
-  """Streams one shard: header first, then each tensor read from Orbax, converted and appended.
-
-  The next tensor's read (tensorstore decompresses on its own threads) overlaps this one's
-  conversion, so a worker holds at most two tensors.
-  """
+  """Streams one shard: header first, then each tensor read from Orbax, converted and appended."""
 
   def __init__(self, items: str, family: str, sizes: dict[str, Any], progress_path: str | None = None):
     self.items = items
@@ -47,25 +43,36 @@ class WriteShardFn(beam.DoFn):
 
   def process(self, shard) -> Iterator[tuple[str, int]]:
     start = time.monotonic()
-    tasks = shard.tensors
-    entries = [(t.name, t.dtype, t.shape) for t in tasks]
+    entries = [(t.name, t.dtype, t.shape) for t in shard.tensors]
     with SafetensorsWriter(shard.file, entries, FILE_METADATA) as writer:
-      pending = self.reader.read_slice(tasks[0].array, tasks[0].index)
-      for i, task in enumerate(tasks):
-        value = np.asarray(pending.result())
-        if i + 1 < len(tasks):
-          pending = self.reader.read_slice(tasks[i + 1].array, tasks[i + 1].index)
-        self.read_bytes.inc(value.nbytes)
-        tensor = contiguous(maxtext_to_hf(value, self.param_of(task.param), self.sizes), DTYPES[task.dtype])
-        del value
+      for task, tensor, read in hf_tensors(self.reader, shard.tensors, self.param_of, self.sizes):
         writer.write(task.name, tensor)
+        self.read_bytes.inc(read)
         self.write_bytes.inc(tensor.nbytes)
         self.tensors.inc()
         if self.progress_path:
           with open(self.progress_path, "a") as f:
             f.write(".")
     self.shard_msec.update(int((time.monotonic() - start) * 1000))
-    yield shard.file, len(tasks)
+    yield shard.file, len(shard.tensors)
+
+
+def hf_tensors(reader: CheckpointReader, tasks: Sequence, param_of: Callable[[str], Any],
+               sizes: dict[str, Any]) -> Iterator[tuple[Any, np.ndarray, int]]:
+  """(task, HF tensor, bytes read) for each task in order.
+
+  The next tensor's read (tensorstore decompresses on its own threads) overlaps this one's
+  conversion, so at most two tensors are held.
+  """
+  pending = reader.read_slice(tasks[0].array, tasks[0].index) if tasks else None
+  for i, task in enumerate(tasks):
+    value = np.asarray(pending.result())
+    if i + 1 < len(tasks):
+      pending = reader.read_slice(tasks[i + 1].array, tasks[i + 1].index)
+    read = value.nbytes
+    tensor = contiguous(maxtext_to_hf(value, param_of(task.param), sizes), DTYPES[task.dtype])
+    del value
+    yield task, tensor, read
 
 
 class CountTensors(beam.CombineFn):

@@ -1,0 +1,83 @@
+"""The logit checker passes on correct conversions and fails on deliberately broken ones."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+import models
+from pipeline import check_logits
+from tests import goldens
+from tests.test_to_maxtext import convert as to_maxtext
+from transforms.tensor_ops import RopeInterleave
+
+
+def check(items, family, *extra):
+  return check_logits.main([f"load_parameters_path={items}", f"--hf_model_path={goldens.path(family, 'hf')}",
+                            *extra])
+
+
+@pytest.mark.parametrize("family", goldens.FAMILIES)
+@pytest.mark.parametrize("layout", ["scan", "unscan"])
+def test_passes_on_maxtexts_own_checkpoints(family, layout, capsys):
+  assert check(goldens.items(family, layout), family) == 0
+  out = capsys.readouterr().out
+  assert out.count("top-10 overlap 10/10, Jaccard 1.000, rank agreement 1.000") == 3
+  assert "PASS: max per-token KL" in out
+
+
+def _broken(family_name, kind):
+  """The family's spec with one deliberate layout mistake, as a buggy converter would make it."""
+  family = models.BY_NAME[family_name]
+  params = list(family.params)
+
+  def swap(a, b):
+    i = next(i for i, p in enumerate(params) if p.hf.endswith(a))
+    j = next(j for j, p in enumerate(params) if p.hf.endswith(b))
+    params[i], params[j] = (dataclasses.replace(params[i], hf=params[j].hf),
+                            dataclasses.replace(params[j], hf=params[i].hf))
+  if kind == "rope left out":
+    params = [dataclasses.replace(p, ops=tuple(op for op in p.ops if not isinstance(op, RopeInterleave)))
+              for p in params]
+  elif kind == "k and v swapped":
+    swap("k_proj.weight", "v_proj.weight")
+  else:
+    swap("gate_proj.weight", "up_proj.weight")
+  return dataclasses.replace(family, params=tuple(params))
+
+
+@pytest.mark.parametrize("family,kind", [("llama3.1", "rope left out"), ("llama3.1", "k and v swapped"),
+                                         ("qwen3", "k and v swapped"), ("qwen2.5", "gate and up swapped"),
+                                         ("llama3.1", "gate and up swapped")])
+def test_fails_on_broken_checkpoints(tmp_path, monkeypatch, family, kind, capsys):
+  broken = _broken(family, kind)
+  with monkeypatch.context() as m:
+    m.setitem(models.BY_NAME, family, broken)
+    m.setitem(models.BY_ARCHITECTURE, broken.architectures[0], broken)
+    _, items, _ = to_maxtext(goldens.path(family, "hf"), tmp_path)
+  assert check(items, family) == 1
+  out = capsys.readouterr().out
+  worst = float(out.split("FAIL: max per-token KL ")[1].split()[0])
+  assert worst > 0.1, out[-300:]
+
+
+def test_golden_logits_round_trip(tmp_path, capsys):
+  golden = tmp_path / "golden.jsonl"
+  assert check(goldens.items("qwen3", "scan"), "qwen3", f"--save_golden_logits={golden}") == 0
+  first = capsys.readouterr().out
+  lines = check_logits.read_golden(str(golden))
+  assert [g["prompt"] for g in lines] == list(check_logits.DEFAULT_PROMPTS)
+  assert np.asarray(lines[0]["logits"]).shape == (len(lines[0]["tokens"]), 512)
+  assert check_logits.main([f"load_parameters_path={goldens.items('qwen3', 'unscan')}",
+                            f"--hf_model_path={goldens.path('qwen3', 'hf')}", "--run_hf_model=false",
+                            f"--golden_logits_path={golden}"]) == 0
+  assert capsys.readouterr().out.splitlines()[-1] == first.splitlines()[-1]
+
+
+def test_metrics():
+  ref = np.log(np.array([[0.5, 0.25, 0.25]]))
+  assert check_logits.kl_divergence(ref, ref)[0] == pytest.approx(0.0, abs=1e-12)
+  ours = np.log(np.array([[0.25, 0.5, 0.25]]))
+  assert check_logits.kl_divergence(ref, ours)[0] == pytest.approx(0.25 * np.log(2.0))
+  c = check_logits.compare("p", ref, ours, 2)
+  assert c.top_ref[0][0] == 0 and c.top_ours[0][0] == 1
+  assert c.overlap == 2 and c.jaccard == 1.0 and c.rank_agreement == 0.0
