@@ -18,6 +18,7 @@ from transforms.safetensors_io import DTYPES, INDEX_FILE, SafetensorsWriter
 from transforms.tensor_ops import contiguous
 
 FILE_METADATA = {"format": "pt"}
+PREFETCH_BYTES = 256 * 2**20
 # Files next to the weights that a model directory needs and we carry over from --hf_model_path.
 AUX_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
              "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
@@ -61,13 +62,14 @@ def hf_tensors(reader: CheckpointReader, tasks: Sequence, param_of: Callable[[st
                sizes: dict[str, Any]) -> Iterator[tuple[Any, np.ndarray, int]]:
   """(task, HF tensor, bytes read) for each task in order.
 
-  The next tensor's read (tensorstore decompresses on its own threads) overlaps this one's
-  conversion, so at most two tensors are held.
+  A small next tensor's read (tensorstore decompresses on its own threads) overlaps this one's
+  conversion; a large one waits, so a worker holds at most 2 x the largest tensor + PREFETCH_BYTES.
   """
-  pending = reader.read_slice(tasks[0].array, tasks[0].index) if tasks else None
+  pending = None
   for i, task in enumerate(tasks):
-    value = np.asarray(pending.result())
-    if i + 1 < len(tasks):
+    value = np.asarray((pending or reader.read_slice(task.array, task.index)).result())
+    pending = None
+    if i + 1 < len(tasks) and tasks[i + 1].nbytes <= PREFETCH_BYTES:
       pending = reader.read_slice(tasks[i + 1].array, tasks[i + 1].index)
     read = value.nbytes
     tensor = contiguous(maxtext_to_hf(value, param_of(task.param), sizes), DTYPES[task.dtype])

@@ -1,11 +1,12 @@
-"""Benchmark HF -> MaxText against `cp` of the same files, with ../shared/bench's tools.
+"""Benchmark both directions against `cp` of the same files, with ../shared/bench's tools.
 
-  .venv/bin/python bench/to_maxtext.py [--layers 4 8] [--workers N] [--data bench-data]
+  .venv/bin/python bench/convert.py [--layers 4 8] [--workers N] [--data bench-data]
 
 For each layer count: makes (once) a random Llama-3.1-8B-shaped checkpoint with make_model.py,
-then runs `cp -r` and `python -m pipeline.to_maxtext` under measure.py, which samples the RSS
-of the whole process tree. Prints wall time, peak RSS of the largest process and of the tree,
-and checks each process against the budget 2 x largest tensor + 1.5 GB.
+then runs `cp -r`, `python -m pipeline.to_maxtext` and, from its output, `python -m
+pipeline.to_huggingface` under measure.py, which samples the RSS of the whole process tree.
+Prints wall time, peak RSS of the largest process and of the tree, and checks each process
+against the budget 2 x largest tensor + 1.5 GB.
 """
 from __future__ import annotations
 
@@ -55,17 +56,22 @@ def main() -> int:
       cp = measure(f"cp-{layers}l", ["cp", "-r", model, os.path.join(tmp, "copy")], results)
       shutil.rmtree(os.path.join(tmp, "copy"))
       subprocess.run(["sync"], check=False)
-      cmd = [sys.executable, "-m", "pipeline.to_maxtext", f"base_output_directory={os.path.join(tmp, 'out')}",
-             f"--hf_model_path={model}", "--progress=false", *a.extra]
-      if a.workers:
-        cmd.append(f"--direct_num_workers={a.workers}")
-      ours = measure(f"ckptflow-{layers}l", cmd, results)
-    ok = ours["rc"] == 0 and ours["peak_proc_rss_mb"] < budget_mb
-    rows.append((layers, total, largest, cp, ours, budget_mb, ok))
-  print(f"\n{'model':>16} {'bytes':>9} {'largest':>8} {'cp s':>6} {'ckptflow s':>10} {'MB/s':>6} "
+      workers = [f"--direct_num_workers={a.workers}"] if a.workers else []
+      to_mt = measure(f"to_maxtext-{layers}l", [
+          sys.executable, "-m", "pipeline.to_maxtext", f"base_output_directory={os.path.join(tmp, 'mt')}",
+          f"--hf_model_path={model}", "--progress=false", *workers, *a.extra], results)
+      subprocess.run(["sync"], check=False)
+      to_hf = measure(f"to_huggingface-{layers}l", [
+          sys.executable, "-m", "pipeline.to_huggingface", f"load_parameters_path={os.path.join(tmp, 'mt', '0', 'items')}",
+          f"base_output_directory={os.path.join(tmp, 'hf')}", f"--hf_model_path={model}", "--progress=false",
+          *workers], results)
+    for label, ours in (("to_maxtext", to_mt), ("to_huggingface", to_hf)):
+      ok = ours["rc"] == 0 and ours["peak_proc_rss_mb"] < budget_mb
+      rows.append((layers, label, total, largest, cp, ours, budget_mb, ok))
+  print(f"\n{'model':>16} {'direction':>15} {'bytes':>9} {'largest':>8} {'cp s':>6} {'ckptflow s':>10} {'MB/s':>6} "
         f"{'peak proc MB':>12} {'peak tree MB':>12} {'budget MB':>9}")
-  for layers, total, largest, cp, ours, budget_mb, ok in rows:
-    print(f"{a.preset + '-' + str(layers) + 'l':>16} {total / 2**30:8.2f}G {largest / 2**20:7.0f}M "
+  for layers, label, total, largest, cp, ours, budget_mb, ok in rows:
+    print(f"{a.preset + '-' + str(layers) + 'l':>16} {label:>15} {total / 2**30:8.2f}G {largest / 2**20:7.0f}M "
           f"{cp['wall_s']:6.1f} {ours['wall_s']:10.1f} {total / 1e6 / ours['wall_s']:6.0f} "
           f"{ours['peak_proc_rss_mb']:12d} {ours['peak_tree_rss_mb']:12d} {budget_mb:9.0f} "
           f"{'ok' if ok else 'OVER BUDGET'}")
