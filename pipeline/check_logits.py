@@ -31,7 +31,12 @@ from transforms import storage
 from transforms.orbax_reader import CheckpointReader
 from transforms.shard_dofns import hf_tensors
 
-DEFAULT_PROMPTS = ("I love to", "Today is a", "What is the")
+# A short prompt barely rotates: RoPE at position 0 is the identity. The long one (about 400
+# tokens on a Llama tokenizer) makes position-dependent mistakes show in the logits.
+_PASSAGE = ("A lighthouse keeper on a rocky northern island logs the weather every three hours, trims the "
+            "lamp wick at dusk, and rows to the mainland once a fortnight for oil, flour and letters. ")
+LONG_PROMPT = _PASSAGE * 8 + "\nAccording to the passage, the keeper rows to the mainland to fetch"
+DEFAULT_PROMPTS = ("I love to", "Today is a", "What is the", LONG_PROMPT)
 MAXTEXT_KEYS = ("load_parameters_path", "model_name", "scan_layers", "max_prefill_predict_length",
                 "max_target_length", "hf_model_path")
 
@@ -82,7 +87,8 @@ def compare(prompt: str, ref_logits: np.ndarray, our_logits: np.ndarray, k: int)
 
 
 def report(c: Comparison, decode) -> str:
-  lines = [f"prompt {c.prompt!r}",
+  shown = c.prompt if len(c.prompt) <= 60 else c.prompt[:57] + "..."
+  lines = [f"prompt {shown!r} ({len(c.kl_per_token)} tokens)",
            f"  {'rank':>4}  {'hf token':>24} {'p':>8}   {'converted token':>24} {'q':>8}"]
   for rank, ((a, pa), (b, pb)) in enumerate(zip(c.top_ref, c.top_ours), 1):
     lines.append(f"  {rank:>4}  {decode(a):>24} {pa:8.4f}   {decode(b):>24} {pb:8.4f}")
@@ -165,8 +171,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
   add("--golden_logits_path", default=None, help="reference logits saved by --save_golden_logits")
   add("--save_golden_logits", default=None, help="write the reference logits here (JSON lines)")
   add("--max_kl_div", type=float, default=0.01, help="fail above this per-token KL(P_hf || Q). Default 0.01")
-  add("--max_prefill_predict_length", type=int, default=64, help="prompt tokens used")
-  add("--max_target_length", type=int, default=128, help="accepted for MaxText compatibility")
+  add("--max_prefill_predict_length", type=int, default=512, help="prompt tokens used, at most")
+  add("--max_target_length", type=int, default=1024, help="sequence length limit, at most")
   add("--prompt", action="append", default=None, help="a prompt (repeatable); default: three short ones")
   add("--top_k", type=int, default=10)
   flags, notes = cli.translate(argv, MAXTEXT_KEYS)

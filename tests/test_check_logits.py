@@ -21,7 +21,7 @@ def check(items, family, *extra):
 def test_passes_on_maxtexts_own_checkpoints(family, layout, capsys):
   assert check(goldens.items(family, layout), family) == 0
   out = capsys.readouterr().out
-  assert out.count("top-10 overlap 10/10, Jaccard 1.000, rank agreement 1.000") == 3
+  assert out.count("top-10 overlap 10/10, Jaccard 1.000, rank agreement 1.000") == 4
   assert "PASS: max per-token KL" in out
 
 
