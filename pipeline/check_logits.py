@@ -7,16 +7,21 @@ Prints per prompt the top-k tokens of both models at the last position, their ov
 similarity and rank agreement, and the average and maximum per-token KL(P_hf || Q_converted);
 exits 1 when the maximum exceeds --max_kl_div.
 
-The converted side streams the checkpoint through ckptflow's own inverse conversion into an
-in-memory HF model (torch + transformers: `pip install -e .[verify]`); the reference side runs the
-HF model from --hf_model_path, or reads logits saved with --save_golden_logits (JSON lines: prompt,
-tokens, logits).
+The converted side runs MaxText's own model on the checkpoint when `maxtext` is importable
+(--backend=maxtext; MaxText-only key=value overrides such as per_device_batch_size=1 are passed to
+its config), else streams the checkpoint through ckptflow's own inverse conversion into an
+in-memory HF model (--backend=ckptflow; torch + transformers: `pip install -e .[verify]`). The
+reference side runs the HF model from --hf_model_path, or reads logits saved with
+--save_golden_logits (JSON lines: prompt, tokens, logits).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import importlib.util
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -121,6 +126,62 @@ def converted_model(items: str, config: dict[str, Any], where: str, model_name: 
   return model.eval()
 
 
+def maxtext_logits(maxtext_argv: Sequence[str]):
+  """tokens -> logits from MaxText's own (linen) model, restored from load_parameters_path.
+
+  `maxtext_argv` is MaxText's command line after the program name: its base config, then the
+  key=value overrides (model_name, load_parameters_path, scan_layers, ...).
+  """
+  # pylint: disable=import-outside-toplevel
+  import jax
+  import jax.numpy as jnp
+  from maxtext.common.common_types import DECODING_ACTIVE_SEQUENCE_INDICATOR, MODEL_MODE_TRAIN
+  from maxtext.configs import pyconfig
+  from maxtext.layers import quantizations
+  from maxtext.models import models as maxtext_models
+  from maxtext.utils import maxtext_utils
+  config = pyconfig.initialize_pydantic(["check_logits", *maxtext_argv])
+  mesh = jax.sharding.Mesh(maxtext_utils.create_device_mesh(config), config.mesh_axes)
+  rng = jax.random.PRNGKey(config.init_weights_seed)
+  model = maxtext_models.transformer_as_linen(config, mesh, quant=quantizations.configure_quantization(config),
+                                              model_mode=MODEL_MODE_TRAIN)
+  init_state = functools.partial(maxtext_utils.init_initial_state, model, None, config, False, rng)
+  state, _ = maxtext_utils.setup_decode_state(config, mesh, None, init_state)
+  batch = config.global_batch_size_to_train_on
+
+  def logits(tokens: Sequence[int]) -> np.ndarray:
+    n = len(tokens)
+    ids = jnp.asarray([list(tokens)] * batch, dtype=jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (batch, n))
+    segments = jnp.full((batch, n), DECODING_ACTIVE_SEQUENCE_INDICATOR, dtype=jnp.int32)
+    out = model.apply(state.params, ids, positions, segments, enable_dropout=False, rngs={"aqt": rng})
+    return np.asarray(out[0, :n], dtype=np.float32)
+  return logits
+
+
+def maxtext_argv(argv: Sequence[str], args: argparse.Namespace) -> list[str]:
+  """MaxText's own command line: a base config (given, else MaxText's), then every key=value."""
+  configs = [a for a in argv if a.endswith((".yml", ".yaml"))]
+  if not configs:
+    import maxtext  # pylint: disable=import-outside-toplevel
+    configs = [os.path.join(os.path.dirname(maxtext.__file__), "configs", "base.yml")]
+  overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+  given = {a.split("=", 1)[0] for a in overrides}
+  implied = {"load_parameters_path": args.load_parameters_path, "model_name": args.model_name,
+             "scan_layers": None if args.scan_layers is None else str(args.scan_layers).lower(),
+             "max_prefill_predict_length": str(args.max_prefill_predict_length),
+             "max_target_length": str(args.max_target_length)}
+  return configs[:1] + overrides + [f"{k}={v}" for k, v in implied.items() if v is not None and k not in given]
+
+
+def choose_backend(requested: str) -> str:
+  if requested == "auto":
+    return "maxtext" if importlib.util.find_spec("maxtext") is not None else "ckptflow"
+  if requested == "maxtext" and importlib.util.find_spec("maxtext") is None:
+    raise ConversionError("--backend=maxtext needs the maxtext package (Python >= 3.12); use --backend=ckptflow")
+  return requested
+
+
 def reference_logits(hf_model_path: str, token_lists: Sequence[Sequence[int]]) -> list[np.ndarray]:
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
@@ -175,6 +236,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
   add("--max_target_length", type=int, default=1024, help="sequence length limit, at most")
   add("--prompt", action="append", default=None, help="a prompt (repeatable); default: three short ones")
   add("--top_k", type=int, default=10)
+  add("--backend", default="auto", choices=("auto", "maxtext", "ckptflow"),
+      help="who runs the converted checkpoint: MaxText's own model, or ckptflow's inverse conversion "
+           "into an HF model (default: maxtext when importable)")
   flags, notes = cli.translate(argv, MAXTEXT_KEYS)
   for note in notes:
     print(f"note: {note}", file=sys.stderr)
@@ -201,10 +265,16 @@ def main(argv: list[str]) -> int:
     raise ConversionError("the reference needs --hf_model_path with --run_hf_model=true, or --golden_logits_path")
   if args.save_golden_logits:
     write_golden(args.save_golden_logits, prompts, token_lists, ref)
-  model = converted_model(args.load_parameters_path, config, where, args.model_name, args.scan_layers)
+  backend = choose_backend(args.backend)
+  if backend == "maxtext":
+    ours = maxtext_logits(maxtext_argv(argv, args))
+  else:
+    model = converted_model(args.load_parameters_path, config, where, args.model_name, args.scan_layers)
+    ours = functools.partial(forward, model)
+  print(f"converted model: {backend} backend")
   worst = 0.0
   for prompt, tokens, ref_logits in zip(prompts, token_lists, ref):
-    comparison = compare(prompt, ref_logits, forward(model, tokens), args.top_k)
+    comparison = compare(prompt, ref_logits, ours(tokens), args.top_k)
     print(report(comparison, decode))
     worst = max(worst, float(comparison.kl_per_token.max()))
   verdict = "PASS" if worst <= args.max_kl_div else "FAIL"

@@ -1,5 +1,6 @@
 """The logit checker passes on correct conversions and fails on deliberately broken ones."""
 import dataclasses
+import sys
 
 import numpy as np
 import pytest
@@ -81,3 +82,44 @@ def test_metrics():
   c = check_logits.compare("p", ref, ours, 2)
   assert c.top_ref[0][0] == 0 and c.top_ours[0][0] == 1
   assert c.overlap == 2 and c.jaccard == 1.0 and c.rank_agreement == 0.0
+
+
+@pytest.fixture
+def maxtext_stand_in(monkeypatch):
+  monkeypatch.syspath_prepend(str(goldens.REPO) + "/tests/maxtext_stand_in")
+  import maxtext  # pylint: disable=import-outside-toplevel
+  yield maxtext
+  for name in [n for n in sys.modules if n == "maxtext" or n.startswith("maxtext.")]:
+    del sys.modules[name]
+
+
+@pytest.mark.parametrize("kind", [None, "k and v swapped"])
+def test_maxtext_backend_through_a_stand_in(tmp_path, monkeypatch, capsys, kind, maxtext_stand_in):
+  """maxtext needs Python >= 3.12: a stand-in package checks how the backend drives MaxText's API."""
+  maxtext = maxtext_stand_in
+  maxtext.CALLS.clear()
+  items = goldens.items("qwen3", "scan")
+  if kind:
+    broken = _broken("qwen3", kind)
+    with monkeypatch.context() as m:
+      m.setitem(models.BY_NAME, "qwen3", broken)
+      m.setitem(models.BY_ARCHITECTURE, broken.architectures[0], broken)
+      _, items, _ = to_maxtext(goldens.path("qwen3", "hf"), tmp_path)
+  rc = check(items, "qwen3", "model_name=qwen3-0.6b", "per_device_batch_size=2",
+             f"stand_in_hf_config={goldens.path('qwen3', 'hf')}")
+  out = capsys.readouterr().out
+  assert "converted model: maxtext backend" in out
+  assert rc == (1 if kind else 0), out[-300:]
+  (_, argv), *applies = maxtext.CALLS
+  assert argv[1].endswith("maxtext/configs/base.yml")
+  assert f"load_parameters_path={items}" in argv and "model_name=qwen3-0.6b" in argv
+  assert "max_prefill_predict_length=512" in argv
+  assert [a for a, _ in applies] == ["apply"] * 4 and applies[0][1][0] == 2
+
+
+def test_without_maxtext_the_ckptflow_backend_runs(capsys):
+  assert check_logits.choose_backend("auto") == "ckptflow"
+  assert check(goldens.items("qwen2.5", "scan"), "qwen2.5", "--backend=ckptflow") == 0
+  assert "converted model: ckptflow backend" in capsys.readouterr().out
+  with pytest.raises(check_logits.ConversionError, match="--backend=maxtext needs the maxtext package"):
+    check_logits.choose_backend("maxtext")
