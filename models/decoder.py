@@ -30,12 +30,43 @@ def decoder_sizes(config: Config) -> dict[str, Any]:
   }
 
 
+def gated_mlp() -> tuple[Param, ...]:
+  """SwiGLU MLP: gate -> wi_0, up -> wi_1, down -> wo."""
+  return (
+      Param(LAYER + "mlp.gate_proj.weight", BLOCK + "mlp/wi_0/kernel", "mlp embed", "embed mlp"),
+      Param(LAYER + "mlp.up_proj.weight", BLOCK + "mlp/wi_1/kernel", "mlp embed", "embed mlp"),
+      Param(LAYER + "mlp.down_proj.weight", BLOCK + "mlp/wo/kernel", "embed mlp", "mlp embed"),
+  )
+
+
+def routed_experts(hf_block: str, mt_block: str, names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj"),
+                   router: str = "gate") -> tuple[Param, ...]:
+  """A router and per-expert SwiGLU weights; MaxText stacks experts on axis 0 of wi_0/wi_1/wo."""
+  gate, up, down = names
+  experts = f"{LAYER}{hf_block}.experts.{{expert}}."
+  mt = f"{BLOCK}{mt_block}/"
+  return (
+      Param(f"{LAYER}{hf_block}.{router}.weight", mt + "gate/kernel", "experts embed", "embed experts"),
+      Param(f"{experts}{gate}.weight", mt + "wi_0", "moe_mlp embed", "embed moe_mlp"),
+      Param(f"{experts}{up}.weight", mt + "wi_1", "moe_mlp embed", "embed moe_mlp"),
+      Param(f"{experts}{down}.weight", mt + "wo", "embed moe_mlp", "moe_mlp embed"),
+  )
+
+
+def moe_sizes(config: Config) -> dict[str, Any]:
+  """decoder_sizes plus the routed experts' count and width."""
+  return {**decoder_sizes(config),
+          "experts": config.get("num_experts") or config["num_local_experts"],
+          "moe_mlp": config.get("moe_intermediate_size") or config["intermediate_size"]}
+
+
 def decoder_params(query_ops: tuple[ValueOp, ...] = (), key_ops: tuple[ValueOp, ...] = (),
-                   attention_bias: bool = False, qk_norm: bool = False) -> tuple[Param, ...]:
-  """Embedding, the attention + gated-MLP block, final norm and lm_head.
+                   attention_bias: bool = False, qk_norm: bool = False,
+                   mlp: tuple[Param, ...] | None = None) -> tuple[Param, ...]:
+  """Embedding, the attention + MLP block, final norm and lm_head.
 
   `attention_bias`: q/k/v projections carry biases (Qwen2.5). `qk_norm`: per-head RMSNorm on q
-  and k (Qwen3).
+  and k (Qwen3). `mlp`: the block's MLP parameters (default: the gated MLP).
   """
   attn, mt_attn = LAYER + "self_attn.", BLOCK + "self_attention/"
   projections = (("q", "query", "heads", query_ops), ("k", "key", "kv_heads", key_ops),
@@ -55,9 +86,7 @@ def decoder_params(query_ops: tuple[ValueOp, ...] = (), key_ops: tuple[ValueOp, 
   return (
       Param("model.embed_tokens.weight", "token_embedder/embedding", "vocab embed", "vocab embed"),
       *attention,
-      Param(LAYER + "mlp.gate_proj.weight", BLOCK + "mlp/wi_0/kernel", "mlp embed", "embed mlp"),
-      Param(LAYER + "mlp.up_proj.weight", BLOCK + "mlp/wi_1/kernel", "mlp embed", "embed mlp"),
-      Param(LAYER + "mlp.down_proj.weight", BLOCK + "mlp/wo/kernel", "embed mlp", "mlp embed"),
+      *(gated_mlp() if mlp is None else mlp),
       Param(LAYER + "input_layernorm.weight", BLOCK + "pre_self_attention_layer_norm/scale", "embed", "embed"),
       Param(LAYER + "post_attention_layernorm.weight", BLOCK + "post_self_attention_layer_norm/scale",
             "embed", "embed"),

@@ -1,10 +1,11 @@
 """What a model family is: data that both directions and both layouts are derived from.
 
 A family lists its parameters once. Each `Param` names the HF tensor (a pattern with `{layer}` for
-decoder layers), the MaxText array (`{layers}` marks the stacked container: `layers` when scanned,
-`layers_<i>` when not), the named axes on each side, and the few value ops that axes cannot say.
-The generic planner (`pipeline.plan`) expands layers, stacking and direction; families never
-branch on them.
+decoder layers and `{expert}` for routed experts), the MaxText array (`{layers}` marks the layer
+container, which the layout decides), the named axes on each side, and the few value ops that
+axes cannot say. Which HF layers MaxText scans together, and how it names them, is the family's
+`stacks`. The generic planner (`pipeline.plan`) expands layers, experts, stacking and direction;
+families never branch on them.
 """
 from __future__ import annotations
 
@@ -22,21 +23,64 @@ class ValueOp(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
+class Stack:
+  """HF decoder layers [start, stop) that MaxText scans as one container.
+
+  Scanned, `block` consecutive HF layers make one scan step, stacked on axis 1 of every array
+  under `scanned`; `member` (e.g. "layers_{j}") names the j-th layer of a block inside it, or is
+  None when the block's layers are told apart by parameter names (Gemma2's _local/_global).
+  Layers after the last whole block go, unstacked, under `remainder`/`member`.
+  Unscanned, each layer (or, without `member`, each block) is its own `unscanned` container,
+  numbered from 0 within the stack.
+  """
+  name: str = "layers"
+  scanned: str = "layers"
+  unscanned: str = "layers_{i}"
+  start: Callable[[Config], int] | int = 0
+  stop: Callable[[Config], int] | None = None
+  block: int = 1
+  member: str | None = None
+  remainder: str | None = None
+
+  def bounds(self, config: Config, layers: int) -> tuple[int, int]:
+    start = self.start(config) if callable(self.start) else self.start
+    stop = layers if self.stop is None else self.stop(config)
+    return start, stop
+
+
+@dataclasses.dataclass(frozen=True)
 class Param:
-  """One HF tensor <-> one MaxText array (or one slice of a stacked array)."""
+  """One HF tensor <-> one MaxText array, or one slice of a stacked array.
+
+  `on(config, layer)` limits a layered parameter to some layers (local vs global attention, dense
+  vs MoE). `dtype` pins the saved dtype (float32 scales next to bf16 weights). `part` = (axis, i)
+  says the HF tensor holds several MaxText arrays along the named elementary axis and this one
+  is index i of it (a fused gate_up split into wi_0 and wi_1).
+  """
   hf: str
   mt: str
   hf_axes: str
   mt_axes: str
   ops: tuple[ValueOp, ...] = ()
   when: Callable[[Config], bool] | None = None
+  stack: str = "layers"
+  on: Callable[[Config, int], bool] | None = None
+  dtype: str | None = None
+  part: tuple[str, int] | None = None
 
   @property
   def layered(self) -> bool:
     return "{layer}" in self.hf
 
+  @property
+  def per_expert(self) -> bool:
+    return "{expert}" in self.hf
+
   def applies(self, config: Config) -> bool:
     return self.when is None or bool(self.when(config))
+
+  def on_layer(self, config: Config, layer: int) -> bool:
+    return self.on is None or bool(self.on(config, layer))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +91,7 @@ class Family:
   model_name_prefixes: tuple[str, ...]
   sizes: Callable[[Config], dict[str, Any]]
   params: tuple[Param, ...]
+  stacks: tuple[Stack, ...] = (Stack(),)
   # HF tensors that carry no weights MaxText keeps (regexes), e.g. cached rotary tables.
   ignored: tuple[str, ...] = ()
 
@@ -56,8 +101,11 @@ class Family:
         return p
     raise KeyError(f"{self.name} has no parameter {mt}")
 
-  def matches_model_name(self, model_name: str) -> bool:
-    return any(model_name.startswith(p) for p in self.model_name_prefixes)
+  def stack(self, name: str) -> Stack:
+    for s in self.stacks:
+      if s.name == name:
+        return s
+    raise KeyError(f"{self.name} has no layer stack {name}")
 
 
 def untied(config: Config) -> bool:

@@ -103,7 +103,7 @@ def family_sizes(family: Family, config: dict[str, Any], where: str) -> dict[str
 
 @dataclasses.dataclass(frozen=True)
 class Placement:
-  """Where one HF tensor lives in MaxText: the array, its full shape, and the stacked position."""
+  """Where one HF tensor (or one part of it) lives in MaxText: the array, its shape, the slice."""
   param: Param
   hf_name: str
   array_path: str
@@ -117,28 +117,56 @@ class Placement:
 
 def placements(family: Family, config: dict[str, Any], sizes: dict[str, Any],
                scan_layers: bool) -> list[Placement]:
-  """Every parameter of the model, in HF module order: what comes before the layers, each layer's
-  parameters, then what comes after (the order transformers shards a checkpoint in)."""
+  """Every parameter of the model in HF module order: what comes before the layers, each layer's
+  parameters (a run of per-expert ones expert by expert), then what comes after. That is the
+  order transformers shards a checkpoint in."""
   params = [p for p in family.params if p.applies(config)]
   first = next((i for i, p in enumerate(params) if p.layered), len(params))
-  order = ([(p, None) for p in params[:first] if not p.layered]
-           + [(p, layer) for layer in range(sizes["layers"]) for p in params if p.layered]
-           + [(p, None) for p in params[first:] if not p.layered])
-  return [_place(p, layer, scan_layers, sizes) for p, layer in order]
+  layered = [p for p in params if p.layered]
+  order: list[tuple[Param, int | None, int | None]] = [(p, None, None) for p in params[:first] if not p.layered]
+  for layer in range(sizes["layers"]):
+    present = [p for p in layered if _in_stack(family, p, config, sizes, layer) and p.on_layer(config, layer)]
+    i = 0
+    while i < len(present):
+      run = [present[i]]
+      while present[i].per_expert and i + len(run) < len(present) and present[i + len(run)].per_expert:
+        run.append(present[i + len(run)])
+      experts = range(sizes["experts"]) if run[0].per_expert else [None]
+      order += [(p, layer, e) for e in experts for p in run]
+      i += len(run)
+  order += [(p, None, None) for p in params[first:] if not p.layered]
+  return [_place(family, p, layer, expert, scan_layers, config, sizes) for p, layer, expert in order]
 
 
-def _place(param: Param, layer: int | None, scan_layers: bool, sizes: dict[str, Any]) -> Placement:
+def _in_stack(family: Family, param: Param, config: dict[str, Any], sizes: dict[str, Any], layer: int) -> bool:
+  start, stop = family.stack(param.stack).bounds(config, sizes["layers"])
+  return start <= layer < stop
+
+
+def _place(family: Family, param: Param, layer: int | None, expert: int | None, scan_layers: bool,
+           config: dict[str, Any], sizes: dict[str, Any]) -> Placement:
+  """MaxText's layout: experts lead (axis 0), scanned layers stack on axis 1 (param_scan_axis)."""
   shape = list(axes_shape(param.mt_axes, sizes))
-  index: tuple[tuple[int, int], ...] = ()
-  if layer is None:
-    path = param.mt
-  elif scan_layers:
-    path = param.mt.format(layers="layers")
-    shape.insert(SCAN_AXIS, sizes["layers"])
-    index = ((SCAN_AXIS, layer),)
-  else:
-    path = param.mt.format(layers=f"layers_{layer}")
-  return Placement(param, param.hf.format(layer=layer), PARAMS_PREFIX + path, tuple(shape), index)
+  index: list[tuple[int, int]] = []
+  if expert is not None:
+    shape.insert(0, sizes["experts"])
+    index.append((0, expert))
+  path = param.mt
+  if layer is not None:
+    stack = family.stack(param.stack)
+    start, stop = stack.bounds(config, sizes["layers"])
+    step, member = divmod(layer - start, stack.block)
+    if not scan_layers:
+      container = stack.unscanned.format(i=layer - start if stack.member else step)
+    elif step < (stop - start) // stack.block:
+      container = stack.scanned + ("/" + stack.member.format(j=member) if stack.member else "")
+      shape.insert(SCAN_AXIS, (stop - start) // stack.block)
+      index.append((SCAN_AXIS, step))
+    else:
+      container = f"{stack.remainder}/{stack.member.format(j=member)}"
+    path = param.mt.format(layers=container)
+  return Placement(param, param.hf.format(layer=layer, expert=expert), PARAMS_PREFIX + path, tuple(shape),
+                   tuple(index))
 
 
 def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: str = "bfloat16",
@@ -151,14 +179,15 @@ def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: st
   family = detect_family(config, model_name, config_path)
   sizes = family_sizes(family, config, config_path)
   tensors = list_checkpoint(hf_model_path)
-  itemsize = orbax_layout.NUMPY_DTYPES[save_dtype].itemsize
 
   arrays: dict[str, ArraySpec] = {}
   tasks: list[SliceTask] = []
   for place in placements(family, config, sizes, scan_layers):
     source = _source(place, tensors, sizes, hf_model_path)
+    itemsize = orbax_layout.NUMPY_DTYPES[place.param.dtype or save_dtype].itemsize
     chunks = orbax_layout.choose_chunks(place.array_shape, itemsize, place.stacked_axes, chunk_split)
-    array = arrays.setdefault(place.array_path, ArraySpec(place.array_path, place.array_shape, save_dtype, chunks))
+    dtype = place.param.dtype or save_dtype
+    array = arrays.setdefault(place.array_path, ArraySpec(place.array_path, place.array_shape, dtype, chunks))
     tasks.append(SliceTask(array=array, param=place.param.mt, index=place.index, sources=(source,)))
 
   used = {s.name for t in tasks for s in t.sources}

@@ -29,14 +29,20 @@ _UNITS = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, 
 
 
 @dataclasses.dataclass(frozen=True)
-class TensorTask:
-  """One HF tensor: read `index` of `array`, undo `param`'s transforms, cast to `dtype`."""
-  name: str
-  dtype: str
-  shape: tuple[int, ...]
+class TensorSource:
+  """Where (part of) an HF tensor is in the checkpoint: `index` of `array`, made by `param`."""
   param: str
   array: str
   index: tuple[tuple[int, int], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorTask:
+  """One HF tensor: read its sources, undo their transforms, join parts, cast to `dtype`."""
+  name: str
+  dtype: str
+  shape: tuple[int, ...]
+  sources: tuple[TensorSource, ...]
 
   @property
   def nbytes(self) -> int:
@@ -130,7 +136,8 @@ def plan_to_huggingface(items: str, output: str, config: dict[str, Any], where: 
 
   present = set(reader.paths)
   code = WEIGHT_DTYPES[weight_dtype]
-  tensors: list[TensorTask] = []
+  by_name: dict[str, list[TensorSource]] = {}
+  shapes: dict[str, tuple[int, ...]] = {}
   for place in placements(family, config, sizes, layout):
     if place.array_path not in present:
       raise ConversionError(f"{items}: no array {place.array_path}, which a {family.name} model with this "
@@ -139,8 +146,9 @@ def plan_to_huggingface(items: str, output: str, config: dict[str, Any], where: 
     if shape != place.array_shape:
       raise ConversionError(f"{items}: array {place.array_path} has shape {list(shape)} but {where} implies "
                             f"{list(place.array_shape)}")
-    tensors.append(TensorTask(place.hf_name, code, axes_shape(place.param.hf_axes, sizes), place.param.mt,
-                              place.array_path, place.index))
+    by_name.setdefault(place.hf_name, []).append(TensorSource(place.param.mt, place.array_path, place.index))
+    shapes[place.hf_name] = axes_shape(place.param.hf_axes, sizes)
+  tensors = [TensorTask(name, code, shapes[name], tuple(sources)) for name, sources in by_name.items()]
   out_config = dict(config)
   out_config["dtype" if "dtype" in config else "torch_dtype"] = weight_dtype
   return HfPlan(family=family.name, sizes=sizes, config=out_config, scan_layers=layout, weight_dtype=weight_dtype,
@@ -173,4 +181,4 @@ def _shards(tensors: list[TensorTask], max_bytes: int, output: str) -> tuple[Sha
   return tuple(shards)
 
 
-__all__ = ["HfPlan", "ShardTask", "TensorTask", "plan_to_huggingface", "target_config", "INDEX_FILE"]
+__all__ = ["HfPlan", "ShardTask", "TensorSource", "TensorTask", "plan_to_huggingface", "target_config", "INDEX_FILE"]

@@ -4,7 +4,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from transforms.tensor_ops import RopeInterleave, Scale, axes_shape, contiguous, parse_axes, rearrange
+from transforms.tensor_ops import Offset, RopeInterleave, Scale, axes_shape, contiguous, parse_axes, rearrange
 
 SIZES = {"embed": 6, "heads": 3, "head_dim": 4, "vocab": 5}
 
@@ -82,3 +82,13 @@ def test_contiguous_copies_transposed_views_exactly(src, dst, dtype):
   assert out.flags.c_contiguous and out.dtype == dtype
   np.testing.assert_array_equal(out, np.ascontiguousarray(view).astype(dtype))
   np.testing.assert_array_equal(contiguous(view[5:300]), np.ascontiguousarray(view[5:300]))
+
+
+def test_offset_adds_in_float32_and_inverts():
+  x = np.random.default_rng(4).standard_normal((32,)).astype(ml_dtypes.bfloat16)
+  y = Offset(1.0).forward(x, {})
+  assert y.dtype == np.float32
+  np.testing.assert_array_equal(y, x.astype(np.float32) + np.float32(1.0))
+  wide = np.random.default_rng(5).standard_normal((32,)).astype(np.float32)
+  assert Offset(1.0).forward(wide, {}).dtype == np.float64
+  np.testing.assert_allclose(Offset(1.0).inverse(Offset(1.0).forward(wide, {}), {}), wide, rtol=0, atol=1e-15)

@@ -65,15 +65,17 @@ def hf_tensors(reader: CheckpointReader, tasks: Sequence, param_of: Callable[[st
   A small next tensor's read (tensorstore decompresses on its own threads) overlaps this one's
   conversion; a large one waits, so a worker holds at most 2 x the largest tensor + PREFETCH_BYTES.
   """
+  def start(task):
+    return [reader.read_slice(s.array, s.index) for s in task.sources]
+
   pending = None
   for i, task in enumerate(tasks):
-    value = np.asarray((pending or reader.read_slice(task.array, task.index)).result())
-    pending = None
-    if i + 1 < len(tasks) and tasks[i + 1].nbytes <= PREFETCH_BYTES:
-      pending = reader.read_slice(tasks[i + 1].array, tasks[i + 1].index)
-    read = value.nbytes
-    tensor = contiguous(maxtext_to_hf(value, param_of(task.param), sizes), DTYPES[task.dtype])
-    del value
+    values = [np.asarray(f.result()) for f in (pending or start(task))]
+    pending = start(tasks[i + 1]) if i + 1 < len(tasks) and tasks[i + 1].nbytes <= PREFETCH_BYTES else None
+    read = sum(v.nbytes for v in values)
+    params = [param_of(s.param) for s in task.sources]
+    tensor = contiguous(maxtext_to_hf(values, params, sizes), DTYPES[task.dtype])
+    del values
     yield task, tensor, read
 
 

@@ -131,3 +131,23 @@ def _as_transposed_matrix(x: np.ndarray) -> np.ndarray | None:
     if matrix.strides[0] == x.itemsize:
       return matrix
   return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Offset:
+  """Adds `amount`, computed wider than the input like `Scale`.
+
+  For RMSNorm scales that one side stores as w and the other as w + 1.
+  """
+  amount: float
+
+  def forward(self, x: np.ndarray, sizes: Sizes) -> np.ndarray:
+    return _offset(x, self.amount)
+
+  def inverse(self, x: np.ndarray, sizes: Sizes) -> np.ndarray:
+    return _offset(x, -self.amount)
+
+
+def _offset(x: np.ndarray, amount: float) -> np.ndarray:
+  wide = np.float32 if x.dtype.itemsize <= 2 else np.float64
+  return x.astype(wide) + wide(amount)
