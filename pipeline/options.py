@@ -51,6 +51,9 @@ class ConversionOptions(PipelineOptions):
     add("--simulated_cpu_devices_count", type=int, default=16,
         help="Split each array's first axis divisible by N into N chunks, as MaxText's N simulated devices "
              "do (stacked layer axes are always chunked by 1). Default 16.")
+    add("--use_multimodal", type=str2bool, nargs="?", const=True, default=False,
+        help="Convert the vision tower and projector of a multimodal model too (MaxText's use_multimodal). "
+             "Without it, only the language model is converted.")
     add("--zstd_level", type=int, default=1,
         help="zstd level of the saved chunks; 0 stores them uncompressed. Default 1: as small as "
              "Orbax's level 3 on bf16 weights and 1.7x faster to write.")

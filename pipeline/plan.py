@@ -94,6 +94,11 @@ def family_of_model_name(model_name: str) -> Family:
   return max(matches, key=lambda f: max(len(p) for p in f.model_name_prefixes if model_name.startswith(p)))
 
 
+def with_options(config: dict[str, Any], use_multimodal: bool) -> dict[str, Any]:
+  """The config as specs see it: plus the conversion's own switches (`Param.when` may read them)."""
+  return {**config, "use_multimodal": use_multimodal}
+
+
 def family_sizes(family: Family, config: dict[str, Any], where: str) -> dict[str, Any]:
   try:
     return family.sizes(config)
@@ -170,12 +175,13 @@ def _place(family: Family, param: Param, layer: int | None, expert: int | None, 
 
 
 def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: str = "bfloat16",
-                    model_name: str | None = None, chunk_split: int = orbax_layout.DEFAULT_SPLIT) -> Plan:
+                    model_name: str | None = None, chunk_split: int = orbax_layout.DEFAULT_SPLIT,
+                    use_multimodal: bool = False) -> Plan:
   """Plans HF -> MaxText from headers only; raises ConversionError on any mismatch."""
   if save_dtype not in SAVE_DTYPES:
     raise ConversionError(f"--save_dtype={save_dtype} is not supported; use one of {list(SAVE_DTYPES)}")
   config_path = storage.join(hf_model_path, "config.json")
-  config = read_config(hf_model_path)
+  config = with_options(read_config(hf_model_path), use_multimodal)
   family = detect_family(config, model_name, config_path)
   sizes = family_sizes(family, config, config_path)
   tensors = list_checkpoint(hf_model_path)

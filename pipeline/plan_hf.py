@@ -13,7 +13,7 @@ from typing import Any
 
 from models.known_configs import known_config
 from pipeline.errors import ConversionError
-from pipeline.plan import detect_family, family_sizes, placements, read_config
+from pipeline.plan import detect_family, family_sizes, placements, read_config, with_options
 from transforms import storage
 from transforms.orbax_reader import CheckpointReader
 from transforms.safetensors_io import DTYPES, INDEX_FILE, package_order
@@ -119,8 +119,11 @@ def default_weight_dtype(config: dict[str, Any]) -> str:
 
 def plan_to_huggingface(items: str, output: str, config: dict[str, Any], where: str,
                         model_name: str | None = None, scan_layers: bool | None = None,
-                        weight_dtype: str | None = None, max_shard_size: str | int = "5GB") -> HfPlan:
+                        weight_dtype: str | None = None, max_shard_size: str | int = "5GB",
+                        use_multimodal: bool = False) -> HfPlan:
   """Plans MaxText -> HF from metadata only; raises ConversionError on any mismatch."""
+  out_config = dict(config)
+  config = with_options(config, use_multimodal)
   family = detect_family(config, model_name, where)
   sizes = family_sizes(family, config, where)
   weight_dtype = weight_dtype or default_weight_dtype(config)
@@ -149,8 +152,7 @@ def plan_to_huggingface(items: str, output: str, config: dict[str, Any], where: 
     by_name.setdefault(place.hf_name, []).append(TensorSource(place.param.mt, place.array_path, place.index))
     shapes[place.hf_name] = axes_shape(place.param.hf_axes, sizes)
   tensors = [TensorTask(name, code, shapes[name], tuple(sources)) for name, sources in by_name.items()]
-  out_config = dict(config)
-  out_config["dtype" if "dtype" in config else "torch_dtype"] = weight_dtype
+  out_config["dtype" if "dtype" in out_config else "torch_dtype"] = weight_dtype
   return HfPlan(family=family.name, sizes=sizes, config=out_config, scan_layers=layout, weight_dtype=weight_dtype,
                 items=items, output=output, shards=_shards(tensors, parse_size(max_shard_size), output))
 
