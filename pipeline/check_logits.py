@@ -23,6 +23,7 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 from typing import Any, Sequence
 
 import numpy as np
@@ -34,7 +35,8 @@ from pipeline.options import str2bool
 from pipeline.plan_hf import plan_to_huggingface, target_config
 from transforms import storage
 from transforms.orbax_reader import CheckpointReader
-from transforms.shard_dofns import hf_tensors
+from transforms.safetensors_io import SafetensorsWriter
+from transforms.shard_dofns import FILE_METADATA, hf_tensors
 
 # A short prompt barely rotates: RoPE at position 0 is the identity. The long one (about 400
 # tokens on a Llama tokenizer) makes position-dependent mistakes show in the logits.
@@ -105,24 +107,28 @@ def report(c: Comparison, decode) -> str:
 
 def converted_model(items: str, config: dict[str, Any], where: str, model_name: str | None,
                     scan_layers: bool | None):
-  """An HF model whose weights stream from the MaxText checkpoint through our inverse conversion."""
+  """An HF model whose weights stream from the MaxText checkpoint through our inverse conversion.
+
+  The tensors go through a temporary safetensors file, one at a time, and transformers loads it
+  as it loads any checkpoint (including its own renames, e.g. fused expert weights).
+  """
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
   plan = plan_to_huggingface(items, "", config, where, model_name, scan_layers, "float32")
   reader = CheckpointReader(items)
   param_of = models.BY_NAME[plan.family].param
   tasks = [t for shard in plan.shards for t in shard.tensors]
-  state = {task.name: torch.from_numpy(np.array(tensor)) for task, tensor, _ in
-           hf_tensors(reader, tasks, param_of, plan.sizes)}
-  hf_config = transformers.AutoConfig.for_model(**{k: v for k, v in config.items() if k != "architectures"},
-                                                architectures=config.get("architectures"))
-  model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
-  missing, unexpected = model.load_state_dict(state, strict=False)
-  tied = {"lm_head.weight"} if hf_config.tie_word_embeddings else set()
-  if unexpected or set(missing) - tied:
-    raise ConversionError(f"{items}: converted weights do not fit the model: missing {sorted(missing)[:3]}, "
-                          f"unexpected {sorted(unexpected)[:3]}")
-  model.tie_weights()
+  with tempfile.TemporaryDirectory(prefix="ckptflow-check-") as tmp:
+    entries = [(t.name, t.dtype, t.shape) for t in tasks]
+    with SafetensorsWriter(os.path.join(tmp, "model.safetensors"), entries, FILE_METADATA) as writer:
+      for task, tensor, _ in hf_tensors(reader, tasks, param_of, plan.sizes):
+        writer.write(task.name, tensor)
+    storage.write_text(os.path.join(tmp, "config.json"), json.dumps(plan.config))
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32,
+                                                                    output_loading_info=True)
+  if info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"]:
+    raise ConversionError(f"{items}: converted weights do not fit the model: missing {sorted(info['missing_keys'])[:3]}, "
+                          f"unexpected {sorted(info['unexpected_keys'])[:3]}")
   return model.eval()
 
 

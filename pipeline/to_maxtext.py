@@ -68,8 +68,9 @@ def main(argv: list[str]) -> int:
   options = PipelineOptions(flags)
   start = time.monotonic()
   plan, items, totals = convert(options, flags)
-  for name in plan.unused:
-    print(f"note: {name} is not part of a MaxText {plan.family} checkpoint and was skipped", file=sys.stderr)
+  if plan.unused:
+    shown = ", ".join(plan.unused[:8]) + (f", ... ({len(plan.unused) - 8} more)" if len(plan.unused) > 8 else "")
+    print(f"ignored: {len(plan.unused)} tensors a MaxText {plan.family} model does not use: {shown}", file=sys.stderr)
   print(f"{plan.family}: {runner.summary(totals, time.monotonic() - start)}", file=sys.stderr)
   print(f"wrote {items} (load_parameters_path={items})")
   return 0

@@ -9,8 +9,8 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDENS = os.environ.get("CKPTFLOW_GOLDENS", os.path.join(os.path.dirname(REPO), "shared", "goldens"))
-# The families of the foundation issue; later families add themselves here.
-FAMILIES = ("llama3.1", "qwen3", "qwen2.5")
+# Families whose goldens run through every generic test (others have a tests/test_family_*.py).
+FAMILIES = ("llama3.1", "qwen3", "qwen2.5", "qwen3-moe", "mixtral")
 
 
 def path(family: str, *parts: str) -> str:

@@ -20,10 +20,19 @@ def check(items, family, *extra):
 @pytest.mark.parametrize("family", goldens.FAMILIES)
 @pytest.mark.parametrize("layout", ["scan", "unscan"])
 def test_passes_on_maxtexts_own_checkpoints(family, layout, capsys):
-  assert check(goldens.items(family, layout), family) == 0
+  # Mixtral's query is rescaled and rounded to bf16 (by MaxText as by us); on one token of the
+  # long prompt that flips a top-2 expert choice (KL 0.095 there, 2e-4 on average). Saved in
+  # float32 the same conversion gives KL < 1e-11: see test_float32_conversion_is_exact_for_moe.
+  limit = ["--max_kl_div=0.1"] if family == "mixtral" else []
+  assert check(goldens.items(family, layout), family, *limit) == 0
   out = capsys.readouterr().out
   assert out.count("top-10 overlap 10/10, Jaccard 1.000, rank agreement 1.000") == 4
   assert "PASS: max per-token KL" in out
+
+
+def test_float32_conversion_is_exact_for_moe(tmp_path, capsys):
+  _, items, _ = to_maxtext(goldens.path("mixtral", "hf"), tmp_path, "--save_dtype=float32")
+  assert check(items, "mixtral", "--max_kl_div=1e-9") == 0
 
 
 def _broken(family_name, kind):

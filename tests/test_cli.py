@@ -104,3 +104,19 @@ def test_to_huggingface_command_line(tmp_path):
   assert "llama3.1 (scanned): 30 tensors" in p.stderr
   assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                                      "tokenizer_config.json"]
+
+
+def test_tensors_the_model_does_not_use_are_reported_in_one_line(tmp_path, capsys):
+  from pipeline import to_maxtext  # pylint: disable=import-outside-toplevel
+  from transforms.safetensors_io import read_header, read_tensor, write_safetensors  # pylint: disable=import-outside-toplevel
+  hf = goldens.copy_hf("qwen3", str(tmp_path / "hf"))
+  shard = os.path.join(hf, "model.safetensors")
+  tensors = {n: read_tensor(r) for n, r in read_header(shard).items()}
+  tensors["mtp.head.weight"] = tensors["model.norm.weight"]
+  tensors["model.layers.0.self_attn.extra_bias"] = tensors["model.norm.weight"]
+  write_safetensors(shard, tensors)
+  assert to_maxtext.main([f"base_output_directory={tmp_path / 'out'}", f"--hf_model_path={hf}",
+                          "--direct_running_mode=in_memory", "--progress=false"]) == 0
+  ignored = [l for l in capsys.readouterr().err.splitlines() if l.startswith("ignored:")]
+  assert ignored == ["ignored: 2 tensors a MaxText qwen3 model does not use: "
+                     "model.layers.0.self_attn.extra_bias, mtp.head.weight"]

@@ -17,7 +17,7 @@ from tests.test_to_maxtext import convert as to_maxtext
 from transforms.safetensors_io import list_checkpoint, read_header, read_tensor
 
 # The query is scaled by 1/sqrt(head_dim) on the way in: back in bf16 it may be one rounding off.
-RESCALED = {"llama3.1": ("q_proj.weight",)}
+RESCALED = {"llama3.1": ("q_proj.weight",), "mixtral": ("q_proj.weight",)}
 
 
 def to_hf(items, out, *flags, hf_model_path=None, runner_flags=IN_PROCESS):
