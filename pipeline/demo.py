@@ -1,5 +1,6 @@
-"""The README's first command: make a small Llama-3.1-shaped model, convert it with the local
-runner (scanned and unscanned), and check every array of the result against its source.
+"""The README's first command: make a small Llama-3.1-shaped model, convert it to MaxText with
+the local runner (scanned and unscanned), check every array against its source, convert each
+checkpoint back to HF and compare with the original.
 
   python -m pipeline.demo [--workdir DIR] [--layers N]
 """
@@ -15,12 +16,12 @@ import ml_dtypes
 import numpy as np
 
 import models
-from pipeline import cli, to_maxtext
+from pipeline import cli, to_huggingface, to_maxtext
 from pipeline.plan import plan_to_maxtext
 from transforms.convert import hf_to_maxtext
 from transforms.orbax_reader import CheckpointReader
 from transforms.orbax_layout import NUMPY_DTYPES
-from transforms.safetensors_io import read_tensor, write_safetensors
+from transforms.safetensors_io import list_checkpoint, read_tensor, write_safetensors
 from transforms.tensor_ops import axes_shape
 
 DEMO_CONFIG = {
@@ -66,6 +67,24 @@ def verify(hf_dir: str, items: str, scan_layers: bool) -> int:
   return len(plan.tasks)
 
 
+def compare_models(original_dir: str, converted_dir: str) -> tuple[int, int]:
+  """(bit-identical tensors, tensors one bf16 rounding off); raises if any is further off."""
+  original, converted = list_checkpoint(original_dir), list_checkpoint(converted_dir)
+  if sorted(original) != sorted(converted):
+    raise SystemExit(f"MISMATCH: tensor names differ: {sorted(set(original) ^ set(converted))[:3]}")
+  same = rounded = 0
+  for name, ref in original.items():
+    a, b = read_tensor(ref), read_tensor(converted[name])
+    if a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8)):
+      same += 1
+      continue
+    wide_a, wide_b = a.astype(np.float64), b.astype(np.float64)
+    if not np.all(np.abs(wide_a - wide_b) <= np.abs(wide_a) * 2.0**-7):
+      raise SystemExit(f"MISMATCH in {name}")
+    rounded += 1
+  return same, rounded
+
+
 def main(argv: list[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workdir", default="demo-out")
@@ -82,6 +101,13 @@ def main(argv: list[str]) -> int:
     items = os.path.join(out, "0", "items")
     checked = verify(hf_dir, items, scan)
     print(f"scan_layers={scan}: {checked} slices bit-exact in {items} ({time.monotonic() - start:.1f}s)")
+    back = os.path.join(args.workdir, "hf_from_scan" if scan else "hf_from_unscan")
+    start = time.monotonic()
+    to_huggingface.main([f"load_parameters_path={items}", f"base_output_directory={back}",
+                         f"--hf_model_path={hf_dir}", "--overwrite"])
+    same, rounded = compare_models(hf_dir, back)
+    print(f"back to HF: {same} tensors bit-identical to the original, {rounded} within one bf16 rounding "
+          f"(the rescaled query) in {back} ({time.monotonic() - start:.1f}s)")
   return 0
 
 

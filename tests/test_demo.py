@@ -9,6 +9,7 @@ def test_demo_converts_and_verifies(tmp_path, capsys):
   assert demo.main(["--workdir", str(tmp_path), "--layers", "2"]) == 0
   out = capsys.readouterr().out
   assert "scan_layers=True: 21 slices bit-exact" in out and "scan_layers=False: 21 slices bit-exact" in out
+  assert out.count("back to HF: 19 tensors bit-identical to the original, 2 within one bf16 rounding") == 2
   restored = goldens.restore(str(tmp_path / "maxtext_scan" / "0" / "items"))
   assert restored["params/params/decoder/layers/mlp/wi_0/kernel"].shape == (256, 2, 688)
   with open(tmp_path / "hf" / "config.json") as f:
