@@ -8,6 +8,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "models",
                                     "models.*"]),
+    package_data={"models": ["known_configs.json"]},
     # The workers' runtime: no jax, torch or transformers (REFERENCE §6).
     install_requires=[
         "apache-beam[gcp]==2.77.0",

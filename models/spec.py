@@ -94,6 +94,9 @@ class Family:
   stacks: tuple[Stack, ...] = (Stack(),)
   # HF tensors that carry no weights MaxText keeps (regexes), e.g. cached rotary tables.
   ignored: tuple[str, ...] = ()
+  # MaxText -> HF: the config.json to write, from the given one (which carries use_multimodal);
+  # e.g. Gemma3's text-only model when the vision tower was not converted. None: as given.
+  hf_config: Callable[[Config], dict[str, Any]] | None = None
 
   def param(self, mt: str) -> Param:
     for p in self.params:

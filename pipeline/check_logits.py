@@ -256,6 +256,7 @@ def main(argv: list[str]) -> int:
     parse(["--help"])
   args = parse(argv)
   config, where = target_config(args.hf_model_path, args.model_name)
+  vocab_size = config.get("text_config", config)["vocab_size"]  # multimodal configs nest the text model
   prompts = args.prompt or list(DEFAULT_PROMPTS)
   max_tokens = min(args.max_prefill_predict_length, args.max_target_length)
   if args.golden_logits_path:
@@ -263,9 +264,9 @@ def main(argv: list[str]) -> int:
     prompts = [g["prompt"] for g in golden]
     token_lists = [g["tokens"] for g in golden]
     ref = [np.asarray(g["logits"], np.float32) for g in golden]
-    _, decode = tokenize(args.hf_model_path, prompts, config["vocab_size"], max_tokens)
+    _, decode = tokenize(args.hf_model_path, prompts, vocab_size, max_tokens)
   elif args.run_hf_model and args.hf_model_path:
-    token_lists, decode = tokenize(args.hf_model_path, prompts, config["vocab_size"], max_tokens)
+    token_lists, decode = tokenize(args.hf_model_path, prompts, vocab_size, max_tokens)
     ref = reference_logits(args.hf_model_path, token_lists)
   else:
     raise ConversionError("the reference needs --hf_model_path with --run_hf_model=true, or --golden_logits_path")

@@ -6,6 +6,7 @@ the plan is deterministic and the same for 1 or N workers.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import re
 from typing import Any
@@ -122,14 +123,23 @@ class Placement:
 
 def placements(family: Family, config: dict[str, Any], sizes: dict[str, Any],
                scan_layers: bool) -> list[Placement]:
-  """Every parameter of the model in HF module order: what comes before the layers, each layer's
-  parameters (a run of per-expert ones expert by expert), then what comes after. That is the
-  order transformers shards a checkpoint in."""
+  """Every parameter of the model in HF module order: the family's list, with each run of layered
+  parameters expanded layer by layer (a run of per-expert ones expert by expert). That is the
+  order transformers shards a checkpoint in; a model with two towers (vision, then text) has
+  two runs, each between its own unlayered parameters."""
   params = [p for p in family.params if p.applies(config)]
-  first = next((i for i, p in enumerate(params) if p.layered), len(params))
-  layered = [p for p in params if p.layered]
-  order: list[tuple[Param, int | None, int | None]] = [(p, None, None) for p in params[:first] if not p.layered]
-  for layer in range(sizes["layers"]):
+  order: list[tuple[Param, int | None, int | None]] = []
+  for layered, run in itertools.groupby(params, key=lambda p: p.layered):
+    order += _by_layer(family, list(run), config, sizes) if layered else [(p, None, None) for p in run]
+  return [_place(family, p, layer, expert, scan_layers, config, sizes) for p, layer, expert in order]
+
+
+def _by_layer(family: Family, layered: list[Param], config: dict[str, Any],
+              sizes: dict[str, Any]) -> list[tuple[Param, int | None, int | None]]:
+  order: list[tuple[Param, int | None, int | None]] = []
+  # A stack may end past the decoder's last layer (a vision tower with more layers than the text model).
+  count = max(family.stack(p.stack).bounds(config, sizes["layers"])[1] for p in layered)
+  for layer in range(count):
     present = [p for p in layered if _in_stack(family, p, config, sizes, layer) and p.on_layer(config, layer)]
     i = 0
     while i < len(present):
@@ -139,8 +149,7 @@ def placements(family: Family, config: dict[str, Any], sizes: dict[str, Any],
       experts = range(sizes["experts"]) if run[0].per_expert else [None]
       order += [(p, layer, e) for e in experts for p in run]
       i += len(run)
-  order += [(p, None, None) for p in params[first:] if not p.layered]
-  return [_place(family, p, layer, expert, scan_layers, config, sizes) for p, layer, expert in order]
+  return order
 
 
 def _in_stack(family: Family, param: Param, config: dict[str, Any], sizes: dict[str, Any], layer: int) -> bool:

@@ -125,6 +125,9 @@ def plan_to_huggingface(items: str, output: str, config: dict[str, Any], where: 
   out_config = dict(config)
   config = with_options(config, use_multimodal)
   family = detect_family(config, model_name, where)
+  if family.hf_config is not None:
+    out_config = family.hf_config(config)
+    config = with_options(out_config, use_multimodal)
   sizes = family_sizes(family, config, where)
   weight_dtype = weight_dtype or default_weight_dtype(config)
   if weight_dtype not in WEIGHT_DTYPES:

@@ -173,3 +173,27 @@ def test_plan_is_deterministic():
   a = plan_to_maxtext(goldens.path("llama3.1", "hf"))
   b = plan_to_maxtext(goldens.path("llama3.1", "hf"))
   assert a == b and plan_mod.PARAMS_PREFIX == "params/params/"
+
+
+def test_every_known_model_name_resolves_to_a_family_that_can_size_it():
+  from models.known_configs import known_config, known_model_names  # pylint: disable=import-outside-toplevel
+  from pipeline.plan import family_of_model_name  # pylint: disable=import-outside-toplevel
+  names = known_model_names()
+  assert {"llama3.1-8b", "qwen3-30b-a3b", "deepseek3-671b", "gpt-oss-120b", "mixtral-8x7b", "qwen3-next-80b-a3b",
+          "gemma3-27b"} <= set(names)
+  for name in names:
+    config = known_config(name)
+    family = plan_mod.detect_family(config, name, f"the built-in config of {name}")
+    assert family is family_of_model_name(name)
+    sizes = plan_mod.family_sizes(family, {**config, "use_multimodal": False}, name)
+    placements = plan_mod.placements(family, {**config, "use_multimodal": False}, sizes, scan_layers=True)
+    assert placements, name
+
+
+@pytest.mark.parametrize("golden", sorted(d for d in os.listdir(goldens.GOLDENS)
+                                          if os.path.isdir(os.path.join(goldens.GOLDENS, d, "hf"))))
+def test_auto_detection_picks_every_goldens_family(golden):
+  with open(goldens.path(golden, "maxtext_model.json")) as f:
+    meta = json.load(f)
+  family = plan_mod.detect_family(plan_mod.read_config(goldens.path(golden, "hf")), meta["mt_model_name"])
+  assert family.name == meta["family"].removesuffix("-mm")
