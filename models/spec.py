@@ -98,11 +98,18 @@ class Family:
   # e.g. Gemma3's text-only model when the vision tower was not converted. None: as given.
   hf_config: Callable[[Config], dict[str, Any]] | None = None
 
-  def param(self, mt: str) -> Param:
-    for p in self.params:
-      if p.mt == mt:
-        return p
-    raise KeyError(f"{self.name} has no parameter {mt}")
+  def param(self, key: int | str) -> Param:
+    """By position in `params` (what plans carry: unique even where two stacks share a path), or
+    by MaxText path when only one parameter has it."""
+    if isinstance(key, int):
+      return self.params[key]
+    found = [p for p in self.params if p.mt == key]
+    if len(found) != 1:
+      raise KeyError(f"{self.name} has {len(found)} parameters {key}")
+    return found[0]
+
+  def key(self, param: Param) -> int:
+    return next(i for i, p in enumerate(self.params) if p is param)
 
   def stack(self, name: str) -> Stack:
     for s in self.stacks:

@@ -29,12 +29,12 @@ SOURCE_DTYPES = {"BF16", "F16", "F32"}
 
 @dataclasses.dataclass(frozen=True)
 class SliceTask:
-  """Write `sources` (one HF tensor, transformed by `param`) into `array` at `index`.
+  """Write `sources` (one HF tensor, transformed by the family's `param`-th Param) into `array` at `index`.
 
   `index` holds (axis, position) pairs for the stacked axes; empty when the task fills the array.
   """
   array: ArraySpec
-  param: str
+  param: int
   index: tuple[tuple[int, int], ...]
   sources: tuple[TensorRef, ...]
 
@@ -203,7 +203,7 @@ def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: st
     chunks = orbax_layout.choose_chunks(place.array_shape, itemsize, place.stacked_axes, chunk_split)
     dtype = place.param.dtype or save_dtype
     array = arrays.setdefault(place.array_path, ArraySpec(place.array_path, place.array_shape, dtype, chunks))
-    tasks.append(SliceTask(array=array, param=place.param.mt, index=place.index, sources=(source,)))
+    tasks.append(SliceTask(array=array, param=family.key(place.param), index=place.index, sources=(source,)))
 
   used = {s.name for t in tasks for s in t.sources}
   ignored = [re.compile(p) for p in family.ignored]

@@ -30,8 +30,8 @@ _UNITS = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, 
 
 @dataclasses.dataclass(frozen=True)
 class TensorSource:
-  """Where (part of) an HF tensor is in the checkpoint: `index` of `array`, made by `param`."""
-  param: str
+  """Where (part of) an HF tensor is in the checkpoint: `index` of `array`, made by the `param`-th Param."""
+  param: int
   array: str
   index: tuple[tuple[int, int], ...]
 
@@ -152,7 +152,7 @@ def plan_to_huggingface(items: str, output: str, config: dict[str, Any], where: 
     if shape != place.array_shape:
       raise ConversionError(f"{items}: array {place.array_path} has shape {list(shape)} but {where} implies "
                             f"{list(place.array_shape)}")
-    by_name.setdefault(place.hf_name, []).append(TensorSource(place.param.mt, place.array_path, place.index))
+    by_name.setdefault(place.hf_name, []).append(TensorSource(family.key(place.param), place.array_path, place.index))
     shapes[place.hf_name] = axes_shape(place.param.hf_axes, sizes)
   tensors = [TensorTask(name, code, shapes[name], tuple(sources)) for name, sources in by_name.items()]
   out_config["dtype" if "dtype" in out_config else "torch_dtype"] = weight_dtype

@@ -197,3 +197,14 @@ def test_auto_detection_picks_every_goldens_family(golden):
     meta = json.load(f)
   family = plan_mod.detect_family(plan_mod.read_config(goldens.path(golden, "hf")), meta["mt_model_name"])
   assert family.name == meta["family"].removesuffix("-mm")
+
+
+def test_tasks_name_their_parameter_uniquely_where_two_stacks_share_a_path():
+  import models  # pylint: disable=import-outside-toplevel
+  family = models.BY_NAME["deepseek3"]
+  plan = plan_to_maxtext(goldens.path("deepseek3", "hf"))
+  query = [t for t in plan.tasks if t.array.path.endswith("self_attention/wq_a/kernel")]
+  assert {family.param(t.param).stack for t in query} == {"dense_layers", "moe_layers"}
+  assert all(family.param(t.param).stack in t.array.path for t in query)
+  with pytest.raises(KeyError, match="has 2 parameters"):
+    family.param("decoder/{layers}/self_attention/wq_a/kernel")

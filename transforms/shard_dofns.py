@@ -58,7 +58,7 @@ class WriteShardFn(beam.DoFn):
     yield shard.file, len(shard.tensors)
 
 
-def hf_tensors(reader: CheckpointReader, tasks: Sequence, param_of: Callable[[str], Any],
+def hf_tensors(reader: CheckpointReader, tasks: Sequence, param_of: Callable[[int], Any],
                sizes: dict[str, Any]) -> Iterator[tuple[Any, np.ndarray, int]]:
   """(task, HF tensor, bytes read) for each task in order.
 
