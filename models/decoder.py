@@ -14,6 +14,12 @@ LAYER = "model.layers.{layer}."
 BLOCK = "decoder/{layers}/"
 
 
+# Shared by every decoder-only family: the token embedding, the final norm, an untied lm_head.
+EMBEDDING = Param("model.embed_tokens.weight", "token_embedder/embedding", "vocab embed", "vocab embed")
+FINAL_NORM = Param("model.norm.weight", "decoder/decoder_norm/scale", "embed", "embed")
+LM_HEAD = Param("lm_head.weight", "decoder/logits_dense/kernel", "vocab embed", "embed vocab", when=untied)
+
+
 def decoder_sizes(config: Config) -> dict[str, Any]:
   """Named axis sizes every family of this shape uses."""
   heads = config["num_attention_heads"]
@@ -84,12 +90,12 @@ def decoder_params(query_ops: tuple[ValueOp, ...] = (), key_ops: tuple[ValueOp, 
     attention += [Param(attn + "q_norm.weight", mt_attn + "query_norm/scale", "head_dim", "head_dim"),
                   Param(attn + "k_norm.weight", mt_attn + "key_norm/scale", "head_dim", "head_dim")]
   return (
-      Param("model.embed_tokens.weight", "token_embedder/embedding", "vocab embed", "vocab embed"),
+      EMBEDDING,
       *attention,
       *(gated_mlp() if mlp is None else mlp),
       Param(LAYER + "input_layernorm.weight", BLOCK + "pre_self_attention_layer_norm/scale", "embed", "embed"),
       Param(LAYER + "post_attention_layernorm.weight", BLOCK + "post_self_attention_layer_norm/scale",
             "embed", "embed"),
-      Param("model.norm.weight", "decoder/decoder_norm/scale", "embed", "embed"),
-      Param("lm_head.weight", "decoder/logits_dense/kernel", "vocab embed", "embed vocab", when=untied),
+      FINAL_NORM,
+      LM_HEAD,
   )

@@ -12,8 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from models.decoder import gated_mlp, routed_experts
-from models.spec import Config, Family, Param, Stack, untied
+from models.decoder import EMBEDDING, FINAL_NORM, LM_HEAD, gated_mlp, routed_experts
+from models.spec import Config, Family, Param, Stack
 
 LAYER = "model.layers.{layer}."
 BLOCK = "decoder/{layers}/"
@@ -113,11 +113,11 @@ def deepseek_params(routing_bias: bool, indexer: bool = False) -> tuple[Param, .
   """HF module order: embedding; per layer attention, MLP (dense or MoE), norms; final norm, lm_head."""
   dense_mlp = [dataclasses.replace(p, stack="dense_layers") for p in gated_mlp()]
   return (
-      Param("model.embed_tokens.weight", "token_embedder/embedding", "vocab embed", "vocab embed"),
+      EMBEDDING,
       *_attention("dense_layers", indexer), *dense_mlp, *_norms("dense_layers"),
       *_attention("moe_layers", indexer), *_moe(routing_bias), *_norms("moe_layers"),
-      Param("model.norm.weight", "decoder/decoder_norm/scale", "embed", "embed"),
-      Param("lm_head.weight", "decoder/logits_dense/kernel", "vocab embed", "embed vocab", when=untied),
+      FINAL_NORM,
+      LM_HEAD,
   )
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.decoder import moe_sizes
-from models.spec import Config, Family, Param, Stack, untied
+from models.decoder import EMBEDDING, FINAL_NORM, LM_HEAD, moe_sizes
+from models.spec import Config, Family, Param, Stack
 
 LAYER = "model.layers.{layer}."
 BLOCK = "decoder/{layers}/"
@@ -71,14 +71,14 @@ GPT_OSS = Family(
     model_name_prefixes=("gpt-oss-",),
     sizes=sizes,
     params=(
-        Param("model.embed_tokens.weight", "token_embedder/embedding", "vocab embed", "vocab embed"),
+        EMBEDDING,
         *_attention(),
         *_experts(),
         Param(LAYER + "input_layernorm.weight", BLOCK + "pre_self_attention_layer_norm/scale", "embed", "embed"),
         Param(LAYER + "post_attention_layernorm.weight", BLOCK + "post_self_attention_layer_norm/scale",
               "embed", "embed"),
-        Param("model.norm.weight", "decoder/decoder_norm/scale", "embed", "embed"),
-        Param("lm_head.weight", "decoder/logits_dense/kernel", "vocab embed", "embed vocab", when=untied),
+        FINAL_NORM,
+        LM_HEAD,
     ),
     stacks=(Stack(block=2, member="layers_{j}"),),
 )

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.decoder import BLOCK, LAYER, decoder_sizes, routed_experts
-from models.spec import Config, Family, Param, Stack, untied
+from models.decoder import BLOCK, EMBEDDING, FINAL_NORM, LAYER, LM_HEAD, decoder_sizes, routed_experts
+from models.spec import Config, Family, Param, Stack
 from pipeline.errors import ConversionError
 
 # MaxText's qwen3-next scan block (inhomogeneous_layer_cycle_interval): three linear-attention
@@ -112,14 +112,14 @@ QWEN3_NEXT = Family(
     model_name_prefixes=("qwen3-next-",),
     sizes=qwen3_next_sizes,
     params=(
-        Param("model.embed_tokens.weight", "token_embedder/embedding", "vocab embed", "vocab embed"),
+        EMBEDDING,
         *_linear_attention_params(),
         *_full_attention_params(),
         *_moe_params(),
         Param(LAYER + "input_layernorm.weight", BLOCK + "input_layernorm/scale", "embed", "embed"),
         Param(LAYER + "post_attention_layernorm.weight", BLOCK + "post_attention_layernorm/scale", "embed", "embed"),
-        Param("model.norm.weight", "decoder/decoder_norm/scale", "embed", "embed"),
-        Param("lm_head.weight", "decoder/logits_dense/kernel", "vocab embed", "embed vocab", when=untied),
+        FINAL_NORM,
+        LM_HEAD,
     ),
     stacks=(Stack(block=CYCLE, member="layer_{j}"),),
     # Multi-token-prediction weights of the released checkpoints; MaxText's model has no MTP head.
