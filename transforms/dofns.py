@@ -30,24 +30,42 @@ class CreateArraysFn(beam.DoFn):
     yield orbax_writer.META_PROCESS, 0
 
 
-class WriteSliceFn(beam.DoFn):
-  """Reads one HF tensor, transforms it and writes it into its slice; yields (writer id, 1)."""
+class TensorCountingFn(beam.DoFn):
+  """Per-tensor metrics (tensors, read-bytes, write-bytes) and the local runner's progress dots."""
 
-  def __init__(self, target: CheckpointTarget, family: str, sizes: dict[str, Any],
-               progress_path: str | None = None):
-    self.target = target
+  def __init__(self, family: str, sizes: dict[str, Any], progress_path: str | None):
     self.family = family
     self.sizes = sizes
     self.progress_path = progress_path
     self.tensors = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "tensors")
     self.read_bytes = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "read-bytes")
     self.write_bytes = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "write-bytes")
-    self.write_msec = beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "write-msec")
+    self.msec = beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "write-msec")
 
   def setup(self) -> None:
+    self.param_of = models.BY_NAME[self.family].param
+
+  def tensor_done(self, read: int, written: int) -> None:
+    self.tensors.inc()
+    self.read_bytes.inc(read)
+    self.write_bytes.inc(written)
+    if self.progress_path:
+      with open(self.progress_path, "a") as f:
+        f.write(".")
+
+
+class WriteSliceFn(TensorCountingFn):
+  """Reads one HF tensor, transforms it and writes it into its slice; yields (writer id, 1)."""
+
+  def __init__(self, target: CheckpointTarget, family: str, sizes: dict[str, Any],
+               progress_path: str | None = None):
+    super().__init__(family, sizes, progress_path)
+    self.target = target
+
+  def setup(self) -> None:
+    super().setup()
     # One OCDBT sub-database per DoFn instance: a single writer each, never shared.
     self.writer = orbax_writer.SliceWriter(self.target, uuid.uuid4().hex[:16])
-    self.param_of = models.BY_NAME[self.family].param
 
   def process(self, task) -> Iterator[tuple[str, int]]:
     start = time.monotonic()
@@ -55,13 +73,8 @@ class WriteSliceFn(beam.DoFn):
     value = hf_to_maxtext(sources, self.param_of(task.param), self.sizes)
     del sources
     written = self.writer.write(task.array, task.index, value)
-    self.tensors.inc()
-    self.read_bytes.inc(task.nbytes)
-    self.write_bytes.inc(written)
-    self.write_msec.update(int((time.monotonic() - start) * 1000))
-    if self.progress_path:
-      with open(self.progress_path, "a") as f:
-        f.write(".")
+    self.tensor_done(task.nbytes, written)
+    self.msec.update(int((time.monotonic() - start) * 1000))
     yield self.writer.process_id, 1
 
 

@@ -8,11 +8,10 @@ from typing import Any, Callable, Iterator, Sequence
 import apache_beam as beam
 import numpy as np
 
-import models
 from pipeline.errors import ConversionError
 from transforms import storage
 from transforms.convert import maxtext_to_hf
-from transforms.dofns import METRICS_NAMESPACE
+from transforms.dofns import TensorCountingFn
 from transforms.orbax_reader import CheckpointReader
 from transforms.safetensors_io import DTYPES, INDEX_FILE, SafetensorsWriter
 from transforms.tensor_ops import contiguous
@@ -25,22 +24,16 @@ AUX_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json"
              "chat_template.json", "preprocessor_config.json")
 
 
-class WriteShardFn(beam.DoFn):
+class WriteShardFn(TensorCountingFn):
   """Streams one shard: header first, then each tensor read from Orbax, converted and appended."""
 
   def __init__(self, items: str, family: str, sizes: dict[str, Any], progress_path: str | None = None):
+    super().__init__(family, sizes, progress_path)
     self.items = items
-    self.family = family
-    self.sizes = sizes
-    self.progress_path = progress_path
-    self.tensors = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "tensors")
-    self.read_bytes = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "read-bytes")
-    self.write_bytes = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "write-bytes")
-    self.shard_msec = beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "shard-msec")
 
   def setup(self) -> None:
+    super().setup()
     self.reader = CheckpointReader(self.items)
-    self.param_of = models.BY_NAME[self.family].param
 
   def process(self, shard) -> Iterator[tuple[str, int]]:
     start = time.monotonic()
@@ -48,13 +41,8 @@ class WriteShardFn(beam.DoFn):
     with SafetensorsWriter(shard.file, entries, FILE_METADATA) as writer:
       for task, tensor, read in hf_tensors(self.reader, shard.tensors, self.param_of, self.sizes):
         writer.write(task.name, tensor)
-        self.read_bytes.inc(read)
-        self.write_bytes.inc(tensor.nbytes)
-        self.tensors.inc()
-        if self.progress_path:
-          with open(self.progress_path, "a") as f:
-            f.write(".")
-    self.shard_msec.update(int((time.monotonic() - start) * 1000))
+        self.tensor_done(read, tensor.nbytes)
+    self.msec.update(int((time.monotonic() - start) * 1000))
     yield shard.file, len(shard.tensors)
 
 
