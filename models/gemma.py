@@ -12,7 +12,7 @@ from typing import Any
 
 from models.decoder import decoder_sizes
 from models.spec import Config, Family, Param, Stack, ValueOp
-from transforms.tensor_ops import Offset, Scale
+from transforms.tensor_ops import Offset, ResizeAxis, Scale
 
 PLUS_ONE = (Offset(1.0),)
 
@@ -51,7 +51,7 @@ def layer_params(hf: str, mt: str, suffix: str = "", query_ops: tuple[ValueOp, .
 def text_params(hf: str, layers: tuple[Param, ...], norm_dtype: str | None = None, **kw: Any) -> tuple[Param, ...]:
   """Scaled embedding, the layers, final norm (+1)."""
   return (Param(hf + "embed_tokens.weight", "token_embedder/embedding", "vocab embed", "vocab embed",
-                ops=(Scale("embed_scale"),), **kw),
+                ops=(Scale("embed_scale"), ResizeAxis(0)), **kw),
           *layers,
           Param(hf + "norm.weight", "decoder/decoder_norm/scale", "embed", "embed", ops=PLUS_ONE, dtype=norm_dtype,
                 **kw))

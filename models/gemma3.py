@@ -87,7 +87,7 @@ def gemma3_hf_config(config: Config) -> dict[str, Any]:
   """Without use_multimodal the checkpoint holds only the language model: written back as
   Gemma3ForCausalLM (text_config at the top, `model.` names), which transformers loads with no
   vision weights missing."""
-  out = {k: v for k, v in config.items() if k != "use_multimodal"}
+  out = dict(config)
   if not _nested(config) or _multimodal(config):
     return out
   text = {**out["text_config"], "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text"}

@@ -29,3 +29,13 @@ def known_config(model_name: str) -> dict[str, Any] | None:
   """A fresh copy of the released config for `model_name`, or None."""
   config = _table().get(model_name)
   return copy.deepcopy(config) if config is not None else None
+
+
+# Where MaxText's model config sizes the vocabulary differently from HF's (its configs/models/*.yml):
+# the embedding is padded with zeros (Gemma2) or truncated (Gemma3) to this many rows.
+MAXTEXT_VOCAB = {"gemma2-2b": 256128, "gemma2-9b": 256128, "gemma2-27b": 256128,
+                 "gemma3-4b": 262144, "gemma3-12b": 262144, "gemma3-27b": 262144}
+
+
+def maxtext_vocab(model_name: str | None) -> int | None:
+  return MAXTEXT_VOCAB.get(model_name or "")

@@ -54,6 +54,10 @@ class ConversionOptions(PipelineOptions):
     add("--use_multimodal", type=str2bool, nargs="?", const=True, default=False,
         help="Convert the vision tower and projector of a multimodal model too (MaxText's use_multimodal). "
              "Without it, only the language model is converted.")
+    add("--vocab_size", type=int, default=None,
+        help="MaxText's vocabulary size when it differs from config.json's (the embedding is padded with "
+             "zeros or truncated). Default: MaxText's own for model_name (Gemma2 256128, Gemma3 262144), "
+             "else config.json's.")
     add("--zstd_level", type=int, default=1,
         help="zstd level of the saved chunks; 0 stores them uncompressed. Default 1: as small as "
              "Orbax's level 3 on bf16 weights and 1.7x faster to write.")

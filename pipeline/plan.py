@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 import models
-from models.known_configs import known_config
+from models.known_configs import known_config, maxtext_vocab
 from models.spec import Family, Param
 from pipeline.errors import ConversionError
 from transforms import orbax_layout, storage
@@ -95,16 +95,30 @@ def family_of_model_name(model_name: str) -> Family:
   return max(matches, key=lambda f: max(len(p) for p in f.model_name_prefixes if model_name.startswith(p)))
 
 
-def with_options(config: dict[str, Any], use_multimodal: bool) -> dict[str, Any]:
-  """The config as specs see it: plus the conversion's own switches (`Param.when` may read them)."""
-  return {**config, "use_multimodal": use_multimodal}
+OPTION_KEYS = ("use_multimodal", "maxtext_vocab_size")
+
+
+def without_options(config: dict[str, Any]) -> dict[str, Any]:
+  """The config as config.json holds it: `with_options`' keys taken out."""
+  return {k: v for k, v in config.items() if k not in OPTION_KEYS}
+
+
+def with_options(config: dict[str, Any], use_multimodal: bool, model_name: str | None = None,
+                 vocab_size: int | None = None) -> dict[str, Any]:
+  """The config as specs see it: plus the conversion's own switches (`Param.when` may read them)
+  and MaxText's vocabulary size (vocab_size=, else MaxText's own for model_name, else HF's)."""
+  return {**config, "use_multimodal": use_multimodal,
+          "maxtext_vocab_size": vocab_size or maxtext_vocab(model_name)}
 
 
 def family_sizes(family: Family, config: dict[str, Any], where: str) -> dict[str, Any]:
   try:
-    return family.sizes(config)
+    sizes = family.sizes(config)
   except KeyError as e:
     raise ConversionError(f"{where}: missing {e.args[0]!r}, which {family.name} needs") from None
+  if "vocab" in sizes:
+    sizes["maxtext_vocab"] = config.get("maxtext_vocab_size") or sizes["vocab"]
+  return sizes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +166,15 @@ def _by_layer(family: Family, layered: list[Param], config: dict[str, Any],
   return order
 
 
+def mt_shape(param: Param, sizes: dict[str, Any]) -> list[int]:
+  """The MaxText slice's shape: its axes, then what ops that resize an axis make of it."""
+  shape = axes_shape(param.mt_axes, sizes)
+  for op in param.ops:
+    if hasattr(op, "shape"):
+      shape = op.shape(shape, sizes)
+  return list(shape)
+
+
 def _in_stack(family: Family, param: Param, config: dict[str, Any], sizes: dict[str, Any], layer: int) -> bool:
   start, stop = family.stack(param.stack).bounds(config, sizes["layers"])
   return start <= layer < stop
@@ -160,7 +183,7 @@ def _in_stack(family: Family, param: Param, config: dict[str, Any], sizes: dict[
 def _place(family: Family, param: Param, layer: int | None, expert: int | None, scan_layers: bool,
            config: dict[str, Any], sizes: dict[str, Any]) -> Placement:
   """MaxText's layout: experts lead (axis 0), scanned layers stack on axis 1 (param_scan_axis)."""
-  shape = list(axes_shape(param.mt_axes, sizes))
+  shape = mt_shape(param, sizes)
   index: list[tuple[int, int]] = []
   if expert is not None:
     shape.insert(0, sizes["experts"])
@@ -185,12 +208,12 @@ def _place(family: Family, param: Param, layer: int | None, expert: int | None, 
 
 def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: str = "bfloat16",
                     model_name: str | None = None, chunk_split: int = orbax_layout.DEFAULT_SPLIT,
-                    use_multimodal: bool = False) -> Plan:
+                    use_multimodal: bool = False, vocab_size: int | None = None) -> Plan:
   """Plans HF -> MaxText from headers only; raises ConversionError on any mismatch."""
   if save_dtype not in SAVE_DTYPES:
     raise ConversionError(f"--save_dtype={save_dtype} is not supported; use one of {list(SAVE_DTYPES)}")
   config_path = storage.join(hf_model_path, "config.json")
-  config = with_options(read_config(hf_model_path), use_multimodal)
+  config = with_options(read_config(hf_model_path), use_multimodal, model_name, vocab_size)
   family = detect_family(config, model_name, config_path)
   sizes = family_sizes(family, config, config_path)
   tensors = list_checkpoint(hf_model_path)

@@ -13,7 +13,7 @@ from typing import Any
 
 from models.known_configs import known_config
 from pipeline.errors import ConversionError
-from pipeline.plan import detect_family, family_sizes, placements, read_config, with_options
+from pipeline.plan import detect_family, family_sizes, placements, read_config, with_options, without_options
 from transforms import storage
 from transforms.orbax_reader import CheckpointReader
 from transforms.safetensors_io import DTYPES, INDEX_FILE, package_order
@@ -120,14 +120,14 @@ def default_weight_dtype(config: dict[str, Any]) -> str:
 def plan_to_huggingface(items: str, output: str, config: dict[str, Any], where: str,
                         model_name: str | None = None, scan_layers: bool | None = None,
                         weight_dtype: str | None = None, max_shard_size: str | int = "5GB",
-                        use_multimodal: bool = False) -> HfPlan:
+                        use_multimodal: bool = False, vocab_size: int | None = None) -> HfPlan:
   """Plans MaxText -> HF from metadata only; raises ConversionError on any mismatch."""
   out_config = dict(config)
-  config = with_options(config, use_multimodal)
+  config = with_options(config, use_multimodal, model_name, vocab_size)
   family = detect_family(config, model_name, where)
   if family.hf_config is not None:
-    out_config = family.hf_config(config)
-    config = with_options(out_config, use_multimodal)
+    out_config = without_options(family.hf_config(config))
+    config = with_options(out_config, use_multimodal, model_name, vocab_size)
   sizes = family_sizes(family, config, where)
   weight_dtype = weight_dtype or default_weight_dtype(config)
   if weight_dtype not in WEIGHT_DTYPES:

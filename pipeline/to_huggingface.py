@@ -25,7 +25,7 @@ from transforms import storage
 from transforms.shard_dofns import AUX_FILES
 
 MAXTEXT_KEYS = ("model_name", "load_parameters_path", "base_output_directory", "scan_layers", "weight_dtype",
-                "hf_model_path", "hf_access_token", "max_shard_size", "use_multimodal")
+                "hf_model_path", "hf_access_token", "max_shard_size", "use_multimodal", "vocab_size")
 
 
 def prepare_output(output: str, overwrite: bool) -> None:
@@ -54,7 +54,8 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[HfPlan
       repo, access_token = hub.prepare(destination, conv.hf_access_token)
       output = staging
     plan = plan_to_huggingface(conv.load_parameters_path, output, config, where, conv.model_name,
-                               conv.scan_layers, conv.weight_dtype, conv.max_shard_size, conv.use_multimodal)
+                               conv.scan_layers, conv.weight_dtype, conv.max_shard_size, conv.use_multimodal,
+                               conv.vocab_size)
     prepare_output(output, conv.overwrite)
     totals = runner.run(lambda p, progress: add_to_huggingface(p, plan, conv.hf_model_path, progress),
                         runner.with_local_defaults(options, flags), plan.tensor_count, "to_huggingface",

@@ -22,7 +22,7 @@ from transforms import orbax_layout, storage
 from transforms.orbax_writer import CheckpointTarget
 
 MAXTEXT_KEYS = ("model_name", "base_output_directory", "scan_layers", "checkpoint_storage_use_zarr3",
-                "checkpoint_storage_use_ocdbt", "hf_model_path", "save_dtype", "use_multimodal")
+                "checkpoint_storage_use_ocdbt", "hf_model_path", "save_dtype", "use_multimodal", "vocab_size")
 # Step 0, as MaxText's CheckpointManager numbers it.
 STEP = "0"
 
@@ -49,7 +49,7 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, 
   if not conv.base_output_directory:
     raise ConversionError("base_output_directory=... is required")
   plan = plan_to_maxtext(conv.hf_model_path, conv.scan_layers is not False, conv.save_dtype, conv.model_name,
-                         conv.simulated_cpu_devices_count, conv.use_multimodal)
+                         conv.simulated_cpu_devices_count, conv.use_multimodal, conv.vocab_size)
   target = CheckpointTarget(prepare_output(conv.base_output_directory, conv.overwrite),
                             use_ocdbt=conv.checkpoint_storage_use_ocdbt,
                             use_zarr3=conv.checkpoint_storage_use_zarr3, zstd_level=conv.zstd_level)

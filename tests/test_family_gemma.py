@@ -177,3 +177,32 @@ def test_logit_checker_passes_on_goldens_and_fails_without_the_norm_offset(tmp_p
     _, items, _ = to_maxtext(goldens.path(golden, "hf"), tmp_path)
   assert check_logits.main([f"load_parameters_path={items}", hf]) == 1
   assert "FAIL: max per-token KL" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("vocab", [640, 500])
+def test_embedding_is_resized_to_maxtexts_vocabulary_and_back(tmp_path, vocab):
+  """MaxText pads Gemma2's vocabulary (256000 -> 256128) and truncates Gemma3's (262208 -> 262144)."""
+  from tests.test_to_huggingface import tensors, to_hf  # pylint: disable=import-outside-toplevel
+  from tests.test_to_maxtext import convert  # pylint: disable=import-outside-toplevel
+  _, items, _ = convert(goldens.path("gemma2", "hf"), tmp_path / "mt", f"--vocab_size={vocab}")
+  ours = goldens.restore(items)["params/params/token_embedder/embedding"]
+  golden = goldens.restore(goldens.items("gemma2", "scan"))["params/params/token_embedder/embedding"]
+  assert ours.shape == (vocab, 64)
+  kept = min(vocab, 512)
+  assert goldens.same_bits(np.ascontiguousarray(ours[:kept]), np.ascontiguousarray(golden[:kept]))
+  assert not np.any(ours[kept:].astype(np.float32))
+  to_hf(items, tmp_path / "hf", f"--vocab_size={vocab}", hf_model_path=goldens.path("gemma2", "hf"))
+  back = tensors(tmp_path / "hf")["model.embed_tokens.weight"]
+  original = tensors(goldens.path("gemma2", "hf"))["model.embed_tokens.weight"]
+  assert back.shape == original.shape == (512, 64)
+  diff = np.abs(back[:kept].astype(np.float64) - original[:kept].astype(np.float64))
+  assert np.all(diff <= np.abs(original[:kept].astype(np.float64)) * 2.0**-7)
+  assert not np.any(back[kept:].astype(np.float32))
+
+
+def test_model_name_brings_maxtexts_vocabulary():
+  from pipeline.plan import family_sizes, with_options  # pylint: disable=import-outside-toplevel
+  import models  # pylint: disable=import-outside-toplevel
+  config = {**json.load(open(goldens.path("gemma2", "hf", "config.json")))}
+  sizes = family_sizes(models.BY_NAME["gemma2"], with_options(config, False, "gemma2-2b"), "config.json")
+  assert (sizes["vocab"], sizes["maxtext_vocab"]) == (512, 256128)

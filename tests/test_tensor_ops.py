@@ -92,3 +92,17 @@ def test_offset_adds_in_float32_and_inverts():
   wide = np.random.default_rng(5).standard_normal((32,)).astype(np.float32)
   assert Offset(1.0).forward(wide, {}).dtype == np.float64
   np.testing.assert_allclose(Offset(1.0).inverse(Offset(1.0).forward(wide, {}), {}), wide, rtol=0, atol=1e-15)
+
+
+def test_resize_axis_pads_and_truncates_like_maxtext():
+  from transforms.tensor_ops import ResizeAxis  # pylint: disable=import-outside-toplevel
+  x = np.arange(12, dtype=np.float32).reshape(6, 2)
+  pad = ResizeAxis(0)
+  sizes = {"vocab": 6, "maxtext_vocab": 8}
+  assert pad.shape((6, 2), sizes) == (8, 2)
+  y = pad.forward(x, sizes)
+  np.testing.assert_array_equal(y, np.concatenate([x, np.zeros((2, 2), np.float32)]))
+  np.testing.assert_array_equal(pad.inverse(y, sizes), x)
+  cut = {"vocab": 6, "maxtext_vocab": 4}
+  np.testing.assert_array_equal(pad.forward(x, cut), x[:4])
+  np.testing.assert_array_equal(pad.inverse(pad.forward(x, cut), cut), np.concatenate([x[:4], np.zeros((2, 2))]))

@@ -151,3 +151,36 @@ class Offset:
 def _offset(x: np.ndarray, amount: float) -> np.ndarray:
   wide = np.float32 if x.dtype.itemsize <= 2 else np.float64
   return x.astype(wide) + wide(amount)
+
+
+@dataclasses.dataclass(frozen=True)
+class ResizeAxis:
+  """Pads with zeros or truncates `axis` from `sizes[source]` (HF) to `sizes[target]` (MaxText).
+
+  MaxText sizes some embeddings to its own vocabulary: Gemma2's 256000 rows are padded to
+  256128, Gemma3's 262208 truncated to 262144. Truncated rows cannot come back; they return as
+  zeros, as they would from MaxText's own converter.
+  """
+  axis: int
+  source: str = "vocab"
+  target: str = "maxtext_vocab"
+
+  def shape(self, shape: tuple[int, ...], sizes: Sizes) -> tuple[int, ...]:
+    return shape[:self.axis] + (self._target(sizes),) + shape[self.axis + 1:]
+
+  def forward(self, x: np.ndarray, sizes: Sizes) -> np.ndarray:
+    return _resize(x, self.axis, self._target(sizes))
+
+  def _target(self, sizes: Sizes) -> int:
+    return sizes.get(self.target) or sizes[self.source]
+
+  def inverse(self, x: np.ndarray, sizes: Sizes) -> np.ndarray:
+    return _resize(x, self.axis, sizes[self.source])
+
+
+def _resize(x: np.ndarray, axis: int, size: int) -> np.ndarray:
+  if x.shape[axis] >= size:
+    return x[(slice(None),) * axis + (slice(0, size),)]
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, size - x.shape[axis])
+  return np.pad(x, pad)
