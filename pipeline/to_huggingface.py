@@ -37,6 +37,7 @@ def prepare_output(output: str, overwrite: bool) -> None:
                           "replace it")
   for name in ours:
     storage.remove_tree(storage.join(output, name))
+  storage.check_writable(output)
 
 
 def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[HfPlan, dict[str, int]]:

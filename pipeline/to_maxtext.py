@@ -37,6 +37,7 @@ def prepare_output(base_output_directory: str, overwrite: bool) -> str:
               else "an incomplete checkpoint from an earlier run (no commit_success.txt)")
       raise ConversionError(f"{step_dir} already holds {what}; pass --overwrite to replace it")
     storage.remove_tree(step_dir)
+  storage.check_writable(base_output_directory)
   return step_dir
 
 

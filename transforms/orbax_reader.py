@@ -27,6 +27,10 @@ class CheckpointReader:
       raise ConversionError(f"{items}: no _METADATA; not an Orbax checkpoint item directory "
                             "(load_parameters_path should end in /0/items)")
     self.metadata: dict[str, Any] = json.loads(storage.read_text(metadata_path))
+    step_dir = items.rstrip("/").rsplit("/", 1)[0]
+    if not any(storage.exists(storage.join(d, orbax_layout.COMMIT_MARKER)) for d in (items, step_dir)):
+      raise ConversionError(f"{items}: no {orbax_layout.COMMIT_MARKER}: the checkpoint was never committed "
+                            "(its writer died or is still running); convert it again or point at a finished one")
     self.use_zarr3 = bool(self.metadata.get("use_zarr3", False))
     self.use_ocdbt = storage.exists(storage.join(items, "manifest.ocdbt"))
     self._stores: dict[str, ts.TensorStore] = {}
@@ -40,7 +44,9 @@ class CheckpointReader:
   def array(self, path: str) -> ts.TensorStore:
     store = self._stores.get(path)
     if store is None:
-      spec = {"driver": "zarr3" if self.use_zarr3 else "zarr", "kvstore": self._kvstore(path), "open": True}
+      # A missing chunk is an error, never zeros (Orbax's raise_array_data_missing_error).
+      spec = {"driver": "zarr3" if self.use_zarr3 else "zarr", "kvstore": self._kvstore(path), "open": True,
+              "fill_missing_data_reads": False}
       try:
         store = ts.open(spec, context=ts_context(), read=True).result()
       except ValueError as e:

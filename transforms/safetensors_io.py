@@ -47,6 +47,7 @@ _PACKAGE_RANK = {code: rank for rank, code in enumerate(
 MAX_HEADER_BYTES = 100_000_000  # The package's own limit.
 INDEX_FILE = "model.safetensors.index.json"
 _SUFFIX = ".safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _WRITE_SLICE = 16 << 20
 
 
@@ -134,8 +135,14 @@ def read_header(path: str) -> dict[str, TensorRef]:
   if not isinstance(header, dict):
     raise ConversionError(f"{path}: header is not a JSON object")
   data_start = 8 + header_len
-  return {name: _parse_entry(path, name, entry, data_start, file_size)
+  refs = {name: _parse_entry(path, name, entry, data_start, file_size)
           for name, entry in header.items() if name != "__metadata__"}
+  ordered = sorted(refs.values(), key=lambda r: (r.start, r.end))
+  for before, after in zip(ordered, ordered[1:]):
+    if after.start < before.end:
+      raise ConversionError(f"{path}: tensors {before.name} and {after.name} overlap in the file; "
+                            "the shard is corrupt, re-download it")
+  return refs
 
 
 def read_tensor(ref: TensorRef) -> np.ndarray:
@@ -177,6 +184,11 @@ def list_checkpoint(model_dir: str) -> dict[str, TensorRef]:
   else:
     shards = [n for n in storage.list_names(model_dir) if n.endswith(_SUFFIX)]
     if not shards:
+      pickles = [n for n in storage.list_names(model_dir) if n.endswith(PICKLE_SUFFIXES)]
+      if pickles:
+        raise ConversionError(
+            f"{model_dir}: only PyTorch pickle files ({', '.join(pickles[:3])}); ckptflow never unpickles "
+            "untrusted data: convert them to safetensors on a machine you trust, then point here")
       raise ConversionError(
           f"{model_dir}: no *.safetensors files and no {INDEX_FILE}")
 

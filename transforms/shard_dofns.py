@@ -58,13 +58,21 @@ def hf_tensors(reader: CheckpointReader, tasks: Sequence, param_of: Callable[[in
 
   pending = None
   for i, task in enumerate(tasks):
-    values = [np.asarray(f.result()) for f in (pending or start(task))]
+    values = [_result(f, reader, s) for f, s in zip(pending or start(task), task.sources)]
     pending = start(tasks[i + 1]) if i + 1 < len(tasks) and tasks[i + 1].nbytes <= PREFETCH_BYTES else None
     read = sum(v.nbytes for v in values)
     params = [param_of(s.param) for s in task.sources]
     tensor = contiguous(maxtext_to_hf(values, params, sizes), DTYPES[task.dtype])
     del values
     yield task, tensor, read
+
+
+def _result(future, reader: CheckpointReader, source) -> np.ndarray:
+  try:
+    return np.asarray(future.result())
+  except ValueError as e:  # tensorstore: a chunk that should be there is not (NOT_FOUND), or is corrupt
+    raise ConversionError(f"{reader.items}: cannot read {source.array} {list(source.index)}: "
+                          f"{str(e).splitlines()[0][:300]}; the checkpoint is incomplete or damaged") from None
 
 
 class CountTensors(beam.CombineFn):

@@ -133,6 +133,18 @@ def write_bytes(path: str, data: bytes) -> None:
     raise
 
 
+def check_writable(directory: str) -> None:
+  """Fails early, in one line, when nothing can be written under `directory`."""
+  probe = join(directory, f".ckptflow-probe-{os.getpid()}")
+  try:
+    write_bytes(probe, b"")
+    remove_tree(probe)
+  except ConversionError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConversionError(f"{directory}: not writable ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+
+
 def write_text(path: str, text: str) -> None:
   write_bytes(path, text.encode("utf-8"))
 
