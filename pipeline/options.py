@@ -63,6 +63,9 @@ class ConversionOptions(PipelineOptions):
              "Orbax's level 3 on bf16 weights and 1.7x faster to write.")
     add("--overwrite", type=str2bool, nargs="?", const=True, default=False,
         help="Replace an existing checkpoint at the output path (refused otherwise).")
+    add("--resume", type=str2bool, nargs="?", const=True, default=False,
+        help="Finish an interrupted conversion at the same output: slices already stored are kept, only "
+             "the missing ones are written, then it commits.")
     add("--progress", type=str2bool, nargs="?", const=True, default=True,
         help="Show tensors done / total while a local runner works. Default true.")
     add("--lazy_load_tensors", type=str2bool, nargs="?", const=True, default=True,

@@ -7,6 +7,7 @@ writes <base_output_directory>/0/items, which MaxText loads with load_parameters
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from typing import Sequence
@@ -18,7 +19,7 @@ from pipeline.build import add_to_maxtext
 from pipeline.errors import ConversionError
 from pipeline.options import ConversionOptions
 from pipeline.plan import Plan, plan_to_maxtext
-from transforms import orbax_layout, storage
+from transforms import orbax_layout, orbax_writer, storage
 from transforms.orbax_writer import CheckpointTarget
 
 MAXTEXT_KEYS = ("model_name", "base_output_directory", "scan_layers", "checkpoint_storage_use_zarr3",
@@ -27,22 +28,27 @@ MAXTEXT_KEYS = ("model_name", "base_output_directory", "scan_layers", "checkpoin
 STEP = "0"
 
 
-def prepare_output(base_output_directory: str, overwrite: bool) -> str:
-  """The step directory to write; refuses to touch an existing one unless `overwrite`."""
+def prepare_output(base_output_directory: str, overwrite: bool, resume: bool = False) -> str:
+  """The step directory to write; refuses to touch an existing one unless `overwrite` or `resume`."""
   step_dir = storage.join(base_output_directory, STEP)
   if storage.exists(step_dir):
+    committed = storage.exists(storage.join(step_dir, orbax_layout.COMMIT_MARKER))
+    if resume and not committed:
+      return step_dir
     if not overwrite:
-      marker = storage.join(step_dir, orbax_layout.COMMIT_MARKER)
-      what = ("a checkpoint" if storage.exists(marker)
-              else "an incomplete checkpoint from an earlier run (no commit_success.txt)")
-      raise ConversionError(f"{step_dir} already holds {what}; pass --overwrite to replace it")
+      what = "a checkpoint" if committed else "an incomplete checkpoint from an earlier run (no commit_success.txt)"
+      hint = "pass --overwrite to replace it" + ("" if committed else ", or --resume to finish it")
+      raise ConversionError(f"{step_dir} already holds {what}; {hint}")
     storage.remove_tree(step_dir)
   storage.check_writable(base_output_directory)
   return step_dir
 
 
 def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, str, dict[str, int]]:
-  """Plans, writes and commits; returns the plan, the items path and the run's counters."""
+  """Plans, writes and commits; returns the plan, the items path and the run's counters.
+
+  With --resume, slices whose chunks an interrupted run already stored are not written again.
+  """
   conv = options.view_as(ConversionOptions)
   if not conv.hf_model_path:
     raise ConversionError("--hf_model_path is required: a local or gs:// directory with config.json and "
@@ -51,11 +57,16 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, 
     raise ConversionError("base_output_directory=... is required")
   plan = plan_to_maxtext(conv.hf_model_path, conv.scan_layers is not False, conv.save_dtype, conv.model_name,
                          conv.simulated_cpu_devices_count, conv.use_multimodal, conv.vocab_size)
-  target = CheckpointTarget(prepare_output(conv.base_output_directory, conv.overwrite),
+  target = CheckpointTarget(prepare_output(conv.base_output_directory, conv.overwrite, conv.resume),
                             use_ocdbt=conv.checkpoint_storage_use_ocdbt,
                             use_zarr3=conv.checkpoint_storage_use_zarr3, zstd_level=conv.zstd_level)
-  totals = runner.run(lambda p, progress: add_to_maxtext(p, plan, target, progress),
-                      runner.with_local_defaults(options, flags), len(plan.tasks), "to_maxtext", conv.progress)
+  todo = plan
+  if conv.resume:
+    done = orbax_writer.finished(target, [(t.array, t.index) for t in plan.tasks])
+    todo = dataclasses.replace(plan, tasks=tuple(t for t, d in zip(plan.tasks, done) if not d))
+    print(f"resuming {target.items}: {sum(done)} of {len(plan.tasks)} slices already stored", file=sys.stderr)
+  totals = runner.run(lambda p, progress: add_to_maxtext(p, todo, target, progress),
+                      runner.with_local_defaults(options, flags), len(todo.tasks), "to_maxtext", conv.progress)
   return plan, target.items, totals
 
 

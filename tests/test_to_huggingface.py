@@ -207,3 +207,12 @@ def test_hub_upload_gets_the_converted_folder(tmp_path, monkeypatch):
   assert calls[0][:2] == ("create_repo", "me/model")
   assert calls[1][:2] == ("upload_folder", "me/model") and "model.safetensors" in calls[1][2]
   assert_same_model(tensors(tmp_path / "uploaded"), tensors(goldens.path("qwen3", "hf")), "qwen3")
+
+
+def test_a_shard_written_twice_has_the_same_bytes(tmp_path):
+  to_hf(goldens.items("qwen3", "scan"), tmp_path / "a", "--max_shard_size=100KB", hf_model_path=goldens.path("qwen3", "hf"))
+  to_hf(goldens.items("qwen3", "scan"), tmp_path / "b", "--max_shard_size=100KB", hf_model_path=goldens.path("qwen3", "hf"))
+  names = sorted(os.listdir(tmp_path / "a"))
+  assert names == sorted(os.listdir(tmp_path / "b")) and len([n for n in names if n.endswith(".safetensors")]) > 1
+  for name in names:
+    assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name

@@ -127,3 +127,73 @@ def test_a_run_that_dies_leaves_no_commit_marker(tmp_path, monkeypatch):
   monkeypatch.setattr(dofns, "read_tensor", real)
   with pytest.raises(ConversionError, match="incomplete checkpoint from an earlier run"):
     convert(goldens.path("llama3.1", "hf"), tmp_path)
+
+
+def test_resume_after_a_failure_writes_only_what_is_missing(tmp_path, monkeypatch):
+  real = dofns.read_tensor
+
+  def failing(ref):
+    if ref.name == "model.layers.2.mlp.up_proj.weight":
+      raise OSError("preempted")
+    return real(ref)
+  monkeypatch.setattr(dofns, "read_tensor", failing)
+  with pytest.raises(Exception, match="preempted"):
+    convert(goldens.path("llama3.1", "hf"), tmp_path)
+  monkeypatch.setattr(dofns, "read_tensor", real)
+  plan, items, totals = convert(goldens.path("llama3.1", "hf"), tmp_path, "--resume")
+  assert 0 < totals["tensors"] < len(plan.tasks)
+  goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("llama3.1", "scan")))
+  with pytest.raises(ConversionError, match="already holds a checkpoint; pass --overwrite"):
+    convert(goldens.path("llama3.1", "hf"), tmp_path, "--resume")
+
+
+@pytest.mark.parametrize("ocdbt", [True, False])
+def test_kill_9_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, ocdbt):
+  import signal  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  from pipeline import demo  # pylint: disable=import-outside-toplevel
+  hf = tmp_path / "hf"
+  demo.make_model(str(hf), {**demo.DEMO_CONFIG, "num_hidden_layers": 24, "hidden_size": 512,
+                            "intermediate_size": 1376})
+  storage = [f"--checkpoint_storage_use_ocdbt={ocdbt}"]
+  base = [sys.executable, "-m", "pipeline.to_maxtext", f"--hf_model_path={hf}", "--direct_num_workers=2", *storage]
+  victim = subprocess.Popen([*base, f"base_output_directory={tmp_path / 'killed'}"], cwd=goldens.REPO,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+  for line in victim.stderr:
+    done = line.split("to_maxtext: ")[-1].split("/")[0] if line.startswith("to_maxtext: ") else "0"
+    if int(done) > 20:
+      os.killpg(victim.pid, signal.SIGKILL)
+      break
+  victim.wait()
+  assert victim.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+  assert not (tmp_path / "killed" / "0" / "commit_success.txt").exists()
+  resumed = subprocess.run([*base, f"base_output_directory={tmp_path / 'killed'}", "--resume"], cwd=goldens.REPO,
+                           capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  stored = int(resumed.stderr.split(" slices already stored")[0].split("resuming ")[1].split(": ")[1].split(" of")[0])
+  assert 20 < stored < 219
+  clean = subprocess.run([*base, f"base_output_directory={tmp_path / 'clean'}"], cwd=goldens.REPO,
+                         capture_output=True, text=True, timeout=300)
+  assert clean.returncode == 0, clean.stderr[-2000:]
+  goldens.assert_same_checkpoint(goldens.restore(str(tmp_path / "killed" / "0" / "items")),
+                                 goldens.restore(str(tmp_path / "clean" / "0" / "items")))
+
+
+def test_duplicated_elements_are_harmless(tmp_path):
+  """Dataflow may run a bundle twice: the same slices land in two writers' sub-databases."""
+  import models  # pylint: disable=import-outside-toplevel
+  from pipeline.plan import plan_to_maxtext  # pylint: disable=import-outside-toplevel
+  from transforms import orbax_writer  # pylint: disable=import-outside-toplevel
+  from transforms.convert import hf_to_maxtext  # pylint: disable=import-outside-toplevel
+  plan = plan_to_maxtext(goldens.path("qwen2.5", "hf"))
+  family = models.BY_NAME[plan.family]
+  target = orbax_writer.CheckpointTarget(str(tmp_path / "0"))
+  orbax_writer.create_arrays(target, plan.arrays)
+  first, retry = orbax_writer.SliceWriter(target, "first"), orbax_writer.SliceWriter(target, "retry")
+  for n, task in enumerate(plan.tasks):
+    value = hf_to_maxtext([dofns.read_tensor(r) for r in task.sources], family.param(task.param), plan.sizes)
+    for writer in (first, retry) if n % 2 else (first,):
+      writer.write(task.array, task.index, value)
+  orbax_writer.commit(target, plan.arrays, ["first", "retry"], True, 0)
+  goldens.assert_same_checkpoint(goldens.restore(target.items), goldens.restore(goldens.items("qwen2.5", "scan")))

@@ -6,6 +6,7 @@ computed here from the plan alone, so every worker derives exactly the same spec
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from typing import Any, Iterable, Sequence
 
@@ -167,3 +168,17 @@ class ArraySpec:
   def metadata(self, use_zarr3: bool, zstd_level: int) -> dict[str, Any]:
     build = zarr3_metadata if use_zarr3 else zarr2_metadata
     return build(self.shape, self.dtype, self.chunks, zstd_level)
+
+
+def chunk_keys(array: ArraySpec, index: Sequence[tuple[int, int]], use_zarr3: bool) -> list[str]:
+  """The storage keys of every chunk a slice covers (`index`: the fixed stacked positions)."""
+  fixed = dict(index)
+  ranges = [[fixed[a] // c] if a in fixed else range(-(-n // c)) for a, (n, c) in
+            enumerate(zip(array.shape, array.chunks))]
+  keys = []
+  for coords in itertools.product(*ranges):
+    if use_zarr3:
+      keys.append(f"{array.key}/c" + "".join(f"/{i}" for i in coords))
+    else:
+      keys.append(f"{array.key}/" + (".".join(str(i) for i in coords) or "0"))
+  return keys

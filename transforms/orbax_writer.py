@@ -144,11 +144,39 @@ def merge_writers(target: CheckpointTarget, process_ids: Iterable[str]) -> None:
   txn.commit_async().result()
 
 
+def writer_ids(target: CheckpointTarget) -> list[str]:
+  """The OCDBT sub-databases already under items/ (from an earlier, interrupted run)."""
+  prefix = orbax_layout.PROCESS_PREFIX
+  return [n[len(prefix):] for n in storage.list_names(target.items) if n.startswith(prefix)]
+
+
+def stored_keys(target: CheckpointTarget) -> set[str]:
+  """Every chunk key any writer has committed: the record of finished work that survives a crash.
+
+  OCDBT commits a write atomically, so a key present in a sub-database holds its whole chunk;
+  without OCDBT each chunk is a file written by a rename.
+  """
+  if not target.use_ocdbt:
+    return set(storage.find(target.items))
+  keys: set[str] = set()
+  for process in writer_ids(target):
+    kv = ts.KvStore.open(_ocdbt_kvstore(target, process), context=ts_context()).result()
+    keys.update(k.decode() for k in kv.list().result())
+  return keys
+
+
+def finished(target: CheckpointTarget, slices: Sequence[tuple[ArraySpec, Sequence[tuple[int, int]]]]) -> list[bool]:
+  """For each (array, index) slice: are all its chunks stored already?"""
+  keys = stored_keys(target)
+  return [all(k in keys for k in orbax_layout.chunk_keys(a, i, target.use_zarr3)) for a, i in slices]
+
+
 def commit(target: CheckpointTarget, arrays: Iterable[ArraySpec], process_ids: Iterable[str],
            scan_layers: bool, init_ns: int) -> None:
   """Merges, then writes _METADATA, _CHECKPOINT_METADATA and the two commit markers, markers last."""
   if target.use_ocdbt:
-    merge_writers(target, [META_PROCESS, *process_ids])
+    # An interrupted run's writers hold finished slices too (--resume).
+    merge_writers(target, [META_PROCESS, *process_ids, *writer_ids(target)])
   if not storage.is_gcs(target.step_dir):
     os.sync()  # Local writers skipped fsync: make every byte durable before anything says "committed".
   paths = [a.path for a in arrays]

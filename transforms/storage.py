@@ -185,6 +185,23 @@ def list_names(path: str) -> list[str]:
   return sorted(names)
 
 
+def find(path: str) -> list[str]:
+  """Every file below a directory or prefix, as paths relative to it; [] if it is missing."""
+  base = path.rstrip("/")
+  if not is_gcs(path):
+    if not os.path.isdir(base):
+      return []
+    return sorted(os.path.relpath(os.path.join(root, f), base).replace(os.sep, "/")
+                  for root, _, files in os.walk(base) for f in files)
+  fs = filesystem(path)
+  own = base[len(_GCS_PREFIX):]
+  try:
+    found = fs.find(base)
+  except FileNotFoundError:
+    return []
+  return sorted(f[len(own):].lstrip("/") for f in found if f.startswith(own + "/"))
+
+
 def kvstore_spec(path: str) -> dict[str, Any]:
   """A tensorstore kvstore for the directory `path` (also valid as an OCDBT `base`)."""
   if is_gcs(path):
