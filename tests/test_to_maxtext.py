@@ -154,15 +154,14 @@ def test_kill_9_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, o
   import sys  # pylint: disable=import-outside-toplevel
   from pipeline import demo  # pylint: disable=import-outside-toplevel
   hf = tmp_path / "hf"
-  demo.make_model(str(hf), {**demo.DEMO_CONFIG, "num_hidden_layers": 24, "hidden_size": 512,
+  demo.make_model(str(hf), {**demo.DEMO_CONFIG, "num_hidden_layers": 48, "hidden_size": 512,
                             "intermediate_size": 1376})
   storage = [f"--checkpoint_storage_use_ocdbt={ocdbt}"]
   base = [sys.executable, "-m", "pipeline.to_maxtext", f"--hf_model_path={hf}", "--direct_num_workers=2", *storage]
   victim = subprocess.Popen([*base, f"base_output_directory={tmp_path / 'killed'}"], cwd=goldens.REPO,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
-  for line in victim.stderr:
-    done = line.split("to_maxtext: ")[-1].split("/")[0] if line.startswith("to_maxtext: ") else "0"
-    if int(done) > 20:
+  for line in victim.stderr:  # the first progress line comes at about 10% done
+    if line.startswith("to_maxtext: "):
       os.killpg(victim.pid, signal.SIGKILL)
       break
   victim.wait()
@@ -172,7 +171,7 @@ def test_kill_9_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, o
                            capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   stored = int(resumed.stderr.split(" slices already stored")[0].split("resuming ")[1].split(": ")[1].split(" of")[0])
-  assert 20 < stored < 219
+  assert 0 < stored < 9 * 48 + 3
   clean = subprocess.run([*base, f"base_output_directory={tmp_path / 'clean'}"], cwd=goldens.REPO,
                          capture_output=True, text=True, timeout=300)
   assert clean.returncode == 0, clean.stderr[-2000:]
