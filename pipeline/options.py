@@ -66,6 +66,9 @@ class ConversionOptions(PipelineOptions):
     add("--resume", type=str2bool, nargs="?", const=True, default=False,
         help="Finish an interrupted conversion at the same output: slices already stored are kept, only "
              "the missing ones are written, then it commits.")
+    add("--verify_report", default=None,
+        help="verify: where the per-array verdicts go (JSON; default a local temp file, which only a local "
+             "runner can use: give a gs:// path on Dataflow).")
     add("--progress", type=str2bool, nargs="?", const=True, default=True,
         help="Show tensors done / total while a local runner works. Default true.")
     add("--lazy_load_tensors", type=str2bool, nargs="?", const=True, default=True,
