@@ -30,12 +30,16 @@ def add_to_maxtext(pipeline: beam.Pipeline, plan: Plan, target: CheckpointTarget
 
 
 def add_to_huggingface(pipeline: beam.Pipeline, plan: HfPlan, hf_model_path: str | None,
-                       progress_path: str | None = None) -> beam.PCollection:
-  """Adds the MaxText -> HF steps: Create(shards) | Reshuffle | WriteShards | barrier | Finalize."""
+                       progress_path: str | None = None, index: dict | None = None) -> beam.PCollection:
+  """Adds the MaxText -> HF steps: Create(shards) | Reshuffle | WriteShards | barrier | Finalize.
+
+  `index` is the whole model's (when `plan` holds only the shards a resumed run still writes).
+  """
   return (pipeline
           | "PlanShards" >> beam.Create(plan.shards, reshuffle=False)
           | "DistributeShards" >> beam.Reshuffle()
           | "WriteShards" >> beam.ParDo(WriteShardFn(plan.items, plan.family, plan.sizes, progress_path))
           | "ShardBarrier" >> beam.CombineGlobally(CountTensors())
-          | "Finalize" >> beam.ParDo(FinalizeFn(plan.output, plan.tensor_count, plan.index(), plan.config,
+          | "Finalize" >> beam.ParDo(FinalizeFn(plan.output, plan.tensor_count,
+                                                plan.index() if index is None else index, plan.config,
                                                 hf_model_path)))

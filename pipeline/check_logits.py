@@ -35,8 +35,8 @@ from pipeline.options import str2bool
 from pipeline.plan_hf import plan_to_huggingface, target_config
 from transforms import storage
 from transforms.orbax_reader import CheckpointReader
-from transforms.safetensors_io import SafetensorsWriter
-from transforms.shard_dofns import FILE_METADATA, hf_tensors
+from transforms.safetensors_io import HF_FILE_METADATA, SafetensorsWriter
+from transforms.shard_dofns import hf_tensors
 
 # A short prompt barely rotates: RoPE at position 0 is the identity. The long one (about 400
 # tokens on a Llama tokenizer) makes position-dependent mistakes show in the logits.
@@ -120,7 +120,7 @@ def converted_model(items: str, config: dict[str, Any], where: str, model_name: 
   tasks = [t for shard in plan.shards for t in shard.tensors]
   with tempfile.TemporaryDirectory(prefix="ckptflow-check-") as tmp:
     entries = [(t.name, t.dtype, t.shape) for t in tasks]
-    with SafetensorsWriter(os.path.join(tmp, "model.safetensors"), entries, FILE_METADATA) as writer:
+    with SafetensorsWriter(os.path.join(tmp, "model.safetensors"), entries, HF_FILE_METADATA) as writer:
       for task, tensor, _ in hf_tensors(reader, tasks, param_of, plan.sizes):
         writer.write(task.name, tensor)
     storage.write_text(os.path.join(tmp, "config.json"), json.dumps(plan.config))

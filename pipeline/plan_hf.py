@@ -16,13 +16,12 @@ from pipeline.errors import ConversionError
 from pipeline.plan import detect_family, family_sizes, placements, read_config, with_options, without_options
 from transforms import storage
 from transforms.orbax_reader import CheckpointReader
-from transforms.safetensors_io import DTYPES, INDEX_FILE, package_order
+from transforms.safetensors_io import DTYPES, HF_FILE_METADATA, INDEX_FILE, file_size, package_order
 from transforms.tensor_ops import axes_shape
 
 WEIGHT_DTYPES = {"bfloat16": "BF16", "float32": "F32", "float16": "F16"}
 SINGLE_FILE = "model.safetensors"
 SHARD_FILE = "model-{index:05d}-of-{count:05d}.safetensors"
-FILE_METADATA = {"format": "pt"}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)?\s*$", re.IGNORECASE)
 _UNITS = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
           "GIB": 2**30, "TIB": 2**40}
@@ -57,6 +56,10 @@ class ShardTask:
   """One output file and its tensors in file order; written front to back by one worker."""
   file: str
   tensors: tuple[TensorTask, ...]
+
+  @property
+  def size(self) -> int:
+    return file_size([(t.name, t.dtype, t.shape) for t in self.tensors], HF_FILE_METADATA)
 
 
 @dataclasses.dataclass(frozen=True)

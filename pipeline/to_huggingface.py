@@ -9,6 +9,7 @@ model.safetensors), config.json and the tokenizer files of --hf_model_path to ba
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tempfile
 import time
@@ -28,13 +29,16 @@ MAXTEXT_KEYS = ("model_name", "load_parameters_path", "base_output_directory", "
                 "hf_model_path", "hf_access_token", "max_shard_size", "use_multimodal", "vocab_size")
 
 
-def prepare_output(output: str, overwrite: bool) -> None:
-  """Refuses to mix with an existing model directory unless `overwrite`, then removes only our files."""
+def prepare_output(output: str, overwrite: bool, resume: bool = False) -> None:
+  """Refuses to mix with an existing model directory unless `overwrite` (then removes only our
+  files) or `resume` of an unfinished one (no config.json yet: it is written last)."""
   ours = [n for n in storage.list_names(output)
           if n.endswith(".safetensors") or n in (INDEX_FILE, "config.json", *AUX_FILES)]
+  if ours and resume and "config.json" not in ours:
+    return
   if ours and not overwrite:
     raise ConversionError(f"{output} already holds a model ({', '.join(ours[:3])}...); pass --overwrite to "
-                          "replace it")
+                          "replace it" + ("" if "config.json" in ours else ", or --resume to finish it"))
   for name in ours:
     storage.remove_tree(storage.join(output, name))
   storage.check_writable(output)
@@ -57,9 +61,16 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[HfPlan
     plan = plan_to_huggingface(conv.load_parameters_path, output, config, where, conv.model_name,
                                conv.scan_layers, conv.weight_dtype, conv.max_shard_size, conv.use_multimodal,
                                conv.vocab_size)
-    prepare_output(output, conv.overwrite)
-    totals = runner.run(lambda p, progress: add_to_huggingface(p, plan, conv.hf_model_path, progress),
-                        runner.with_local_defaults(options, flags), plan.tensor_count, "to_huggingface",
+    prepare_output(output, conv.overwrite, conv.resume)
+    todo = plan
+    if conv.resume:  # a shard exists only once it is whole (written to a temp name, then renamed)
+      left = tuple(s for s in plan.shards if not (storage.exists(s.file) and storage.size(s.file) == s.size))
+      print(f"resuming {output}: {len(plan.shards) - len(left)} of {len(plan.shards)} shards already written",
+            file=sys.stderr)
+      todo = dataclasses.replace(plan, shards=left)
+    totals = runner.run(lambda p, progress: add_to_huggingface(p, todo, conv.hf_model_path, progress,
+                                                               index=plan.index()),
+                        runner.with_local_defaults(options, flags), todo.tensor_count, "to_huggingface",
                         conv.progress)
     if hub.is_hub(destination):
       hub.upload(staging, repo, access_token)

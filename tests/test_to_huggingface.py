@@ -216,3 +216,29 @@ def test_a_shard_written_twice_has_the_same_bytes(tmp_path):
   assert names == sorted(os.listdir(tmp_path / "b")) and len([n for n in names if n.endswith(".safetensors")]) > 1
   for name in names:
     assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_resume_writes_only_the_missing_shards(tmp_path, monkeypatch):
+  from transforms import shard_dofns  # pylint: disable=import-outside-toplevel
+  real = shard_dofns.hf_tensors
+
+  def failing(reader, tasks, param_of, sizes):
+    for item in real(reader, tasks, param_of, sizes):
+      if item[0].name == "model.layers.2.mlp.up_proj.weight":
+        raise OSError("preempted")
+      yield item
+  monkeypatch.setattr(shard_dofns, "hf_tensors", failing)
+  with pytest.raises(Exception, match="preempted"):
+    to_hf(goldens.items("qwen3", "scan"), tmp_path, "--max_shard_size=100KB", hf_model_path=goldens.path("qwen3", "hf"))
+  assert not (tmp_path / "config.json").exists()
+  assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+  monkeypatch.setattr(shard_dofns, "hf_tensors", real)
+  with pytest.raises(ConversionError, match="or --resume to finish it"):
+    to_hf(goldens.items("qwen3", "scan"), tmp_path, "--max_shard_size=100KB", hf_model_path=goldens.path("qwen3", "hf"))
+  plan, totals = to_hf(goldens.items("qwen3", "scan"), tmp_path, "--max_shard_size=100KB", "--resume",
+                       hf_model_path=goldens.path("qwen3", "hf"))
+  assert 0 < totals["tensors"] < plan.tensor_count
+  to_hf(goldens.items("qwen3", "scan"), tmp_path / "clean", "--max_shard_size=100KB",
+        hf_model_path=goldens.path("qwen3", "hf"))
+  for name in os.listdir(tmp_path / "clean"):
+    assert (tmp_path / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name

@@ -45,6 +45,8 @@ _PACKAGE_RANK = {code: rank for rank, code in enumerate(
      "F32", "F64", "I64", "U64"])}
 
 MAX_HEADER_BYTES = 100_000_000  # The package's own limit.
+# What transformers' save_pretrained puts in every shard's __metadata__.
+HF_FILE_METADATA = {"format": "pt"}
 INDEX_FILE = "model.safetensors.index.json"
 _SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -211,6 +213,12 @@ def list_checkpoint(model_dir: str) -> dict[str, TensorRef]:
           "does not contain it")
     out[name] = ref
   return out
+
+
+def file_size(entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str] | None = None) -> int:
+  """The size of the file SafetensorsWriter makes from `entries`: planned before any byte is written."""
+  data = sum(math.prod(shape) * DTYPES[code].itemsize for _, code, shape in entries)
+  return len(_header_bytes(entries, metadata)) + data
 
 
 def _header_bytes(entries: list[tuple[str, str, tuple[int, ...]]],

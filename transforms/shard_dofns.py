@@ -13,10 +13,9 @@ from transforms import storage
 from transforms.convert import maxtext_to_hf
 from transforms.dofns import TensorCountingFn
 from transforms.orbax_reader import CheckpointReader
-from transforms.safetensors_io import DTYPES, INDEX_FILE, SafetensorsWriter
+from transforms.safetensors_io import DTYPES, HF_FILE_METADATA, INDEX_FILE, SafetensorsWriter
 from transforms.tensor_ops import contiguous
 
-FILE_METADATA = {"format": "pt"}
 PREFETCH_BYTES = 256 * 2**20
 # Files next to the weights that a model directory needs and we carry over from --hf_model_path.
 AUX_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -38,7 +37,7 @@ class WriteShardFn(TensorCountingFn):
   def process(self, shard) -> Iterator[tuple[str, int]]:
     start = time.monotonic()
     entries = [(t.name, t.dtype, t.shape) for t in shard.tensors]
-    with SafetensorsWriter(shard.file, entries, FILE_METADATA) as writer:
+    with SafetensorsWriter(shard.file, entries, HF_FILE_METADATA) as writer:
       for task, tensor, read in hf_tensors(self.reader, shard.tensors, self.param_of, self.sizes):
         writer.write(task.name, tensor)
         self.tensor_done(read, tensor.nbytes)
