@@ -36,6 +36,14 @@ def decoder_sizes(config: Config) -> dict[str, Any]:
   }
 
 
+def layer_norms(stack: str = "layers") -> tuple[Param, ...]:
+  """The pre-attention and post-attention RMSNorm scales of a decoder layer."""
+  return (Param(LAYER + "input_layernorm.weight", BLOCK + "pre_self_attention_layer_norm/scale", "embed", "embed",
+                stack=stack),
+          Param(LAYER + "post_attention_layernorm.weight", BLOCK + "post_self_attention_layer_norm/scale", "embed",
+                "embed", stack=stack))
+
+
 def gated_mlp() -> tuple[Param, ...]:
   """SwiGLU MLP: gate -> wi_0, up -> wi_1, down -> wo."""
   return (
@@ -93,9 +101,7 @@ def decoder_params(query_ops: tuple[ValueOp, ...] = (), key_ops: tuple[ValueOp, 
       EMBEDDING,
       *attention,
       *(gated_mlp() if mlp is None else mlp),
-      Param(LAYER + "input_layernorm.weight", BLOCK + "pre_self_attention_layer_norm/scale", "embed", "embed"),
-      Param(LAYER + "post_attention_layernorm.weight", BLOCK + "post_self_attention_layer_norm/scale",
-            "embed", "embed"),
+      *layer_norms(),
       FINAL_NORM,
       LM_HEAD,
   )

@@ -12,11 +12,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from models.decoder import EMBEDDING, FINAL_NORM, LM_HEAD, gated_mlp, routed_experts
+from models.decoder import BLOCK, EMBEDDING, FINAL_NORM, LAYER, LM_HEAD, gated_mlp, layer_norms, routed_experts
 from models.spec import Config, Family, Param, Stack
 
-LAYER = "model.layers.{layer}."
-BLOCK = "decoder/{layers}/"
 ATTN, MT_ATTN = LAYER + "self_attn.", BLOCK + "self_attention/"
 MOE = "DeepSeekMoeBlock_0"
 
@@ -89,13 +87,6 @@ def _attention(stack: str, indexer: bool) -> list[Param]:
   return params
 
 
-def _norms(stack: str) -> list[Param]:
-  return [Param(LAYER + "input_layernorm.weight", BLOCK + "pre_self_attention_layer_norm/scale", "embed", "embed",
-                stack=stack),
-          Param(LAYER + "post_attention_layernorm.weight", BLOCK + "post_self_attention_layer_norm/scale", "embed",
-                "embed", stack=stack)]
-
-
 def _moe(routing_bias: bool) -> list[Param]:
   """HF's MoE module order: routed experts, the router (with V3's routing bias), shared experts."""
   router, *experts = (dataclasses.replace(p, stack="moe_layers") for p in routed_experts("mlp", f"{MOE}/MoeBlock_0"))
@@ -114,8 +105,8 @@ def deepseek_params(routing_bias: bool, indexer: bool = False) -> tuple[Param, .
   dense_mlp = [dataclasses.replace(p, stack="dense_layers") for p in gated_mlp()]
   return (
       EMBEDDING,
-      *_attention("dense_layers", indexer), *dense_mlp, *_norms("dense_layers"),
-      *_attention("moe_layers", indexer), *_moe(routing_bias), *_norms("moe_layers"),
+      *_attention("dense_layers", indexer), *dense_mlp, *layer_norms("dense_layers"),
+      *_attention("moe_layers", indexer), *_moe(routing_bias), *layer_norms("moe_layers"),
       FINAL_NORM,
       LM_HEAD,
   )

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.decoder import EMBEDDING, FINAL_NORM, LM_HEAD, moe_sizes
+from models.decoder import BLOCK, EMBEDDING, FINAL_NORM, LAYER, LM_HEAD, layer_norms, moe_sizes
 from models.spec import Config, Family, Param, Stack
 
-LAYER = "model.layers.{layer}."
-BLOCK = "decoder/{layers}/"
 ATTN, MT_ATTN = LAYER + "self_attn.", BLOCK + "GptOssAttention/"
 MLP, MT_MLP = LAYER + "mlp.", BLOCK + "GptOssMlp/"
 
@@ -74,9 +72,7 @@ GPT_OSS = Family(
         EMBEDDING,
         *_attention(),
         *_experts(),
-        Param(LAYER + "input_layernorm.weight", BLOCK + "pre_self_attention_layer_norm/scale", "embed", "embed"),
-        Param(LAYER + "post_attention_layernorm.weight", BLOCK + "post_self_attention_layer_norm/scale",
-              "embed", "embed"),
+        *layer_norms(),
         FINAL_NORM,
         LM_HEAD,
     ),

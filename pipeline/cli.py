@@ -55,6 +55,17 @@ def help_text(prog: str, summary: str, maxtext_keys: Sequence[str]) -> str:
   return parser.format_help() + epilog
 
 
+def start(argv: Sequence[str], prog: str, doc: str, maxtext_keys: Sequence[str]) -> list[str] | None:
+  """The flags of a command line, with notes on what was ignored; None after printing --help."""
+  if any(a in ("-h", "--help") for a in argv):
+    print(help_text(prog, doc, maxtext_keys))
+    return None
+  flags, notes = translate(argv, maxtext_keys)
+  for note in notes:
+    print(f"note: {note}", file=sys.stderr)
+  return flags
+
+
 def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
   """Runs `main`, turning ConversionError (also from inside a pipeline worker) into one line."""
   try:

@@ -71,12 +71,9 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, 
 
 
 def main(argv: list[str]) -> int:
-  if any(a in ("-h", "--help") for a in argv):
-    print(cli.help_text("python -m pipeline.to_maxtext", __doc__, MAXTEXT_KEYS))
+  flags = cli.start(argv, "python -m pipeline.to_maxtext", __doc__, MAXTEXT_KEYS)
+  if flags is None:
     return 0
-  flags, notes = cli.translate(argv, MAXTEXT_KEYS)
-  for note in notes:
-    print(f"note: {note}", file=sys.stderr)
   options = PipelineOptions(flags)
   start = time.monotonic()
   plan, items, totals = convert(options, flags)

@@ -106,12 +106,9 @@ def verify(options: PipelineOptions, flags=()) -> dict[tuple[str, str], int]:
 
 
 def main(argv: list[str]) -> int:
-  if any(a in ("-h", "--help") for a in argv):
-    print(cli.help_text("python -m pipeline.verify", __doc__, MAXTEXT_KEYS))
+  flags = cli.start(argv, "python -m pipeline.verify", __doc__, MAXTEXT_KEYS)
+  if flags is None:
     return 0
-  flags, notes = cli.translate(argv, MAXTEXT_KEYS)
-  for note in notes:
-    print(f"note: {note}", file=sys.stderr)
   start = time.monotonic()
   results = verify(PipelineOptions(flags), flags)
   by_verdict: dict[str, int] = {}
