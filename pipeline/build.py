@@ -13,7 +13,7 @@ from transforms.shard_dofns import CountTensors, FinalizeFn, WriteShardFn
 
 
 def add_to_maxtext(pipeline: beam.Pipeline, plan: Plan, target: CheckpointTarget,
-                   progress_path: str | None = None) -> beam.PCollection:
+                   progress_path: str | None = None, manifest: dict | None = None) -> beam.PCollection:
   """Adds the HF -> MaxText steps; the result holds the committed items path once all is written."""
   created = (pipeline
              | "Seed" >> beam.Create([None])
@@ -26,7 +26,7 @@ def add_to_maxtext(pipeline: beam.Pipeline, plan: Plan, target: CheckpointTarget
           | "AllWrites" >> beam.Flatten()
           | "Barrier" >> beam.CombineGlobally(CollectWriters())
           | "Commit" >> beam.ParDo(CommitFn(target, plan.arrays, len(plan.tasks), plan.scan_layers,
-                                            time.time_ns())))
+                                            time.time_ns(), manifest)))
 
 
 def add_to_huggingface(pipeline: beam.Pipeline, plan: HfPlan, hf_model_path: str | None,

@@ -8,6 +8,8 @@ writes <base_output_directory>/0/items, which MaxText loads with load_parameters
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import importlib.metadata
 import sys
 import time
 from typing import Sequence
@@ -44,6 +46,23 @@ def prepare_output(base_output_directory: str, overwrite: bool, resume: bool = F
   return step_dir
 
 
+def build_manifest(plan: Plan, conv: ConversionOptions) -> dict:
+  """The provenance written beside the checkpoint (ckptflow_manifest.json), before the markers."""
+  files = sorted({ref.file for task in plan.tasks for ref in task.sources})
+  try:
+    version = importlib.metadata.version("ckptflow")
+  except importlib.metadata.PackageNotFoundError:
+    version = "unknown"
+  options = {k: getattr(conv, k) for k in ("hf_model_path", "model_name", "scan_layers", "save_dtype",
+                                            "checkpoint_storage_use_zarr3", "checkpoint_storage_use_ocdbt",
+                                            "simulated_cpu_devices_count", "zstd_level", "use_multimodal",
+                                            "vocab_size", "resume")}
+  return {"tool": "ckptflow", "version": version, "direction": "to_maxtext", "family": plan.family,
+          "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "options": options, "sources": {f: storage.fingerprint(f) for f in files},
+          "tensors": sorted({ref.name for task in plan.tasks for ref in task.sources})}
+
+
 def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, str, dict[str, int]]:
   """Plans, writes and commits; returns the plan, the items path and the run's counters.
 
@@ -65,7 +84,8 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, 
     done = orbax_writer.finished(target, [(t.array, t.index) for t in plan.tasks])
     todo = dataclasses.replace(plan, tasks=tuple(t for t, d in zip(plan.tasks, done) if not d))
     print(f"resuming {target.items}: {sum(done)} of {len(plan.tasks)} slices already stored", file=sys.stderr)
-  totals = runner.run(lambda p, progress: add_to_maxtext(p, todo, target, progress),
+  manifest = build_manifest(plan, conv)
+  totals = runner.run(lambda p, progress: add_to_maxtext(p, todo, target, progress, manifest),
                       runner.with_local_defaults(options, flags), len(todo.tasks), "to_maxtext", conv.progress)
   return plan, target.items, totals
 

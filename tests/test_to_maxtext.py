@@ -196,3 +196,21 @@ def test_duplicated_elements_are_harmless(tmp_path):
       writer.write(task.array, task.index, value)
   orbax_writer.commit(target, plan.arrays, ["first", "retry"], True, 0)
   goldens.assert_same_checkpoint(goldens.restore(target.items), goldens.restore(goldens.items("qwen2.5", "scan")))
+
+
+def test_manifest_records_what_the_checkpoint_was_made_from(tmp_path):
+  import zlib  # pylint: disable=import-outside-toplevel
+  from transforms.safetensors_io import list_checkpoint, read_tensor  # pylint: disable=import-outside-toplevel
+  hf = goldens.path("qwen3", "hf")
+  plan, items, _ = convert(hf, tmp_path, "--scan_layers=false")
+  with open(tmp_path / "0" / "ckptflow_manifest.json") as f:
+    manifest = json.load(f)
+  assert manifest["tool"] == "ckptflow" and manifest["family"] == "qwen3" and manifest["direction"] == "to_maxtext"
+  assert manifest["options"]["scan_layers"] is False and manifest["options"]["hf_model_path"] == hf
+  shard = os.path.join(hf, "model.safetensors")
+  assert manifest["sources"] == {shard: {"size": os.path.getsize(shard), "mtime_ns": os.stat(shard).st_mtime_ns}}
+  refs = list_checkpoint(hf)
+  assert sorted(manifest["tensors"]) == sorted(refs)
+  for name, ref in refs.items():
+    assert manifest["tensors"][name]["crc32"] == zlib.crc32(read_tensor(ref).view("uint8")), name
+  goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("qwen3", "unscan")))

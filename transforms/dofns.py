@@ -1,21 +1,35 @@
 """Thin Beam steps around the pure functions: create arrays, write slices, barrier, commit."""
 from __future__ import annotations
 
+import json
 import time
 import uuid
-from typing import Any, Iterable, Iterator
+import zlib
+from typing import Any, Iterator
 
 import apache_beam as beam
+import numpy as np
 
 import models
 from pipeline.errors import ConversionError
-from transforms import orbax_writer
+from transforms import orbax_writer, storage
 from transforms.convert import hf_to_maxtext
 from transforms.orbax_layout import ArraySpec
 from transforms.orbax_writer import CheckpointTarget
 from transforms.safetensors_io import read_tensor
 
 METRICS_NAMESPACE = "ckptflow"
+
+
+MANIFEST = "ckptflow_manifest.json"
+
+
+def write_manifest(directory: str, manifest: dict[str, Any], checksums: dict[str, int]) -> None:
+  """What the output was made from: sources, flags, tool version, and each source tensor's CRC-32
+  (null for tensors an interrupted run wrote before --resume)."""
+  tensors = {name: {"crc32": checksums.get(name)} for name in manifest.get("tensors", ())}
+  storage.write_text(storage.join(directory, MANIFEST),
+                     json.dumps({**manifest, "tensors": tensors}, indent=1, sort_keys=True))
 
 
 class CreateArraysFn(beam.DoFn):
@@ -27,7 +41,7 @@ class CreateArraysFn(beam.DoFn):
 
   def process(self, _: Any) -> Iterator[tuple[str, int]]:
     orbax_writer.create_arrays(self.target, self.arrays)
-    yield orbax_writer.META_PROCESS, 0
+    yield orbax_writer.META_PROCESS, 0, ()
 
 
 class TensorCountingFn(beam.DoFn):
@@ -70,49 +84,56 @@ class WriteSliceFn(TensorCountingFn):
   def process(self, task) -> Iterator[tuple[str, int]]:
     start = time.monotonic()
     sources = [read_tensor(ref) for ref in task.sources]
+    checksums = tuple((ref.name, zlib.crc32(np.ascontiguousarray(s).view(np.uint8))) for ref, s in
+                      zip(task.sources, sources))
     value = hf_to_maxtext(sources, self.param_of(task.param), self.sizes)
     del sources
     written = self.writer.write(task.array, task.index, value)
     self.tensor_done(task.nbytes, written)
     self.msec.update(int((time.monotonic() - start) * 1000))
-    yield self.writer.process_id, 1
+    yield self.writer.process_id, 1, checksums
 
 
 class CollectWriters(beam.CombineFn):
-  """The barrier: every writer's id and the number of slices written, in one accumulator."""
+  """The barrier: every writer's id, the number of slices written, and each source's CRC-32."""
 
-  def create_accumulator(self) -> tuple[frozenset[str], int]:
-    return frozenset(), 0
+  def create_accumulator(self):
+    return frozenset(), 0, {}
 
   def add_input(self, acc, item):
-    return acc[0] | {item[0]}, acc[1] + item[1]
+    ids, count, crcs = acc
+    process_id, n, checksums = item
+    return ids | {process_id}, count + n, {**crcs, **dict(checksums)}
 
-  def merge_accumulators(self, accs: Iterable[tuple[frozenset[str], int]]):
-    ids, count = frozenset(), 0
-    for a_ids, a_count in accs:
-      ids, count = ids | a_ids, count + a_count
-    return ids, count
+  def merge_accumulators(self, accs):
+    ids, count, crcs = frozenset(), 0, {}
+    for a_ids, a_count, a_crcs in accs:
+      ids, count, crcs = ids | a_ids, count + a_count, {**crcs, **a_crcs}
+    return ids, count, crcs
 
   def extract_output(self, acc):
-    return sorted(acc[0]), acc[1]
+    return sorted(acc[0]), acc[1], acc[2]
 
 
 class CommitFn(beam.DoFn):
   """After the barrier: checks every slice arrived, merges the writers and writes commit markers."""
 
   def __init__(self, target: CheckpointTarget, arrays: tuple[ArraySpec, ...], expected_slices: int,
-               scan_layers: bool, init_ns: int):
+               scan_layers: bool, init_ns: int, manifest: dict[str, Any] | None = None):
     self.target = target
     self.arrays = arrays
     self.expected_slices = expected_slices
     self.scan_layers = scan_layers
     self.init_ns = init_ns
+    self.manifest = manifest
 
-  def process(self, collected: tuple[list[str], int]) -> Iterator[str]:
-    process_ids, count = collected
+  def process(self, collected) -> Iterator[str]:
+    process_ids, count, checksums = collected
     if count != self.expected_slices:
       raise ConversionError(f"{self.target.items}: {count} of {self.expected_slices} slices were written; "
                             "not committing")
+    if self.manifest is not None:
+      write_manifest(self.target.step_dir, self.manifest, checksums)
     writers = [p for p in process_ids if p != orbax_writer.META_PROCESS]
     orbax_writer.commit(self.target, self.arrays, writers, self.scan_layers, self.init_ns)
     yield self.target.items

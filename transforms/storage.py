@@ -133,6 +133,15 @@ def write_bytes(path: str, data: bytes) -> None:
     raise
 
 
+def fingerprint(path: str) -> dict[str, Any]:
+  """Size plus what changes when the file does: mtime locally, etag and generation on GCS."""
+  if not is_gcs(path):
+    stat = os.stat(path)
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+  info = filesystem(path).info(path)
+  return {"size": int(info.get("size", 0)), "etag": info.get("etag"), "generation": info.get("generation")}
+
+
 def check_writable(directory: str) -> None:
   """Fails early, in one line, when nothing can be written under `directory`."""
   probe = join(directory, f".ckptflow-probe-{os.getpid()}")
