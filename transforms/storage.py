@@ -104,7 +104,9 @@ def read_bytes(path: str, start: int | None = None, end: int | None = None) -> b
   except Exception as e:  # gcsfs.retry.HttpError; imported lazily with gcsfs.
     if getattr(e, "code", None) == 416:  # Range starts at or past the end of the object.
       return b""
-    raise
+    # gcsfs has already retried transient errors (5xx, dropped connections) with backoff.
+    raise ConversionError(f"{path}: storage error that persisted through retries: {type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]}") from None
 
 
 def read_text(path: str) -> str:
