@@ -14,7 +14,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Iterator
+from typing import Iterator
 
 import apache_beam as beam
 import ml_dtypes
@@ -27,7 +27,7 @@ from pipeline.options import ConversionOptions
 from pipeline.plan import Plan, plan_to_maxtext
 from transforms import storage
 from transforms.convert import hf_to_maxtext
-from transforms.dofns import TensorCountingFn
+from transforms.shard_dofns import CheckpointReadingFn
 from transforms.orbax_layout import NUMPY_DTYPES
 from transforms.orbax_reader import CheckpointReader
 from transforms.safetensors_io import read_tensor
@@ -48,16 +48,8 @@ def compare(stored: np.ndarray, expected: np.ndarray) -> str:
   return ROUNDED if np.all(np.abs(a - b) <= np.abs(b) * eps) else MISMATCH
 
 
-class VerifySliceFn(TensorCountingFn):
+class VerifySliceFn(CheckpointReadingFn):
   """Converts one source tensor again and compares it with what the checkpoint holds."""
-
-  def __init__(self, items: str, family: str, sizes: dict[str, Any], progress_path: str | None = None):
-    super().__init__(family, sizes, progress_path)
-    self.items = items
-
-  def setup(self) -> None:
-    super().setup()
-    self.reader = CheckpointReader(self.items)
 
   def process(self, task) -> Iterator[tuple[str, str]]:
     dtype = NUMPY_DTYPES[task.array.dtype]

@@ -23,8 +23,8 @@ AUX_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json"
              "chat_template.json", "preprocessor_config.json")
 
 
-class WriteShardFn(TensorCountingFn):
-  """Streams one shard: header first, then each tensor read from Orbax, converted and appended."""
+class CheckpointReadingFn(TensorCountingFn):
+  """A step that reads a MaxText checkpoint: one reader (and its open arrays) per DoFn instance."""
 
   def __init__(self, items: str, family: str, sizes: dict[str, Any], progress_path: str | None = None):
     super().__init__(family, sizes, progress_path)
@@ -33,6 +33,10 @@ class WriteShardFn(TensorCountingFn):
   def setup(self) -> None:
     super().setup()
     self.reader = CheckpointReader(self.items)
+
+
+class WriteShardFn(CheckpointReadingFn):
+  """Streams one shard: header first, then each tensor read from Orbax, converted and appended."""
 
   def process(self, shard) -> Iterator[tuple[str, int]]:
     start = time.monotonic()
