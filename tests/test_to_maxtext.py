@@ -110,36 +110,32 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path):
   goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("qwen3", "unscan")))
 
 
-def test_a_run_that_dies_leaves_no_commit_marker(tmp_path, monkeypatch):
+def die_reading(monkeypatch, tensor: str, reason: str, out) -> None:
+  """Runs llama3.1 -> MaxText into `out` with the read of `tensor` failing, as a lost worker would."""
   real = dofns.read_tensor
 
   def failing(ref):
-    if ref.name == "model.layers.1.mlp.up_proj.weight":
-      raise OSError("disk went away")
+    if ref.name == tensor:
+      raise OSError(reason)
     return real(ref)
   monkeypatch.setattr(dofns, "read_tensor", failing)
-  with pytest.raises(Exception, match="disk went away"):
-    convert(goldens.path("llama3.1", "hf"), tmp_path)
+  with pytest.raises(Exception, match=reason):
+    convert(goldens.path("llama3.1", "hf"), out)
+  monkeypatch.setattr(dofns, "read_tensor", real)
+
+
+def test_a_run_that_dies_leaves_no_commit_marker(tmp_path, monkeypatch):
+  die_reading(monkeypatch, "model.layers.1.mlp.up_proj.weight", "disk went away", tmp_path)
   step = tmp_path / "0"
   assert not (step / "commit_success.txt").exists()
   assert not (step / "items" / "commit_success.txt").exists()
   assert not (step / "items" / "_METADATA").exists()
-  monkeypatch.setattr(dofns, "read_tensor", real)
   with pytest.raises(ConversionError, match="incomplete checkpoint from an earlier run"):
     convert(goldens.path("llama3.1", "hf"), tmp_path)
 
 
 def test_resume_after_a_failure_writes_only_what_is_missing(tmp_path, monkeypatch):
-  real = dofns.read_tensor
-
-  def failing(ref):
-    if ref.name == "model.layers.2.mlp.up_proj.weight":
-      raise OSError("preempted")
-    return real(ref)
-  monkeypatch.setattr(dofns, "read_tensor", failing)
-  with pytest.raises(Exception, match="preempted"):
-    convert(goldens.path("llama3.1", "hf"), tmp_path)
-  monkeypatch.setattr(dofns, "read_tensor", real)
+  die_reading(monkeypatch, "model.layers.2.mlp.up_proj.weight", "preempted", tmp_path)
   plan, items, totals = convert(goldens.path("llama3.1", "hf"), tmp_path, "--resume")
   assert 0 < totals["tensors"] < len(plan.tasks)
   goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("llama3.1", "scan")))
