@@ -13,7 +13,7 @@ from transforms.shard_dofns import CountTensors, FinalizeFn, WriteShardFn
 
 
 def add_to_maxtext(pipeline: beam.Pipeline, plan: Plan, target: CheckpointTarget,
-                   progress_path: str | None = None, manifest: dict | None = None) -> beam.PCollection:
+                   progress_path: str | None = None, provenance: dict | None = None) -> beam.PCollection:
   """Adds the HF -> MaxText steps; the result holds the committed items path once all is written."""
   created = (pipeline
              | "Seed" >> beam.Create([None])
@@ -26,11 +26,12 @@ def add_to_maxtext(pipeline: beam.Pipeline, plan: Plan, target: CheckpointTarget
           | "AllWrites" >> beam.Flatten()
           | "Barrier" >> beam.CombineGlobally(CollectWriters())
           | "Commit" >> beam.ParDo(CommitFn(target, plan.arrays, len(plan.tasks), plan.scan_layers,
-                                            time.time_ns(), manifest)))
+                                            time.time_ns(), provenance)))
 
 
 def add_to_huggingface(pipeline: beam.Pipeline, plan: HfPlan, hf_model_path: str | None,
-                       progress_path: str | None = None, index: dict | None = None) -> beam.PCollection:
+                       progress_path: str | None = None, index: dict | None = None,
+                       provenance: dict | None = None) -> beam.PCollection:
   """Adds the MaxText -> HF steps: Create(shards) | Reshuffle | WriteShards | barrier | Finalize.
 
   `index` is the whole model's (when `plan` holds only the shards a resumed run still writes).
@@ -42,4 +43,4 @@ def add_to_huggingface(pipeline: beam.Pipeline, plan: HfPlan, hf_model_path: str
           | "ShardBarrier" >> beam.CombineGlobally(CountTensors())
           | "Finalize" >> beam.ParDo(FinalizeFn(plan.output, plan.tensor_count,
                                                 plan.index() if index is None else index, plan.config,
-                                                hf_model_path)))
+                                                hf_model_path, provenance)))

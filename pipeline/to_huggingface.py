@@ -22,7 +22,7 @@ from pipeline.build import add_to_huggingface
 from pipeline.errors import ConversionError
 from pipeline.options import ConversionOptions
 from pipeline.plan_hf import INDEX_FILE, HfPlan, plan_to_huggingface, target_config
-from transforms import storage
+from transforms import manifest, storage
 from transforms.shard_dofns import AUX_FILES
 
 MAXTEXT_KEYS = ("model_name", "load_parameters_path", "base_output_directory", "scan_layers", "weight_dtype",
@@ -33,7 +33,7 @@ def prepare_output(output: str, overwrite: bool, resume: bool = False) -> None:
   """Refuses to mix with an existing model directory unless `overwrite` (then removes only our
   files) or `resume` of an unfinished one (no config.json yet: it is written last)."""
   ours = [n for n in storage.list_names(output)
-          if n.endswith(".safetensors") or n in (INDEX_FILE, "config.json", *AUX_FILES)]
+          if n.endswith(".safetensors") or n in (INDEX_FILE, "config.json", manifest.MANIFEST, *AUX_FILES)]
   if ours and resume and "config.json" not in ours:
     return
   if ours and not overwrite:
@@ -42,6 +42,18 @@ def prepare_output(output: str, overwrite: bool, resume: bool = False) -> None:
   for name in ours:
     storage.remove_tree(storage.join(output, name))
   storage.check_writable(output)
+
+
+def build_manifest(plan: HfPlan, conv: ConversionOptions) -> dict:
+  """The provenance written beside the model (ckptflow_manifest.json), before config.json. Never the token."""
+  options = {k: getattr(conv, k) for k in ("load_parameters_path", "model_name", "scan_layers", "weight_dtype",
+                                            "hf_model_path", "max_shard_size", "use_multimodal", "vocab_size",
+                                            "resume")}
+  sources = manifest.orbax_source_files(plan.items)
+  if conv.hf_model_path:
+    sources.append(storage.join(conv.hf_model_path, "config.json"))
+  return manifest.build("to_huggingface", plan.family, options, sources,
+                        (t.name for shard in plan.shards for t in shard.tensors))
 
 
 def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[HfPlan, dict[str, int]]:
@@ -68,8 +80,9 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[HfPlan
       print(f"resuming {output}: {len(plan.shards) - len(left)} of {len(plan.shards)} shards already written",
             file=sys.stderr)
       todo = dataclasses.replace(plan, shards=left)
+    provenance = build_manifest(plan, conv)
     totals = runner.run(lambda p, progress: add_to_huggingface(p, todo, conv.hf_model_path, progress,
-                                                               index=plan.index()),
+                                                               index=plan.index(), provenance=provenance),
                         runner.with_local_defaults(options, flags), todo.tensor_count, "to_huggingface",
                         conv.progress)
     if hub.is_hub(destination):

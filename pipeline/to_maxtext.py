@@ -8,8 +8,6 @@ writes <base_output_directory>/0/items, which MaxText loads with load_parameters
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import importlib.metadata
 import sys
 import time
 from typing import Sequence
@@ -21,7 +19,7 @@ from pipeline.build import add_to_maxtext
 from pipeline.errors import ConversionError
 from pipeline.options import ConversionOptions
 from pipeline.plan import Plan, plan_to_maxtext
-from transforms import orbax_layout, orbax_writer, storage
+from transforms import manifest, orbax_layout, orbax_writer, storage
 from transforms.orbax_writer import CheckpointTarget
 
 MAXTEXT_KEYS = ("model_name", "base_output_directory", "scan_layers", "checkpoint_storage_use_zarr3",
@@ -48,19 +46,13 @@ def prepare_output(base_output_directory: str, overwrite: bool, resume: bool = F
 
 def build_manifest(plan: Plan, conv: ConversionOptions) -> dict:
   """The provenance written beside the checkpoint (ckptflow_manifest.json), before the markers."""
-  files = sorted({ref.file for task in plan.tasks for ref in task.sources})
-  try:
-    version = importlib.metadata.version("ckptflow")
-  except importlib.metadata.PackageNotFoundError:
-    version = "unknown"
   options = {k: getattr(conv, k) for k in ("hf_model_path", "model_name", "scan_layers", "save_dtype",
                                             "checkpoint_storage_use_zarr3", "checkpoint_storage_use_ocdbt",
                                             "simulated_cpu_devices_count", "zstd_level", "use_multimodal",
                                             "vocab_size", "resume")}
-  return {"tool": "ckptflow", "version": version, "direction": "to_maxtext", "family": plan.family,
-          "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          "options": options, "sources": {f: storage.fingerprint(f) for f in files},
-          "tensors": sorted({ref.name for task in plan.tasks for ref in task.sources})}
+  sources = [ref for task in plan.tasks for ref in task.sources]
+  return manifest.build("to_maxtext", plan.family, options, (ref.file for ref in sources),
+                        (ref.name for ref in sources))
 
 
 def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, str, dict[str, int]]:
@@ -84,8 +76,8 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, 
     done = orbax_writer.finished(target, [(t.array, t.index) for t in plan.tasks])
     todo = dataclasses.replace(plan, tasks=tuple(t for t, d in zip(plan.tasks, done) if not d))
     print(f"resuming {target.items}: {sum(done)} of {len(plan.tasks)} slices already stored", file=sys.stderr)
-  manifest = build_manifest(plan, conv)
-  totals = runner.run(lambda p, progress: add_to_maxtext(p, todo, target, progress, manifest),
+  provenance = build_manifest(plan, conv)
+  totals = runner.run(lambda p, progress: add_to_maxtext(p, todo, target, progress, provenance),
                       runner.with_local_defaults(options, flags), len(todo.tasks), "to_maxtext", conv.progress)
   return plan, target.items, totals
 

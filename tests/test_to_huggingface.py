@@ -242,3 +242,24 @@ def test_resume_writes_only_the_missing_shards(tmp_path, monkeypatch):
         hf_model_path=goldens.path("qwen3", "hf"))
   for name in os.listdir(tmp_path / "clean"):
     assert (tmp_path / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
+
+
+def test_manifest_records_the_checkpoint_and_every_tensor_written(tmp_path):
+  import zlib  # pylint: disable=import-outside-toplevel
+  items = goldens.items("qwen3", "scan")
+  to_hf(items, tmp_path, "--max_shard_size=40KB", hf_model_path=goldens.path("qwen3", "hf"),
+        runner_flags=(*IN_PROCESS, "--hf_access_token=hf_secret_token"))
+  with open(tmp_path / "ckptflow_manifest.json") as f:
+    manifest = json.load(f)
+  assert manifest["direction"] == "to_huggingface" and manifest["family"] == "qwen3"
+  assert manifest["options"]["load_parameters_path"] == items and manifest["options"]["scan_layers"] is None
+  metadata = os.path.join(items, "_METADATA")
+  assert manifest["sources"][metadata] == {"size": os.path.getsize(metadata),
+                                           "mtime_ns": os.stat(metadata).st_mtime_ns}
+  assert os.path.join(items, "commit_success.txt") in manifest["sources"]
+  written = tensors(tmp_path)
+  assert len(list(tmp_path.glob("*.safetensors"))) > 1
+  assert sorted(manifest["tensors"]) == sorted(written)
+  for name, value in written.items():
+    assert manifest["tensors"][name]["crc32"] == zlib.crc32(value.reshape(-1).view(np.uint8)), name
+  assert "hf_secret_token" not in (tmp_path / "ckptflow_manifest.json").read_text()

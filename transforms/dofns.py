@@ -12,24 +12,13 @@ import numpy as np
 
 import models
 from pipeline.errors import ConversionError
-from transforms import orbax_writer, storage
+from transforms import manifest, orbax_writer
 from transforms.convert import hf_to_maxtext
 from transforms.orbax_layout import ArraySpec
 from transforms.orbax_writer import CheckpointTarget
 from transforms.safetensors_io import read_tensor
 
 METRICS_NAMESPACE = "ckptflow"
-
-
-MANIFEST = "ckptflow_manifest.json"
-
-
-def write_manifest(directory: str, manifest: dict[str, Any], checksums: dict[str, int]) -> None:
-  """What the output was made from: sources, flags, tool version, and each source tensor's CRC-32
-  (null for tensors an interrupted run wrote before --resume)."""
-  tensors = {name: {"crc32": checksums.get(name)} for name in manifest.get("tensors", ())}
-  storage.write_text(storage.join(directory, MANIFEST),
-                     json.dumps({**manifest, "tensors": tensors}, indent=1, sort_keys=True))
 
 
 class CreateArraysFn(beam.DoFn):
@@ -119,21 +108,21 @@ class CommitFn(beam.DoFn):
   """After the barrier: checks every slice arrived, merges the writers and writes commit markers."""
 
   def __init__(self, target: CheckpointTarget, arrays: tuple[ArraySpec, ...], expected_slices: int,
-               scan_layers: bool, init_ns: int, manifest: dict[str, Any] | None = None):
+               scan_layers: bool, init_ns: int, provenance: dict[str, Any] | None = None):
     self.target = target
     self.arrays = arrays
     self.expected_slices = expected_slices
     self.scan_layers = scan_layers
     self.init_ns = init_ns
-    self.manifest = manifest
+    self.provenance = provenance
 
   def process(self, collected) -> Iterator[str]:
     process_ids, count, checksums = collected
     if count != self.expected_slices:
       raise ConversionError(f"{self.target.items}: {count} of {self.expected_slices} slices were written; "
                             "not committing")
-    if self.manifest is not None:
-      write_manifest(self.target.step_dir, self.manifest, checksums)
+    if self.provenance is not None:
+      manifest.write(self.target.step_dir, self.provenance, checksums)
     writers = [p for p in process_ids if p != orbax_writer.META_PROCESS]
     orbax_writer.commit(self.target, self.arrays, writers, self.scan_layers, self.init_ns)
     yield self.target.items

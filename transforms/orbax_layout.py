@@ -30,6 +30,8 @@ ORBAX_ZSTD_LEVEL = 3
 DEFAULT_ZSTD_LEVEL = 1
 ITEMS = "items"
 COMMIT_MARKER = "commit_success.txt"
+METADATA = "_METADATA"
+CHECKPOINT_METADATA = "_CHECKPOINT_METADATA"
 
 OCDBT_CONFIG = {
     "max_inline_value_bytes": 1024,

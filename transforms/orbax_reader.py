@@ -22,7 +22,7 @@ class CheckpointReader:
 
   def __init__(self, items: str):
     self.items = items
-    metadata_path = storage.join(items, "_METADATA")
+    metadata_path = storage.join(items, orbax_layout.METADATA)
     if not storage.exists(metadata_path):
       raise ConversionError(f"{items}: no _METADATA; not an Orbax checkpoint item directory "
                             "(load_parameters_path should end in /0/items)")
@@ -66,7 +66,7 @@ class CheckpointReader:
 
   def scan_layers(self) -> bool | None:
     """The layout the checkpoint was saved with: _CHECKPOINT_METADATA first, else the tree itself."""
-    step_metadata = storage.join(self.items.rstrip("/").rsplit("/", 1)[0], "_CHECKPOINT_METADATA")
+    step_metadata = storage.join(storage.parent(self.items), orbax_layout.CHECKPOINT_METADATA)
     if storage.exists(step_metadata):
       custom = json.loads(storage.read_text(step_metadata)).get("custom_metadata") or {}
       if isinstance(custom.get("scan_layers"), bool):

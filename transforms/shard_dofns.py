@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from typing import Any, Callable, Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
 
 from pipeline.errors import ConversionError
-from transforms import storage
+from transforms import manifest, storage
 from transforms.convert import maxtext_to_hf
 from transforms.dofns import TensorCountingFn
 from transforms.orbax_reader import CheckpointReader
@@ -38,15 +39,18 @@ class CheckpointReadingFn(TensorCountingFn):
 class WriteShardFn(CheckpointReadingFn):
   """Streams one shard: header first, then each tensor read from Orbax, converted and appended."""
 
-  def process(self, shard) -> Iterator[tuple[str, int]]:
+  def process(self, shard) -> Iterator[tuple[str, int, tuple[tuple[str, int], ...]]]:
+    """Yields (file, tensors written, each tensor's CRC-32 as written)."""
     start = time.monotonic()
     entries = [(t.name, t.dtype, t.shape) for t in shard.tensors]
+    checksums = []
     with SafetensorsWriter(shard.file, entries, HF_FILE_METADATA) as writer:
       for task, tensor, read in hf_tensors(self.reader, shard.tensors, self.param_of, self.sizes):
         writer.write(task.name, tensor)
+        checksums.append((task.name, zlib.crc32(tensor.reshape(-1).view(np.uint8))))
         self.tensor_done(read, tensor.nbytes)
     self.msec.update(int((time.monotonic() - start) * 1000))
-    yield shard.file, len(shard.tensors)
+    yield shard.file, len(shard.tensors), tuple(checksums)
 
 
 def hf_tensors(reader: CheckpointReader, tasks: Sequence, param_of: Callable[[int], Any],
@@ -79,18 +83,21 @@ def _result(future, reader: CheckpointReader, source) -> np.ndarray:
 
 
 class CountTensors(beam.CombineFn):
-  """The barrier: how many tensors all shard writers wrote."""
+  """The barrier: how many tensors all shard writers wrote, and their CRC-32s."""
 
-  def create_accumulator(self) -> int:
-    return 0
+  def create_accumulator(self) -> tuple[int, dict[str, int]]:
+    return 0, {}
 
-  def add_input(self, acc: int, item: tuple[str, int]) -> int:
-    return acc + item[1]
+  def add_input(self, acc, item: tuple[str, int, tuple[tuple[str, int], ...]]):
+    return acc[0] + item[1], {**acc[1], **dict(item[2])}
 
-  def merge_accumulators(self, accs) -> int:
-    return sum(accs)
+  def merge_accumulators(self, accs):
+    count, crcs = 0, {}
+    for n, c in accs:
+      count, crcs = count + n, {**crcs, **c}
+    return count, crcs
 
-  def extract_output(self, acc: int) -> int:
+  def extract_output(self, acc):
     return acc
 
 
@@ -98,14 +105,16 @@ class FinalizeFn(beam.DoFn):
   """After every shard exists: the index, the tokenizer files, and config.json, which goes last."""
 
   def __init__(self, output: str, expected_tensors: int, index: dict[str, Any] | None, config: dict[str, Any],
-               hf_model_path: str | None):
+               hf_model_path: str | None, provenance: dict[str, Any] | None = None):
     self.output = output
     self.expected_tensors = expected_tensors
     self.index = index
     self.config = config
     self.hf_model_path = hf_model_path
+    self.provenance = provenance
 
-  def process(self, count: int) -> Iterator[str]:
+  def process(self, collected: tuple[int, dict[str, int]]) -> Iterator[str]:
+    count, checksums = collected
     if count != self.expected_tensors:
       raise ConversionError(f"{self.output}: {count} of {self.expected_tensors} tensors were written; "
                             "not writing config.json")
@@ -116,5 +125,7 @@ class FinalizeFn(beam.DoFn):
         source = storage.join(self.hf_model_path, name)
         if storage.exists(source):
           storage.write_bytes(storage.join(self.output, name), storage.read_bytes(source))
+    if self.provenance is not None:
+      manifest.write(self.output, self.provenance, checksums)
     storage.write_text(storage.join(self.output, "config.json"), json.dumps(self.config, indent=2, sort_keys=True) + "\n")
     yield self.output

@@ -67,6 +67,11 @@ def join(base: str, *parts: str) -> str:
   return base.rstrip("/") + "/" + "/".join(pieces)  # base "/" -> "" + "/" + ...
 
 
+def parent(path: str) -> str:
+  """The directory holding `path` (local or gs://)."""
+  return path.rstrip("/").rsplit("/", 1)[0]
+
+
 def _missing(path: str) -> ConversionError:
   return ConversionError(f"{path}: no such file")
 

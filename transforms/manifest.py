@@ -1,0 +1,63 @@
+"""ckptflow_manifest.json: what an output was made from, so a later run can prove it (or skip it).
+
+Both directions write one beside their output, before the output's own commit marker (Orbax's
+commit_success.txt, HF's config.json): the tool version, the conversion's options, a fingerprint of
+every source file as it was when planned, and a CRC-32 per tensor (source tensors as read going to
+MaxText, output tensors as written going to HF), gathered through the pipeline's barrier.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+from typing import Any, Iterable
+
+from transforms import orbax_layout, storage
+
+MANIFEST = "ckptflow_manifest.json"
+
+
+def tool_version() -> str:
+  try:
+    return importlib.metadata.version("ckptflow")
+  except importlib.metadata.PackageNotFoundError:
+    return "unknown"
+
+
+def build(direction: str, family: str, options: dict[str, Any], source_files: Iterable[str],
+          tensors: Iterable[str]) -> dict[str, Any]:
+  """The manifest before any work: sources are fingerprinted now, so a file changed mid-run shows."""
+  return {"tool": "ckptflow", "version": tool_version(), "direction": direction, "family": family,
+          "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+          "options": options, "sources": {f: storage.fingerprint(f) for f in sorted(set(source_files))},
+          "tensors": sorted(set(tensors))}
+
+
+def write(directory: str, manifest: dict[str, Any], checksums: dict[str, int]) -> None:
+  """Adds each tensor's CRC-32 (null for tensors an interrupted run wrote before --resume)."""
+  tensors = {name: {"crc32": checksums.get(name)} for name in manifest.get("tensors", ())}
+  storage.write_text(storage.join(directory, MANIFEST),
+                     json.dumps({**manifest, "tensors": tensors}, indent=1, sort_keys=True))
+
+
+def read(directory: str) -> dict[str, Any] | None:
+  """The manifest in `directory`, or None when there is none (or it is not ours)."""
+  path = storage.join(directory, MANIFEST)
+  if not storage.exists(path):
+    return None
+  try:
+    manifest = json.loads(storage.read_text(path))
+  except json.JSONDecodeError:
+    return None
+  return manifest if isinstance(manifest, dict) and manifest.get("tool") == "ckptflow" else None
+
+
+def orbax_source_files(items: str) -> list[str]:
+  """The files of a committed Orbax checkpoint that change whenever it is saved again: its metadata,
+  commit markers and OCDBT root (every chunk write goes through it), and our manifest if present."""
+  step_dir = storage.parent(items)
+  candidates = [storage.join(items, name) for name in (orbax_layout.METADATA, orbax_layout.COMMIT_MARKER,
+                                                       "manifest.ocdbt")]
+  candidates += [storage.join(step_dir, name) for name in (orbax_layout.CHECKPOINT_METADATA,
+                                                          orbax_layout.COMMIT_MARKER, MANIFEST)]
+  return [path for path in candidates if storage.exists(path)]
