@@ -61,3 +61,15 @@ def test_gcs_maxtext_to_hf(tmp_path, gcs_bucket):
   assert {"config.json", "model.safetensors.index.json", "tokenizer.json"} <= set(storage.list_names(out))
   download_dir(out, str(tmp_path / "hf"))
   assert_same_model(tensors(tmp_path / "hf"), tensors(goldens.path("llama3.1", "hf")), "llama3.1")
+
+
+def test_resume_on_gcs_keeps_what_the_bucket_holds(gcs_bucket, monkeypatch):
+  """The record of finished work is the stored chunks themselves: on gs:// a resumed run lists the
+  writers' OCDBT trees in the bucket and writes only the rest (what a Dataflow re-run does)."""
+  from tests.test_to_maxtext import die_reading  # pylint: disable=import-outside-toplevel
+  out = f"gs://{gcs_bucket}/preempted"
+  die_reading(monkeypatch, "model.layers.2.mlp.up_proj.weight", "preempted", out)
+  assert not storage.exists(f"{out}/0/commit_success.txt")
+  plan, items, totals = convert(goldens.path("llama3.1", "hf"), out, "--resume")
+  assert 0 < totals["tensors"] < len(plan.tasks)
+  goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("llama3.1", "scan")))
