@@ -28,7 +28,9 @@ def translate(argv: Sequence[str], used_keys: Sequence[str]) -> tuple[list[str],
   flags: list[str] = []
   notes: list[str] = []
   for word in argv:
-    if word.startswith("-"):
+    if word == "--dry_run":  # Beam's flag takes a value
+      flags.append("--dry_run=true")
+    elif word.startswith("-"):
       flags.append(word)
     elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*=.*", word, flags=re.S):
       key, value = word.split("=", 1)
@@ -50,7 +52,9 @@ def help_text(prog: str, summary: str, maxtext_keys: Sequence[str]) -> str:
   keys = " ".join(f"{k}=..." for k in maxtext_keys)
   epilog = (f"\nMaxText-style overrides are accepted as key=value: {keys}\n"
             "(each is the --flag of the same name). Other key=value overrides of MaxText, such as\n"
-            "hardware=cpu or skip_jax_distributed_system=true, are accepted and ignored.\n\n"
+            "hardware=cpu or skip_jax_distributed_system=true, are accepted and ignored.\n"
+            "--dry_run prints the pre-flight plan (elements, bytes, memory per worker, estimated time)\n"
+            "from headers only and stops; python -m pipeline.plan does the same.\n\n"
             + BEAM_OPTIONS_HELP)
   return parser.format_help() + epilog
 

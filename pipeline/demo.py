@@ -18,9 +18,9 @@ import numpy as np
 import models
 from pipeline import cli, to_huggingface, to_maxtext
 from pipeline.plan import plan_to_maxtext
-from transforms.convert import hf_to_maxtext
+from transforms.dofns import convert_slice
 from transforms.orbax_reader import CheckpointReader
-from transforms.orbax_layout import NUMPY_DTYPES
+from transforms.orbax_layout import NUMPY_DTYPES, region
 from transforms.safetensors_io import list_checkpoint, read_tensor, write_safetensors
 from transforms.tensor_ops import axes_shape
 
@@ -58,10 +58,9 @@ def verify(hf_dir: str, items: str, scan_layers: bool) -> int:
   family = models.BY_NAME[plan.family]
   reader = CheckpointReader(items)
   for task in plan.tasks:
-    expected = hf_to_maxtext([read_tensor(r) for r in task.sources], family.param(task.param), plan.sizes)
+    expected = convert_slice(task, family.param(task.param), plan.sizes)[0]
     expected = np.ascontiguousarray(expected, NUMPY_DTYPES[task.array.dtype])
-    index = tuple(dict(task.index).get(a, slice(None)) for a in range(len(task.array.shape)))
-    got = reader.read(task.array.path, index)
+    got = reader.read(task.array.path, region(len(task.array.shape), task.index, task.window))
     if got.shape != expected.shape or not np.array_equal(got.view(np.uint8), expected.view(np.uint8)):
       raise SystemExit(f"MISMATCH in {task.array.path} {task.index}")
   return len(plan.tasks)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 
 def str2bool(value: str | bool) -> bool:
@@ -16,6 +16,12 @@ def str2bool(value: str | bool) -> bool:
   if lowered in ("false", "0", "no", "n", "off"):
     return False
   raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def is_dry_run(options: PipelineOptions) -> bool:
+  """--dry_run: print the pre-flight plan and stop. The flag is Beam's own (TestOptions), which
+  takes a value; the CLI turns a bare --dry_run into --dry_run=true."""
+  return str2bool(options.view_as(TestOptions).dry_run or False)
 
 
 class ConversionOptions(PipelineOptions):
@@ -61,6 +67,14 @@ class ConversionOptions(PipelineOptions):
     add("--zstd_level", type=int, default=1,
         help="zstd level of the saved chunks; 0 stores them uncompressed. Default 1: as small as "
              "Orbax's level 3 on bf16 weights and 1.7x faster to write.")
+    add("--max_element_size", default="256MiB",
+        help="Tensors larger than this are read, converted and written in row blocks of about this size "
+             "(separate Beam elements), so a worker's memory is bounded by it. Default 256MiB.")
+    add("--workers", default="1,8,32,128",
+        help="Pre-flight: worker counts to estimate the wall time for (comma-separated).")
+    add("--worker_mbps", type=float, default=110.0,
+        help="Pre-flight: source MB/s one worker converts (default 110, measured with bench/ on 2 local "
+             "CPUs; use your own figure from a small run).")
     add("--overwrite", type=str2bool, nargs="?", const=True, default=False,
         help="Replace an existing checkpoint at the output path (refused otherwise).")
     add("--resume", type=str2bool, nargs="?", const=True, default=False,

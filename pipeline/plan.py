@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import re
 from typing import Any
 
@@ -15,6 +16,7 @@ import models
 from models.known_configs import known_config, maxtext_vocab
 from models.spec import Family, Param
 from pipeline.errors import ConversionError
+from pipeline.row_blocks import SPLIT_BYTES, RowBlock, find_split
 from transforms import orbax_layout, storage
 from transforms.orbax_layout import ArraySpec
 from transforms.safetensors_io import TensorRef, list_checkpoint
@@ -32,15 +34,36 @@ class SliceTask:
   """Write `sources` (one HF tensor, transformed by the family's `param`-th Param) into `array` at `index`.
 
   `index` holds (axis, position) pairs for the stacked axes; empty when the task fills the array.
+  A tensor too big for one element is split: `block` says which rows of the source it reads and
+  where they go along the array's axis `block_axis` (see pipeline.row_blocks).
   """
   array: ArraySpec
   param: int
   index: tuple[tuple[int, int], ...]
   sources: tuple[TensorRef, ...]
+  block: RowBlock | None = None
+  block_axis: int | None = None
+
+  @property
+  def rows(self) -> tuple[int, int] | None:
+    return None if self.block is None else self.block.rows
+
+  @property
+  def window(self) -> tuple[int, int, int] | None:
+    return None if self.block is None else (self.block_axis, *self.block.positions)
 
   @property
   def nbytes(self) -> int:
-    return sum(s.nbytes for s in self.sources)
+    """Bytes read from the source."""
+    return sum(s.rows_nbytes(self.rows) for s in self.sources)
+
+  @property
+  def written_nbytes(self) -> int:
+    shape = [n for a, n in enumerate(self.array.shape) if a not in dict(self.index)]
+    if self.block is not None:
+      free = [a for a in range(len(self.array.shape)) if a not in dict(self.index)]
+      shape[free.index(self.block_axis)] = self.block.positions[1] - self.block.positions[0]
+    return math.prod(shape) * orbax_layout.NUMPY_DTYPES[self.array.dtype].itemsize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +79,21 @@ class Plan:
   @property
   def source_bytes(self) -> int:
     return sum(t.nbytes for t in self.tasks)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)?\s*$", re.IGNORECASE)
+_UNITS = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
+          "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str | int, flag: str = "--max_shard_size") -> int:
+  """'5GB' -> 5 * 10**9 (as transformers reads max_shard_size); '500MiB' and plain bytes work too."""
+  if isinstance(text, int):
+    return text
+  match = _SIZE.match(str(text))
+  if not match:
+    raise ConversionError(f"{flag}={text} is not a size like 5GB, 500MB or 2GiB")
+  return int(float(match.group(1)) * _UNITS[match.group(2).upper() if match.group(2) else None])
 
 
 def read_config(model_dir: str) -> dict[str, Any]:
@@ -134,6 +172,11 @@ class Placement:
   def stacked_axes(self) -> tuple[int, ...]:
     return tuple(axis for axis, _ in self.index)
 
+  @property
+  def free_axes(self) -> tuple[int, ...]:
+    """The array's axes a slice spans: MaxText's per-layer parameter axes."""
+    return tuple(a for a in range(len(self.array_shape)) if a not in self.stacked_axes)
+
 
 def placements(family: Family, config: dict[str, Any], sizes: dict[str, Any],
                scan_layers: bool) -> list[Placement]:
@@ -208,8 +251,11 @@ def _place(family: Family, param: Param, layer: int | None, expert: int | None, 
 
 def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: str = "bfloat16",
                     model_name: str | None = None, chunk_split: int = orbax_layout.DEFAULT_SPLIT,
-                    use_multimodal: bool = False, vocab_size: int | None = None) -> Plan:
-  """Plans HF -> MaxText from headers only; raises ConversionError on any mismatch."""
+                    use_multimodal: bool = False, vocab_size: int | None = None,
+                    split_bytes: int = SPLIT_BYTES) -> Plan:
+  """Plans HF -> MaxText from headers only; raises ConversionError on any mismatch.
+
+  Tensors above `split_bytes` become several tasks, one per row block."""
   if save_dtype not in SAVE_DTYPES:
     raise ConversionError(f"--save_dtype={save_dtype} is not supported; use one of {list(SAVE_DTYPES)}")
   config_path = storage.join(hf_model_path, "config.json")
@@ -222,11 +268,22 @@ def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: st
   tasks: list[SliceTask] = []
   for place in placements(family, config, sizes, scan_layers):
     source = _source(place, tensors, sizes, hf_model_path)
-    itemsize = orbax_layout.NUMPY_DTYPES[place.param.dtype or save_dtype].itemsize
-    chunks = orbax_layout.choose_chunks(place.array_shape, itemsize, place.stacked_axes, chunk_split)
     dtype = place.param.dtype or save_dtype
+    itemsize = orbax_layout.NUMPY_DTYPES[dtype].itemsize
+    split = find_split(place.param, sizes, tuple(mt_shape(place.param, sizes)), source.nbytes // max(
+        math.prod(source.shape), 1), itemsize, split_bytes)
+    key = family.key(place.param)
+    if split is None:
+      chunks = orbax_layout.choose_chunks(place.array_shape, itemsize, place.stacked_axes, chunk_split)
+      array = arrays.setdefault(place.array_path, ArraySpec(place.array_path, place.array_shape, dtype, chunks))
+      tasks.append(SliceTask(array=array, param=key, index=place.index, sources=(source,)))
+      continue
+    axis = place.free_axes[split.slice_axis]
+    chunks = tuple(1 if a in place.stacked_axes else split.chunk if a == axis else n
+                   for a, n in enumerate(place.array_shape))
     array = arrays.setdefault(place.array_path, ArraySpec(place.array_path, place.array_shape, dtype, chunks))
-    tasks.append(SliceTask(array=array, param=family.key(place.param), index=place.index, sources=(source,)))
+    tasks += [SliceTask(array=array, param=key, index=place.index, sources=(source,), block=block, block_axis=axis)
+              for block in split.blocks() if block.positions[1] > block.positions[0]]
 
   used = {s.name for t in tasks for s in t.sources}
   ignored = [re.compile(p) for p in family.ignored]
@@ -249,3 +306,10 @@ def _source(place: Placement, tensors: dict[str, TensorRef], sizes: dict[str, An
     raise ConversionError(f"{ref.file}: tensor {name} has dtype {ref.dtype}; only {sorted(SOURCE_DTYPES)} "
                           f"sources are supported")
   return ref
+
+
+if __name__ == "__main__":
+  # `python -m pipeline.plan <a conversion's arguments>`: the pre-flight report (pipeline.preflight).
+  import sys  # pylint: disable=ungrouped-imports
+  from pipeline import cli, preflight
+  sys.exit(cli.run_main(preflight.main))

@@ -8,13 +8,14 @@ package's order, so a shard can be written front to back, one tensor at a time.
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 from models.known_configs import known_config
 from pipeline.errors import ConversionError
-from pipeline.plan import detect_family, family_sizes, placements, read_config, with_options, without_options
+from pipeline.row_blocks import SPLIT_BYTES, RowBlock, Split, find_split
+from pipeline.plan import detect_family, mt_shape, parse_size, family_sizes, placements, read_config, with_options, without_options
 from transforms import storage
+from transforms.orbax_layout import NUMPY_DTYPES
 from transforms.orbax_reader import CheckpointReader
 from transforms.safetensors_io import DTYPES, HF_FILE_METADATA, INDEX_FILE, file_size, package_order
 from transforms.tensor_ops import axes_shape
@@ -22,10 +23,6 @@ from transforms.tensor_ops import axes_shape
 WEIGHT_DTYPES = {"bfloat16": "BF16", "float32": "F32", "float16": "F16"}
 SINGLE_FILE = "model.safetensors"
 SHARD_FILE = "model-{index:05d}-of-{count:05d}.safetensors"
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)?\s*$", re.IGNORECASE)
-_UNITS = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
-          "GIB": 2**30, "TIB": 2**40}
-
 
 @dataclasses.dataclass(frozen=True)
 class TensorSource:
@@ -33,15 +30,27 @@ class TensorSource:
   param: int
   array: str
   index: tuple[tuple[int, int], ...]
+  block_axis: int | None = None
+
+  def window(self, block: RowBlock | None) -> tuple[int, int, int] | None:
+    """The part of the slice that holds `block`'s rows (None: the whole slice)."""
+    return None if block is None else (self.block_axis, *block.positions)
 
 
 @dataclasses.dataclass(frozen=True)
 class TensorTask:
-  """One HF tensor: read its sources, undo their transforms, join parts, cast to `dtype`."""
+  """One HF tensor: read its sources, undo their transforms, join parts, cast to `dtype`; a big one
+  row block by row block (`split`), appended to the file in order."""
   name: str
   dtype: str
   shape: tuple[int, ...]
   sources: tuple[TensorSource, ...]
+  split: Split | None = None
+
+  @property
+  def blocks(self) -> list[RowBlock | None]:
+    """Its row blocks in file order (rows only MaxText has, its vocabulary padding, are not written)."""
+    return [None] if self.split is None else [b for b in self.split.blocks() if b.rows[1] > b.rows[0]]
 
   @property
   def nbytes(self) -> int:
@@ -91,16 +100,6 @@ class HfPlan:
             "weight_map": dict(sorted(weight_map.items()))}
 
 
-def parse_size(text: str | int) -> int:
-  """'5GB' -> 5 * 10**9 (as transformers reads max_shard_size); '500MiB' and plain bytes work too."""
-  if isinstance(text, int):
-    return text
-  match = _SIZE.match(str(text))
-  if not match:
-    raise ConversionError(f"--max_shard_size={text} is not a size like 5GB, 500MB or 2GiB")
-  return int(float(match.group(1)) * _UNITS[match.group(2).upper() if match.group(2) else None])
-
-
 def target_config(hf_model_path: str | None, model_name: str | None) -> tuple[dict[str, Any], str]:
   """The HF config to write, and where it came from: --hf_model_path, else the known configs."""
   if hf_model_path:
@@ -123,8 +122,11 @@ def default_weight_dtype(config: dict[str, Any]) -> str:
 def plan_to_huggingface(items: str, output: str, config: dict[str, Any], where: str,
                         model_name: str | None = None, scan_layers: bool | None = None,
                         weight_dtype: str | None = None, max_shard_size: str | int = "5GB",
-                        use_multimodal: bool = False, vocab_size: int | None = None) -> HfPlan:
-  """Plans MaxText -> HF from metadata only; raises ConversionError on any mismatch."""
+                        use_multimodal: bool = False, vocab_size: int | None = None,
+                        split_bytes: int = SPLIT_BYTES) -> HfPlan:
+  """Plans MaxText -> HF from metadata only; raises ConversionError on any mismatch.
+
+  Tensors above `split_bytes` are read and converted in row blocks."""
   out_config = dict(config)
   config = with_options(config, use_multimodal, model_name, vocab_size)
   family = detect_family(config, model_name, where)
@@ -147,17 +149,23 @@ def plan_to_huggingface(items: str, output: str, config: dict[str, Any], where: 
   code = WEIGHT_DTYPES[weight_dtype]
   by_name: dict[str, list[TensorSource]] = {}
   shapes: dict[str, tuple[int, ...]] = {}
+  splits: dict[str, Split | None] = {}
   for place in placements(family, config, sizes, layout):
     if place.array_path not in present:
       raise ConversionError(f"{items}: no array {place.array_path}, which a {family.name} model with this "
                             f"config has ({where}); wrong model_name or config?")
-    shape, _ = reader.spec(place.array_path)
+    shape, stored_dtype = reader.spec(place.array_path)
     if shape != place.array_shape:
       raise ConversionError(f"{items}: array {place.array_path} has shape {list(shape)} but {where} implies "
                             f"{list(place.array_shape)}")
-    by_name.setdefault(place.hf_name, []).append(TensorSource(family.key(place.param), place.array_path, place.index))
+    split = splits.setdefault(place.hf_name, find_split(
+        place.param, sizes, tuple(mt_shape(place.param, sizes)), DTYPES[code].itemsize,
+        NUMPY_DTYPES.get(stored_dtype, NUMPY_DTYPES["float32"]).itemsize, split_bytes))
+    axis = None if split is None else place.free_axes[split.slice_axis]
+    by_name.setdefault(place.hf_name, []).append(TensorSource(family.key(place.param), place.array_path, place.index,
+                                                              axis))
     shapes[place.hf_name] = axes_shape(place.param.hf_axes, sizes)
-  tensors = [TensorTask(name, code, shapes[name], tuple(sources)) for name, sources in by_name.items()]
+  tensors = [TensorTask(name, code, shapes[name], tuple(sources), splits[name]) for name, sources in by_name.items()]
   out_config["dtype" if "dtype" in out_config else "torch_dtype"] = weight_dtype
   return HfPlan(family=family.name, sizes=sizes, config=out_config, scan_layers=layout, weight_dtype=weight_dtype,
                 items=items, output=output, shards=_shards(tensors, parse_size(max_shard_size), output))

@@ -17,12 +17,15 @@ from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import cli, hub, runner
+from pipeline import cli, hub, preflight, runner
 from pipeline.build import add_to_huggingface
 from pipeline.errors import ConversionError
-from pipeline.options import ConversionOptions
+from pipeline.options import ConversionOptions, is_dry_run
+from pipeline.plan import parse_size
 from pipeline.plan_hf import INDEX_FILE, HfPlan, plan_to_huggingface, target_config
 from transforms import manifest, storage
+from transforms.orbax_layout import NUMPY_DTYPES
+from transforms.orbax_reader import CheckpointReader
 from transforms.shard_dofns import AUX_FILES
 
 MAXTEXT_KEYS = ("model_name", "load_parameters_path", "base_output_directory", "scan_layers", "weight_dtype",
@@ -56,23 +59,34 @@ def build_manifest(plan: HfPlan, conv: ConversionOptions) -> dict:
                         (t.name for shard in plan.shards for t in shard.tensors))
 
 
+def plan_from_options(conv: ConversionOptions, output: str) -> HfPlan:
+  if not conv.load_parameters_path:
+    raise ConversionError("load_parameters_path=<dir>/0/items is required")
+  config, where = target_config(conv.hf_model_path, conv.model_name)
+  return plan_to_huggingface(conv.load_parameters_path, output, config, where, conv.model_name,
+                             conv.scan_layers, conv.weight_dtype, conv.max_shard_size, conv.use_multimodal,
+                             conv.vocab_size, parse_size(conv.max_element_size, "--max_element_size"))
+
+
+def stored_itemsizes(plan: HfPlan) -> dict[str, int]:
+  """Each source array's stored bytes per element (from its metadata)."""
+  reader = CheckpointReader(plan.items)
+  arrays = {s.array for shard in plan.shards for t in shard.tensors for s in t.sources}
+  return {a: NUMPY_DTYPES.get(reader.spec(a)[1], NUMPY_DTYPES["float32"]).itemsize for a in arrays}
+
+
 def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[HfPlan, dict[str, int]]:
   """Plans, writes every shard, then the index and config; returns the plan and the run's counters."""
   conv = options.view_as(ConversionOptions)
-  if not conv.load_parameters_path:
-    raise ConversionError("load_parameters_path=<dir>/0/items is required")
   if not conv.base_output_directory:
     raise ConversionError("base_output_directory=... is required")
-  config, where = target_config(conv.hf_model_path, conv.model_name)
   destination = conv.base_output_directory
   with tempfile.TemporaryDirectory(prefix="ckptflow-hub-") as staging:
     output = destination
     if hub.is_hub(destination):
       repo, access_token = hub.prepare(destination, conv.hf_access_token)
       output = staging
-    plan = plan_to_huggingface(conv.load_parameters_path, output, config, where, conv.model_name,
-                               conv.scan_layers, conv.weight_dtype, conv.max_shard_size, conv.use_multimodal,
-                               conv.vocab_size)
+    plan = plan_from_options(conv, output)
     prepare_output(output, conv.overwrite, conv.resume)
     todo = plan
     if conv.resume:  # a shard exists only once it is whole (written to a temp name, then renamed)
@@ -93,6 +107,9 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[HfPlan
 def main(argv: list[str]) -> int:
   flags = cli.start(argv, "python -m pipeline.to_huggingface", __doc__, MAXTEXT_KEYS)
   if flags is None:
+    return 0
+  if is_dry_run(PipelineOptions(flags)):
+    preflight.print_report(PipelineOptions(flags).view_as(ConversionOptions))
     return 0
   start = time.monotonic()
   plan, totals = convert(PipelineOptions(flags), flags)

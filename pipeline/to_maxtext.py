@@ -14,11 +14,11 @@ from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import cli, runner
+from pipeline import cli, preflight, runner
 from pipeline.build import add_to_maxtext
 from pipeline.errors import ConversionError
-from pipeline.options import ConversionOptions
-from pipeline.plan import Plan, plan_to_maxtext
+from pipeline.options import ConversionOptions, is_dry_run
+from pipeline.plan import Plan, parse_size, plan_to_maxtext
 from transforms import manifest, orbax_layout, orbax_writer, storage
 from transforms.orbax_writer import CheckpointTarget
 
@@ -55,25 +55,30 @@ def build_manifest(plan: Plan, conv: ConversionOptions) -> dict:
                         (ref.name for ref in sources))
 
 
+def plan_from_options(conv: ConversionOptions) -> Plan:
+  if not conv.hf_model_path:
+    raise ConversionError("--hf_model_path is required: a local or gs:// directory with config.json and "
+                          "*.safetensors")
+  return plan_to_maxtext(conv.hf_model_path, conv.scan_layers is not False, conv.save_dtype, conv.model_name,
+                         conv.simulated_cpu_devices_count, conv.use_multimodal, conv.vocab_size,
+                         parse_size(conv.max_element_size, "--max_element_size"))
+
+
 def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, str, dict[str, int]]:
   """Plans, writes and commits; returns the plan, the items path and the run's counters.
 
   With --resume, slices whose chunks an interrupted run already stored are not written again.
   """
   conv = options.view_as(ConversionOptions)
-  if not conv.hf_model_path:
-    raise ConversionError("--hf_model_path is required: a local or gs:// directory with config.json and "
-                          "*.safetensors")
   if not conv.base_output_directory:
     raise ConversionError("base_output_directory=... is required")
-  plan = plan_to_maxtext(conv.hf_model_path, conv.scan_layers is not False, conv.save_dtype, conv.model_name,
-                         conv.simulated_cpu_devices_count, conv.use_multimodal, conv.vocab_size)
+  plan = plan_from_options(conv)
   target = CheckpointTarget(prepare_output(conv.base_output_directory, conv.overwrite, conv.resume),
                             use_ocdbt=conv.checkpoint_storage_use_ocdbt,
                             use_zarr3=conv.checkpoint_storage_use_zarr3, zstd_level=conv.zstd_level)
   todo = plan
   if conv.resume:
-    done = orbax_writer.finished(target, [(t.array, t.index) for t in plan.tasks])
+    done = orbax_writer.finished(target, [(t.array, t.index, t.window) for t in plan.tasks])
     todo = dataclasses.replace(plan, tasks=tuple(t for t, d in zip(plan.tasks, done) if not d))
     print(f"resuming {target.items}: {sum(done)} of {len(plan.tasks)} slices already stored", file=sys.stderr)
   provenance = build_manifest(plan, conv)
@@ -87,6 +92,9 @@ def main(argv: list[str]) -> int:
   if flags is None:
     return 0
   options = PipelineOptions(flags)
+  if is_dry_run(options):
+    preflight.print_report(options.view_as(ConversionOptions))
+    return 0
   start = time.monotonic()
   plan, items, totals = convert(options, flags)
   if plan.unused:

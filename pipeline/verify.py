@@ -9,6 +9,7 @@ checked with the same workers that made it. Prints a per-array summary; exits 1 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -26,11 +27,10 @@ from pipeline.errors import ConversionError
 from pipeline.options import ConversionOptions
 from pipeline.plan import Plan, plan_to_maxtext
 from transforms import storage
-from transforms.convert import hf_to_maxtext
+from transforms.dofns import convert_slice
 from transforms.shard_dofns import CheckpointReadingFn
 from transforms.orbax_layout import NUMPY_DTYPES
 from transforms.orbax_reader import CheckpointReader
-from transforms.safetensors_io import read_tensor
 from transforms.tensor_ops import contiguous
 
 MAXTEXT_KEYS = ("load_parameters_path", "model_name", "hf_model_path", "use_multimodal", "vocab_size")
@@ -53,9 +53,8 @@ class VerifySliceFn(CheckpointReadingFn):
 
   def process(self, task) -> Iterator[tuple[str, str]]:
     dtype = NUMPY_DTYPES[task.array.dtype]
-    expected = contiguous(hf_to_maxtext([read_tensor(r) for r in task.sources], self.param_of(task.param),
-                                        self.sizes), dtype)
-    stored = np.asarray(self.reader.read_slice(task.array.path, task.index).result())
+    expected = contiguous(convert_slice(task, self.param_of(task.param), self.sizes)[0], dtype)
+    stored = np.asarray(self.reader.read_slice(task.array.path, task.index, task.window).result())
     self.tensor_done(task.nbytes, stored.nbytes)
     yield task.array.path, compare(stored, expected)
 
@@ -85,7 +84,7 @@ def verify(options: PipelineOptions, flags=()) -> dict[tuple[str, str], int]:
   stored = {a.path: reader.spec(a.path)[1] for a in plan.arrays}
   arrays = {a.path: a.__class__(a.path, a.shape, stored[a.path], a.chunks) for a in plan.arrays}
   plan = Plan(plan.family, plan.sizes, plan.scan_layers, plan.save_dtype, tuple(arrays.values()),
-              tuple(t.__class__(arrays[t.array.path], t.param, t.index, t.sources) for t in plan.tasks), plan.unused)
+              tuple(dataclasses.replace(t, array=arrays[t.array.path]) for t in plan.tasks), plan.unused)
   with tempfile.TemporaryDirectory(prefix="ckptflow-verify-") as tmp:
     report = conv.verify_report or os.path.join(tmp, "report.json")
 

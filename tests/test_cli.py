@@ -102,7 +102,7 @@ def test_to_huggingface_command_line(tmp_path):
                      cwd=goldens.REPO, capture_output=True, text=True, timeout=300)
   assert p.returncode == 0, p.stderr
   assert "llama3.1 (scanned): 30 tensors" in p.stderr
-  assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+  assert sorted(os.listdir(out)) == ["ckptflow_manifest.json", "config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                                      "tokenizer_config.json"]
 
 

@@ -114,10 +114,10 @@ def die_reading(monkeypatch, tensor: str, reason: str, out) -> None:
   """Runs llama3.1 -> MaxText into `out` with the read of `tensor` failing, as a lost worker would."""
   real = dofns.read_tensor
 
-  def failing(ref):
+  def failing(ref, rows=None):
     if ref.name == tensor:
       raise OSError(reason)
-    return real(ref)
+    return real(ref, rows)
   monkeypatch.setattr(dofns, "read_tensor", failing)
   with pytest.raises(Exception, match=reason):
     convert(goldens.path("llama3.1", "hf"), out)

@@ -21,6 +21,15 @@ from transforms.safetensors_io import read_tensor
 METRICS_NAMESPACE = "ckptflow"
 
 
+def convert_slice(task, param, sizes: dict[str, Any]) -> tuple[np.ndarray, tuple[tuple[str, int], ...]]:
+  """One task's MaxText value (of its row block, if split) and the CRC-32 of each source as read."""
+  sources = [read_tensor(ref, task.rows) for ref in task.sources]
+  checksums = tuple((manifest.checksum_key(ref.name, task.rows), zlib.crc32(np.ascontiguousarray(s).view(np.uint8)))
+                    for ref, s in zip(task.sources, sources))
+  value = hf_to_maxtext(sources, param, sizes if task.block is None else task.block.with_sizes(sizes))
+  return value, checksums
+
+
 class CreateArraysFn(beam.DoFn):
   """Writes every array's metadata once, before any merge; yields the coordinator's sub-database."""
 
@@ -72,12 +81,8 @@ class WriteSliceFn(TensorCountingFn):
 
   def process(self, task) -> Iterator[tuple[str, int]]:
     start = time.monotonic()
-    sources = [read_tensor(ref) for ref in task.sources]
-    checksums = tuple((ref.name, zlib.crc32(np.ascontiguousarray(s).view(np.uint8))) for ref, s in
-                      zip(task.sources, sources))
-    value = hf_to_maxtext(sources, self.param_of(task.param), self.sizes)
-    del sources
-    written = self.writer.write(task.array, task.index, value)
+    value, checksums = convert_slice(task, self.param_of(task.param), self.sizes)
+    written = self.writer.write(task.array, task.index, value, task.window)
     self.tensor_done(task.nbytes, written)
     self.msec.update(int((time.monotonic() - start) * 1000))
     yield self.writer.process_id, 1, checksums

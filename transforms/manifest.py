@@ -33,9 +33,21 @@ def build(direction: str, family: str, options: dict[str, Any], source_files: It
           "tensors": sorted(set(tensors))}
 
 
+def checksum_key(name: str, rows: tuple[int, int] | None) -> str:
+  """A tensor read whole is checksummed whole; a split one per row block, `name@start:stop`."""
+  return name if rows is None else f"{name}@{rows[0]}:{rows[1]}"
+
+
 def write(directory: str, manifest: dict[str, Any], checksums: dict[str, int]) -> None:
-  """Adds each tensor's CRC-32 (null for tensors an interrupted run wrote before --resume)."""
-  tensors = {name: {"crc32": checksums.get(name)} for name in manifest.get("tensors", ())}
+  """Adds each tensor's CRC-32, or for a tensor read in row blocks each block's (by its rows); null
+  for tensors an interrupted run wrote before --resume."""
+  blocks: dict[str, dict[str, int]] = {}
+  for key, crc in checksums.items():
+    if "@" in key:
+      name, rows = key.rsplit("@", 1)
+      blocks.setdefault(name, {})[rows] = crc
+  tensors = {name: {"crc32_by_rows": dict(sorted(blocks[name].items(), key=lambda kv: int(kv[0].split(":")[0])))}
+             if name in blocks else {"crc32": checksums.get(name)} for name in manifest.get("tensors", ())}
   storage.write_text(storage.join(directory, MANIFEST),
                      json.dumps({**manifest, "tensors": tensors}, indent=1, sort_keys=True))
 

@@ -172,11 +172,30 @@ class ArraySpec:
     return build(self.shape, self.dtype, self.chunks, zstd_level)
 
 
-def chunk_keys(array: ArraySpec, index: Sequence[tuple[int, int]], use_zarr3: bool) -> list[str]:
+Window = tuple[int, int, int]
+
+
+def region(ndim: int, index: Sequence[tuple[int, int]], window: Window | None = None) -> tuple:
+  """The numpy-style selection of a slice: stacked positions `index` fixed, the row block `window`
+  = (axis, start, stop) cut, every other axis whole."""
+  expr: list = [slice(None)] * ndim
+  for axis, position in index:
+    expr[axis] = position
+  if window is not None:
+    axis, start, stop = window
+    expr[axis] = slice(start, stop)
+  return tuple(expr)
+
+
+def chunk_keys(array: ArraySpec, index: Sequence[tuple[int, int]], use_zarr3: bool,
+               window: Window | None = None) -> list[str]:
   """The storage keys of every chunk a slice covers (`index`: the fixed stacked positions)."""
   fixed = dict(index)
   ranges = [[fixed[a] // c] if a in fixed else range(-(-n // c)) for a, (n, c) in
             enumerate(zip(array.shape, array.chunks))]
+  if window is not None:
+    axis, start, stop = window
+    ranges[axis] = range(start // array.chunks[axis], -(-stop // array.chunks[axis]))
   keys = []
   for coords in itertools.product(*ranges):
     if use_zarr3:

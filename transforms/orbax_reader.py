@@ -78,13 +78,14 @@ class CheckpointReader:
       return False
     return None
 
-  def read_slice(self, path: str, fixed: Sequence[tuple[int, int]] = ()) -> ts.Future:
-    """Starts reading the array with the (axis, position) pairs of `fixed` taken out (a layer)."""
+  def read_slice(self, path: str, fixed: Sequence[tuple[int, int]] = (),
+                 window: orbax_layout.Window | None = None) -> ts.Future:
+    """Starts reading the array with the (axis, position) pairs of `fixed` taken out (a layer),
+    cut to the row block `window` = (axis, start, stop) when given."""
     store = self.array(path)
-    if not fixed:
+    if not fixed and window is None:
       return store.read()
-    positions = dict(fixed)
-    return store[tuple(positions.get(a, slice(None)) for a in range(store.rank))].read()
+    return store[orbax_layout.region(store.rank, fixed, window)].read()
 
   def read(self, path: str, index: tuple = ()) -> np.ndarray:
     """The array at `path`, or the part of it that the numpy-style `index` selects."""

@@ -98,27 +98,28 @@ class SliceWriter:
       store = self._stores[array.path] = ts.open(spec, context=ts_context()).result()
     return store
 
-  def write(self, array: ArraySpec, index: Sequence[tuple[int, int]], value: np.ndarray) -> int:
-    """Writes `value` at the stacked positions `index`; returns the bytes written."""
+  def write(self, array: ArraySpec, index: Sequence[tuple[int, int]], value: np.ndarray,
+            window: orbax_layout.Window | None = None) -> int:
+    """Writes `value` at the stacked positions `index` (and row block `window`); returns the bytes written."""
     store = self._store(array)
     dtype = NUMPY_DTYPES[array.dtype]
-    fixed = dict(index)
-    free = [a for a in range(len(array.shape)) if a not in fixed]
-    expected = tuple(array.shape[a] for a in free)
+    expr = list(orbax_layout.region(len(array.shape), index, window))
+    free = [a for a, e in enumerate(expr) if isinstance(e, slice)]
+    expected = tuple(len(range(*expr[a].indices(array.shape[a]))) for a in free)
     if tuple(value.shape) != expected:
       raise ValueError(f"{array.path}: slice has shape {list(value.shape)}, expected {list(expected)}")
     if not free:
-      store[tuple(fixed.get(a) for a in range(len(array.shape)))].write(np.asarray(value, dtype)).result()
+      store[tuple(expr)].write(np.asarray(value, dtype)).result()
       return dtype.itemsize
     axis = free[0]
+    offset = expr[axis].start or 0
     row_bytes = math.prod(value.shape[1:]) * dtype.itemsize
     chunk_rows = array.chunks[axis]
     rows = max(chunk_rows, (WRITE_BLOCK_BYTES // max(row_bytes, 1)) // chunk_rows * chunk_rows)
-    expr: list = [fixed.get(a, slice(None)) for a in range(len(array.shape))]
     pending = None
     for start in range(0, value.shape[0], rows):
       stop = min(start + rows, value.shape[0])
-      expr[axis] = slice(start, stop)
+      expr[axis] = slice(offset + start, offset + stop)
       # Copy the next block while tensorstore compresses and writes the previous one.
       block = contiguous(value[start:stop], dtype)
       future = store[tuple(expr)].write(block)
@@ -165,10 +166,11 @@ def stored_keys(target: CheckpointTarget) -> set[str]:
   return keys
 
 
-def finished(target: CheckpointTarget, slices: Sequence[tuple[ArraySpec, Sequence[tuple[int, int]]]]) -> list[bool]:
-  """For each (array, index) slice: are all its chunks stored already?"""
+def finished(target: CheckpointTarget, slices: Sequence[tuple[ArraySpec, Sequence[tuple[int, int]],
+                                                               orbax_layout.Window | None]]) -> list[bool]:
+  """For each (array, index, window) slice: are all its chunks stored already?"""
   keys = stored_keys(target)
-  return [all(k in keys for k in orbax_layout.chunk_keys(a, i, target.use_zarr3)) for a, i in slices]
+  return [all(k in keys for k in orbax_layout.chunk_keys(a, i, target.use_zarr3, w)) for a, i, w in slices]
 
 
 def commit(target: CheckpointTarget, arrays: Iterable[ArraySpec], process_ids: Iterable[str],

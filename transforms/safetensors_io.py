@@ -75,6 +75,12 @@ class TensorRef:
   def nbytes(self) -> int:
     return self.end - self.start
 
+  def rows_nbytes(self, rows: tuple[int, int] | None) -> int:
+    """Bytes of rows [start, stop) of the first axis (all of them for None)."""
+    if rows is None:
+      return self.nbytes
+    return (rows[1] - rows[0]) * (self.nbytes // self.shape[0] if self.shape[0] else 0)
+
   def to_json(self) -> dict[str, Any]:
     return {"file": self.file, "name": self.name, "dtype": self.dtype,
             "shape": list(self.shape), "start": self.start, "end": self.end}
@@ -147,17 +153,22 @@ def read_header(path: str) -> dict[str, TensorRef]:
   return refs
 
 
-def read_tensor(ref: TensorRef) -> np.ndarray:
-  """The tensor from exactly one ranged read of its bytes (a read-only array)."""
+def read_tensor(ref: TensorRef, rows: tuple[int, int] | None = None) -> np.ndarray:
+  """The tensor, or rows [start, stop) of its first axis, from exactly one ranged read (read-only)."""
   dtype = DTYPES[ref.dtype]
-  if ref.nbytes == 0:
-    return np.zeros(ref.shape, dtype)
-  data = storage.read_bytes(ref.file, ref.start, ref.end)
-  if len(data) != ref.nbytes:
+  shape, start, end = ref.shape, ref.start, ref.end
+  if rows is not None:
+    row_bytes = ref.nbytes // ref.shape[0] if ref.shape[0] else 0
+    shape = (rows[1] - rows[0],) + tuple(ref.shape[1:])
+    start, end = ref.start + rows[0] * row_bytes, ref.start + rows[1] * row_bytes
+  if end == start:
+    return np.zeros(shape, dtype)
+  data = storage.read_bytes(ref.file, start, end)
+  if len(data) != end - start:
     raise ConversionError(
-        f"{ref.file}: truncated: tensor {ref.name} needs bytes up to {ref.end} but only "
-        f"{ref.start + len(data)} could be read; re-download the shard")
-  return np.frombuffer(data, dtype=dtype).reshape(ref.shape)
+        f"{ref.file}: truncated: tensor {ref.name} needs bytes up to {end} but only "
+        f"{start + len(data)} could be read; re-download the shard")
+  return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def _read_index(index_path: str) -> dict[str, str]:
@@ -258,6 +269,7 @@ class SafetensorsWriter:
     self._entries = [(name, code, tuple(int(d) for d in shape)) for name, code, shape in entries]
     head = _header_bytes(self._entries, metadata)
     self._next = 0
+    self._rows = 0
     self._closed = False
     if storage.is_gcs(path):
       self._tmp = None
@@ -271,7 +283,8 @@ class SafetensorsWriter:
     self._file.write(head)
 
   def write(self, name: str, array: np.ndarray) -> None:
-    """Appends the next tensor; it must match the next entry's name, dtype and shape."""
+    """Appends the next tensor, whole or as its next rows (a split tensor comes in row blocks); it
+    must match the next entry's name, dtype and shape."""
     if self._closed:
       raise ConversionError(f"{self.path}: write of {name} after close")
     if self._next >= len(self._entries):
@@ -281,15 +294,21 @@ class SafetensorsWriter:
       raise ConversionError(
           f"{self.path}: tensor {name} written out of order; expected {want_name}")
     array = np.asarray(array)
-    if array.dtype != DTYPES[code] or array.shape != shape:
+    whole = array.shape == shape
+    fits = (array.ndim == len(shape) >= 1 and array.shape[1:] == shape[1:]
+            and self._rows + array.shape[0] <= shape[0])
+    if array.dtype != DTYPES[code] or not (whole and self._rows == 0 or fits):
       raise ConversionError(
           f"{self.path}: tensor {name} is {array.dtype} {list(array.shape)}, "
-          f"expected {code} {list(shape)}")
+          f"expected {code} {list(shape)}" + (f" from row {self._rows}" if self._rows else ""))
     flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
     # Slices keep gcsfs's upload buffer small instead of a second copy of the whole array.
     for i in range(0, flat.size, _WRITE_SLICE):
       self._file.write(flat[i:i + _WRITE_SLICE].data)
-    self._next += 1
+    self._rows = 0 if whole else self._rows + array.shape[0]
+    if whole or self._rows == shape[0]:
+      self._next += 1
+      self._rows = 0
 
   def close(self) -> None:
     """Makes the file visible; refuses (and discards it) unless every tensor was written."""

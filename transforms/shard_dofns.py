@@ -43,35 +43,64 @@ class WriteShardFn(CheckpointReadingFn):
     """Yields (file, tensors written, each tensor's CRC-32 as written)."""
     start = time.monotonic()
     entries = [(t.name, t.dtype, t.shape) for t in shard.tensors]
-    checksums = []
+    checksums: dict[str, int] = {}
     with SafetensorsWriter(shard.file, entries, HF_FILE_METADATA) as writer:
-      for task, tensor, read in hf_tensors(self.reader, shard.tensors, self.param_of, self.sizes):
-        writer.write(task.name, tensor)
-        checksums.append((task.name, zlib.crc32(tensor.reshape(-1).view(np.uint8))))
-        self.tensor_done(read, tensor.nbytes)
+      for task, rows, read, last in hf_blocks(self.reader, shard.tensors, self.param_of, self.sizes):
+        writer.write(task.name, rows)
+        checksums[task.name] = zlib.crc32(rows.reshape(-1).view(np.uint8), checksums.get(task.name, 0))
+        if last:
+          self.tensor_done(read, task.nbytes)
     self.msec.update(int((time.monotonic() - start) * 1000))
-    yield shard.file, len(shard.tensors), tuple(checksums)
+    yield shard.file, len(shard.tensors), tuple(checksums.items())
+
+
+def hf_blocks(reader: CheckpointReader, tasks: Sequence, param_of: Callable[[int], Any],
+              sizes: dict[str, Any]) -> Iterator[tuple[Any, np.ndarray, int, bool]]:
+  """(task, the next rows of its HF tensor, bytes read for the tensor so far, whether they are its last)
+  in file order: whole tensors, or a split tensor's row blocks one after another.
+
+  A small next piece's read (tensorstore decompresses on its own threads) overlaps this one's
+  conversion; a large one waits, so a worker holds at most 2 x the largest piece + PREFETCH_BYTES.
+  """
+  pieces = [(task, block, i == len(task.blocks) - 1) for task in tasks for i, block in enumerate(task.blocks)]
+
+  def start(piece):
+    task, block, _ = piece
+    return [reader.read_slice(s.array, s.index, s.window(block)) for s in task.sources]
+
+  pending = None
+  read = 0
+  for i, piece in enumerate(pieces):
+    task, block, last = piece
+    values = [_result(f, reader, s) for f, s in zip(pending or start(piece), task.sources)]
+    following = pieces[i + 1] if i + 1 < len(pieces) else None
+    pending = start(following) if following and _piece_bytes(following) <= PREFETCH_BYTES else None
+    read += sum(v.nbytes for v in values)
+    params = [param_of(s.param) for s in task.sources]
+    rows = contiguous(maxtext_to_hf(values, params, sizes if block is None else block.with_sizes(sizes)),
+                      DTYPES[task.dtype])
+    del values
+    yield task, rows, read, last
+    if last:
+      read = 0
 
 
 def hf_tensors(reader: CheckpointReader, tasks: Sequence, param_of: Callable[[int], Any],
                sizes: dict[str, Any]) -> Iterator[tuple[Any, np.ndarray, int]]:
-  """(task, HF tensor, bytes read) for each task in order.
+  """(task, whole HF tensor, bytes read) for each task: for callers that need whole tensors anyway."""
+  parts: list[np.ndarray] = []
+  for task, rows, read, last in hf_blocks(reader, tasks, param_of, sizes):
+    parts.append(rows)
+    if last:
+      yield task, parts[0] if len(parts) == 1 else np.concatenate(parts), read
+      parts = []
 
-  A small next tensor's read (tensorstore decompresses on its own threads) overlaps this one's
-  conversion; a large one waits, so a worker holds at most 2 x the largest tensor + PREFETCH_BYTES.
-  """
-  def start(task):
-    return [reader.read_slice(s.array, s.index) for s in task.sources]
 
-  pending = None
-  for i, task in enumerate(tasks):
-    values = [_result(f, reader, s) for f, s in zip(pending or start(task), task.sources)]
-    pending = start(tasks[i + 1]) if i + 1 < len(tasks) and tasks[i + 1].nbytes <= PREFETCH_BYTES else None
-    read = sum(v.nbytes for v in values)
-    params = [param_of(s.param) for s in task.sources]
-    tensor = contiguous(maxtext_to_hf(values, params, sizes), DTYPES[task.dtype])
-    del values
-    yield task, tensor, read
+def _piece_bytes(piece) -> int:
+  task, block, _ = piece
+  if block is None:
+    return task.nbytes
+  return task.nbytes * (block.rows[1] - block.rows[0]) // max(task.shape[0], 1)
 
 
 def _result(future, reader: CheckpointReader, source) -> np.ndarray:

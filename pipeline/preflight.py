@@ -1,0 +1,148 @@
+"""The pre-flight report: what a conversion will do, from headers and metadata only.
+
+Printed by `python -m pipeline.plan <the conversion's arguments>` and by `--dry_run` on either
+direction, before any tensor byte is read: elements, bytes, the largest element, the memory one
+worker needs, the output's arrays and chunks, and the wall time N workers should take.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from typing import Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+import models
+from pipeline import cli
+from pipeline.options import ConversionOptions
+from pipeline.plan import Plan
+from pipeline.plan_hf import HfPlan
+from pipeline.runner import human_bytes
+from transforms.orbax_layout import NUMPY_DTYPES
+from transforms.orbax_writer import WRITE_BLOCK_BYTES
+from transforms.safetensors_io import DTYPES
+from transforms.shard_dofns import PREFETCH_BYTES
+
+# A worker process before its first element: Python, Beam's SDK harness, numpy, tensorstore's pools.
+WORKER_BASE_BYTES = 400 * 2**20
+# Source bytes one local worker converts per second, HF -> MaxText, measured with bench/convert.py on
+# this project's 2-core machine (see bench/README.md); pass --worker_mbps with your own figure.
+DEFAULT_WORKER_MBPS = 110.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Preflight:
+  direction: str
+  family: str
+  tensors: int
+  elements: int
+  read_bytes: int
+  written_bytes: int
+  largest_element: str
+  largest_element_bytes: int
+  worker_memory_bytes: int
+  arrays: int
+  chunks: int
+  extra: tuple[tuple[str, str], ...] = ()
+
+  def estimated_seconds(self, workers: int, worker_mbps: float) -> float:
+    """Bytes read over the workers' combined throughput; a worker cannot split an element."""
+    per_worker = worker_mbps * 1e6
+    spread = self.read_bytes / (per_worker * max(workers, 1))
+    return max(spread, self.largest_element_bytes / per_worker)
+
+  def lines(self, workers: tuple[int, ...], worker_mbps: float) -> list[str]:
+    out = [f"{self.direction} {self.family}: pre-flight plan (headers and metadata only)",
+           f"  tensors            {self.tensors:,}",
+           f"  elements           {self.elements:,} (tensors above --max_element_size are split into row blocks)",
+           f"  read               {human_bytes(self.read_bytes)}",
+           f"  written            {human_bytes(self.written_bytes)} before compression",
+           f"  largest element    {self.largest_element} ({human_bytes(self.largest_element_bytes)})",
+           f"  memory per worker  about {human_bytes(self.worker_memory_bytes)} (bounded by the largest element, "
+           "not the model)",
+           f"  output             {self.arrays:,} arrays, {self.chunks:,} chunks" if self.direction == "to_maxtext"
+           else f"  output             {self.arrays:,} safetensors files"]
+    out += [f"  {k:<18} {v}" for k, v in self.extra]
+    for n in workers:
+      out.append(f"  estimate           {format_seconds(self.estimated_seconds(n, worker_mbps))} with {n} worker(s) "
+                 f"at {worker_mbps:g} MB/s each")
+    return out
+
+
+def format_seconds(seconds: float) -> str:
+  if seconds < 120:
+    return f"{seconds:.0f}s"
+  if seconds < 7200:
+    return f"{seconds / 60:.0f} min"
+  return f"{seconds / 3600:.1f} h"
+
+
+def to_maxtext_preflight(plan: Plan) -> Preflight:
+  """A worker holds one element's source bytes, its converted value (float32 when the family
+  rescales 16-bit weights) and one write block being copied, above its base."""
+  def footprint(task) -> int:
+    wide = 4 if any(hasattr(op, "factor") or hasattr(op, "amount") for op in _ops(plan, task)) else 0
+    elements = task.written_nbytes // NUMPY_DTYPES[task.array.dtype].itemsize
+    return task.nbytes + max(task.written_nbytes, elements * wide) + min(task.written_nbytes, WRITE_BLOCK_BYTES)
+
+  largest = max(plan.tasks, key=lambda t: max(t.nbytes, t.written_nbytes))
+  chunks = sum(math.prod(-(-n // c) for n, c in zip(a.shape, a.chunks)) for a in plan.arrays)
+  name = largest.sources[0].name + (f" rows {largest.rows[0]}:{largest.rows[1]}" if largest.rows else "")
+  return Preflight("to_maxtext", plan.family, len({s.name for t in plan.tasks for s in t.sources}), len(plan.tasks),
+                   plan.source_bytes, sum(t.written_nbytes for t in plan.tasks), name,
+                   max(largest.nbytes, largest.written_nbytes),
+                   WORKER_BASE_BYTES + max(footprint(t) for t in plan.tasks), len(plan.arrays), chunks)
+
+
+def _ops(plan: Plan, task) -> tuple:
+  return models.BY_NAME[plan.family].param(task.param).ops
+
+
+def to_huggingface_preflight(plan: HfPlan, stored_itemsize: dict[str, int]) -> Preflight:
+  """A worker holds the piece being converted, the next one being read, and the copy it casts to."""
+  pieces = []
+  for shard in plan.shards:
+    for task in shard.tensors:
+      for block in task.blocks:
+        rows = task.shape[0] if block is None else block.rows[1] - block.rows[0]
+        out = task.nbytes * rows // max(task.shape[0], 1) if task.shape else task.nbytes
+        itemsize = max(stored_itemsize.get(s.array, 4) for s in task.sources)
+        read = out // DTYPES[task.dtype].itemsize * itemsize
+        pieces.append((task.name, block, read, out))
+  name, block, read, out = max(pieces, key=lambda p: max(p[2], p[3]))
+  label = name + (f" rows {block.rows[0]}:{block.rows[1]}" if block is not None else "")
+  memory = WORKER_BASE_BYTES + max(r + 2 * o for _, _, r, o in pieces) + PREFETCH_BYTES
+  return Preflight("to_huggingface", plan.family, plan.tensor_count, len(pieces), sum(p[2] for p in pieces),
+                   plan.total_size, label, max(read, out), memory, len(plan.shards), 0)
+
+
+def report(conv: ConversionOptions) -> Preflight:
+  """The pre-flight of the conversion these options describe: MaxText -> HF when
+  load_parameters_path is given, else HF -> MaxText."""
+  # Imported here: both entry points import this module for --dry_run.
+  from pipeline import to_huggingface, to_maxtext  # pylint: disable=import-outside-toplevel
+  if conv.load_parameters_path:
+    plan = to_huggingface.plan_from_options(conv, conv.base_output_directory or ".")
+    return to_huggingface_preflight(plan, to_huggingface.stored_itemsizes(plan))
+  return to_maxtext_preflight(to_maxtext.plan_from_options(conv))
+
+
+def print_report(conv: ConversionOptions) -> None:
+  workers = tuple(int(n) for n in str(conv.workers).split(",") if n.strip())
+  print("\n".join(report(conv).lines(workers, conv.worker_mbps)))
+
+
+def main(argv: Sequence[str]) -> int:
+  """python -m pipeline.plan <the arguments of to_maxtext or to_huggingface>."""
+  from pipeline import to_huggingface, to_maxtext  # pylint: disable=import-outside-toplevel
+  keys = tuple(dict.fromkeys(to_maxtext.MAXTEXT_KEYS + to_huggingface.MAXTEXT_KEYS))
+  flags = cli.start(argv, "python -m pipeline.plan", __doc__, keys)
+  if flags is None:
+    return 0
+  print_report(PipelineOptions(flags).view_as(ConversionOptions))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(cli.run_main(main))

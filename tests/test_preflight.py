@@ -1,0 +1,58 @@
+"""The pre-flight plan: `python -m pipeline.plan`, --dry_run on both directions, big header sets."""
+import os
+import subprocess
+import sys
+
+from pipeline.plan import plan_to_maxtext
+from pipeline.preflight import to_maxtext_preflight
+from tests import goldens
+from transforms.safetensors_io import list_checkpoint
+
+MAKE_MODEL = os.path.join(os.path.dirname(goldens.GOLDENS), "bench", "make_model.py")
+
+
+def run(*args):
+  return subprocess.run([sys.executable, *args], cwd=goldens.REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_plan_command_reports_from_headers_and_dry_run_writes_nothing(tmp_path):
+  hf = goldens.path("llama3.1", "hf")
+  out = tmp_path / "out"
+  planned = run("-m", "pipeline.plan", f"--hf_model_path={hf}", f"base_output_directory={out}",
+                "--max_element_size=8KB", "--workers=1,4")
+  assert planned.returncode == 0, planned.stderr
+  refs = list_checkpoint(hf)
+  text = planned.stdout
+  assert f"tensors            {len(refs)}" in text
+  plan = plan_to_maxtext(hf, split_bytes=8000)
+  assert f"elements           {len(plan.tasks)}" in text and len(plan.tasks) > len(refs)
+  assert "with 1 worker(s)" in text and "with 4 worker(s)" in text
+  dry = run("-m", "pipeline.to_maxtext", f"--hf_model_path={hf}", f"base_output_directory={out}",
+            "--max_element_size=8KB", "--workers=1,4", "--dry_run")
+  assert dry.returncode == 0 and dry.stdout == text
+  assert not out.exists()
+
+
+def test_dry_run_of_maxtext_to_hf(tmp_path):
+  out = tmp_path / "hf"
+  dry = run("-m", "pipeline.to_huggingface", f"load_parameters_path={goldens.items('qwen3', 'scan')}",
+            f"base_output_directory={out}", f"--hf_model_path={goldens.path('qwen3', 'hf')}", "--dry_run")
+  assert dry.returncode == 0, dry.stderr
+  assert "to_huggingface qwen3" in dry.stdout and "1 safetensors files" in dry.stdout
+  assert f"tensors            {len(list_checkpoint(goldens.path('qwen3', 'hf')))}" in dry.stdout
+  assert not out.exists()
+
+
+def test_real_sized_header_set_plans_with_bounded_elements(tmp_path):
+  """DeepSeek-V3's real tensor shapes (4 layers, 16 experts), holes instead of data."""
+  made = run(MAKE_MODEL, "--preset", "deepseek3-671b", "--layers", "4", "--experts", "16", "--sparse",
+             "--out", str(tmp_path / "ds3"))
+  assert made.returncode == 0, made.stderr
+  plan = plan_to_maxtext(str(tmp_path / "ds3"))
+  report = to_maxtext_preflight(plan)
+  assert report.read_bytes == plan.source_bytes == sum(r.nbytes for n, r in list_checkpoint(str(tmp_path / "ds3"))
+                                                       .items() if n not in plan.unused)
+  # The 1.85 GB embedding and lm_head and the dense 264 MB MLP weights are split at 256 MiB.
+  assert report.elements > report.tensors and report.largest_element_bytes <= 256 * 2**20
+  assert report.worker_memory_bytes < 2 * 2**30
+  assert report.estimated_seconds(8, 100) * 8 == report.estimated_seconds(1, 100)
