@@ -17,6 +17,7 @@ from models.spec import Family, Param
 from pipeline.errors import ConversionError
 from transforms import orbax_layout, storage
 from transforms.orbax_layout import ArraySpec
+from transforms.quantized import QuantizedRef, dequantized_nbytes, logical_tensors
 from transforms.safetensors_io import TensorRef, list_checkpoint
 from transforms.tensor_ops import axes_shape
 
@@ -36,10 +37,11 @@ class SliceTask:
   array: ArraySpec
   param: int
   index: tuple[tuple[int, int], ...]
-  sources: tuple[TensorRef, ...]
+  sources: tuple[TensorRef | QuantizedRef, ...]
 
   @property
   def nbytes(self) -> int:
+    """Bytes read: a quantized source's data and scales."""
     return sum(s.nbytes for s in self.sources)
 
 
@@ -56,6 +58,11 @@ class Plan:
   @property
   def source_bytes(self) -> int:
     return sum(t.nbytes for t in self.tasks)
+
+  @property
+  def dequantized_bytes(self) -> int:
+    """What the sources hold once dequantized (float32 for quantized ones); source_bytes otherwise."""
+    return sum(dequantized_nbytes(s) for t in self.tasks for s in t.sources)
 
 
 def read_config(model_dir: str) -> dict[str, Any]:
@@ -216,7 +223,7 @@ def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: st
   config = with_options(read_config(hf_model_path), use_multimodal, model_name, vocab_size)
   family = detect_family(config, model_name, config_path)
   sizes = family_sizes(family, config, config_path)
-  tensors = list_checkpoint(hf_model_path)
+  tensors = logical_tensors(list_checkpoint(hf_model_path), config)
 
   arrays: dict[str, ArraySpec] = {}
   tasks: list[SliceTask] = []
@@ -235,7 +242,8 @@ def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: st
               arrays=tuple(arrays[k] for k in sorted(arrays)), tasks=tuple(tasks), unused=tuple(unused))
 
 
-def _source(place: Placement, tensors: dict[str, TensorRef], sizes: dict[str, Any], model_dir: str) -> TensorRef:
+def _source(place: Placement, tensors: dict[str, TensorRef | QuantizedRef], sizes: dict[str, Any],
+            model_dir: str) -> TensorRef | QuantizedRef:
   name, param = place.hf_name, place.param
   ref = tensors.get(name)
   if ref is None:

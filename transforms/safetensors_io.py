@@ -148,7 +148,13 @@ def read_header(path: str) -> dict[str, TensorRef]:
 
 
 def read_tensor(ref: TensorRef) -> np.ndarray:
-  """The tensor from exactly one ranged read of its bytes (a read-only array)."""
+  """The tensor from exactly one ranged read of its bytes (a read-only array).
+
+  A quantized source (transforms.quantized.QuantizedRef) reads its data and scales and
+  dequantizes them to float32 itself.
+  """
+  if not isinstance(ref, TensorRef):
+    return ref.read()
   dtype = DTYPES[ref.dtype]
   if ref.nbytes == 0:
     return np.zeros(ref.shape, dtype)

@@ -1,0 +1,226 @@
+"""Quantized sources: FP8 blocks (DeepSeek-V3) and MXFP4 (GPT-OSS), checked against the formats'
+definitions decoded by hand here, then end to end: converting a quantized checkpoint gives exactly
+what converting its dequantized bf16 twin gives, both layouts; and MaxText -> HF back to FP8."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from pipeline.errors import ConversionError
+from pipeline.plan import plan_to_maxtext
+from tests import goldens
+from tests.test_to_huggingface import tensors, to_hf
+from tests.test_to_maxtext import convert as to_maxtext
+from transforms import quantized as qz
+from transforms import storage
+from transforms.safetensors_io import list_checkpoint, read_header, read_tensor, write_safetensors
+
+MAKE_MODEL = os.path.join(os.path.dirname(goldens.GOLDENS), "bench", "make_model.py")
+
+
+# --- the formats, from their definitions ---------------------------------------------------------
+
+def e4m3_value(bits: int) -> float:
+  """OFP8 E4M3 (the 'fn' variant: no infinities, only S.1111.111 is NaN): bias 7, 3 mantissa bits."""
+  sign = -1.0 if bits & 0x80 else 1.0
+  exponent, mantissa = (bits >> 3) & 0xF, bits & 0x7
+  if exponent == 0xF and mantissa == 0x7:
+    return math.nan
+  if exponent == 0:
+    return sign * (mantissa / 8) * 2.0 ** -6
+  return sign * (1 + mantissa / 8) * 2.0 ** (exponent - 7)
+
+
+def e2m1_value(nibble: int) -> float:
+  """OCP MX FP4 E2M1: bias 1, one mantissa bit, exponent 0 is subnormal (0 or 0.5)."""
+  sign = -1.0 if nibble & 0x8 else 1.0
+  exponent, mantissa = (nibble >> 1) & 0x3, nibble & 0x1
+  if exponent == 0:
+    return sign * mantissa * 0.5
+  return sign * (1 + mantissa / 2) * 2.0 ** (exponent - 1)
+
+
+def e8m0_value(byte: int) -> float:
+  return math.nan if byte == 255 else 2.0 ** (byte - 127)
+
+
+def reference_fp8(q: np.ndarray, scale_inv: np.ndarray, block) -> np.ndarray:
+  """Element by element: float32(q) * scale_inv of its block, one float32 rounding (as float64 holds
+  the 4-bit x 24-bit product exactly)."""
+  out = np.empty(q.shape, np.float32)
+  bits = q.view(np.uint8)
+  for r in range(q.shape[0]):
+    for c in range(q.shape[1]):
+      out[r, c] = np.float32(e4m3_value(int(bits[r, c])) * float(scale_inv[r // block[0], c // block[1]]))
+  return out
+
+
+def reference_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+  """[E, out, G, 16] bytes, [E, out, G] exponents -> [E, in, out]: element 32g + 2k is byte k's low nibble."""
+  experts, rows, groups, _ = blocks.shape
+  out = np.empty((experts, groups * 32, rows), np.float32)
+  for e in range(experts):
+    for r in range(rows):
+      for g in range(groups):
+        scale = e8m0_value(int(scales[e, r, g]))
+        for k in range(16):
+          byte = int(blocks[e, r, g, k])
+          out[e, 32 * g + 2 * k, r] = e2m1_value(byte & 0xF) * scale
+          out[e, 32 * g + 2 * k + 1, r] = e2m1_value(byte >> 4) * scale
+  return out
+
+
+def test_hand_decoders_agree_with_ml_dtypes_and_the_spec_tables():
+  decoded = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float64)
+  ours = np.array([e4m3_value(b) for b in range(256)])
+  assert np.array_equal(decoded, ours, equal_nan=True)
+  assert e4m3_value(0x7E) == 448.0 and e4m3_value(0xFE) == -448.0 and e4m3_value(0x01) == 2.0 ** -9
+  assert [e2m1_value(n) for n in range(8)] == [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
+  assert [e2m1_value(n) for n in range(8, 16)] == [-0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
+
+
+def fp8_codes(shape, rng) -> np.ndarray:
+  """Every finite E4M3 code (NaN codes 0x7F/0xFF excluded), with 0, -0, +-448 and subnormals forced in."""
+  finite = np.array([b for b in range(256) if b not in (0x7F, 0xFF)], np.uint8)
+  codes = rng.choice(finite, size=shape)
+  special = np.array([0x7E, 0x00, 0x80, 0xFE, 0x01, 0x81], np.uint8)
+  codes.reshape(-1)[:6] = special[:codes.size]
+  return codes.view(ml_dtypes.float8_e4m3fn)
+
+
+@pytest.mark.parametrize("shape,block", [((300, 200), (128, 128)), ((128, 256), (128, 128)), ((1, 1), (128, 128)),
+                                         ((45, 70), (16, 24))])
+def test_fp8_dequantization_matches_the_definition(shape, block):
+  rng = np.random.default_rng(1)
+  q = fp8_codes(shape, rng)
+  scales = np.exp2(rng.uniform(-30, 30, qz.fp8_scale_shape(shape, block))).astype(np.float32)
+  got = qz.dequantize_fp8_blocks(q, scales, block)
+  assert got.dtype == np.float32
+  assert goldens.same_bits(got, reference_fp8(q, scales, block))
+
+
+def write(path, arrays):
+  write_safetensors(str(path), arrays)
+  return read_header(str(path))
+
+
+@pytest.mark.parametrize("rows", [(0, 300), (5, 133), (127, 129), (128, 256), (200, 300), (299, 300), (64, 64)])
+def test_fp8_row_ranges_read_only_their_blocks(tmp_path, monkeypatch, rows):
+  rng = np.random.default_rng(2)
+  q = fp8_codes((300, 200), rng)
+  scales = rng.uniform(1e-4, 1e-2, (3, 2)).astype(np.float32)
+  refs = write(tmp_path / "m.safetensors", {"w.weight": q, "w.weight_scale_inv": scales})
+  (ref,) = qz.logical_tensors(refs, {"quantization_config": qz.DEEPSEEK_FP8_CONFIG}).values()
+  reads = []
+  real = storage.read_bytes
+  monkeypatch.setattr(storage, "read_bytes", lambda p, s=None, e=None: reads.append(e - s) or real(p, s, e))
+  got = ref.read(rows)
+  start, stop = rows
+  assert goldens.same_bits(got, reference_fp8(q, scales, (128, 128))[start:stop])
+  scale_rows = -(-stop // 128) - start // 128 if stop > start else 0
+  assert sum(reads) == (stop - start) * 200 + scale_rows * 2 * 4
+
+
+def mxfp4_inputs(rng, experts=3, rows=37, groups=2):
+  blocks = rng.integers(0, 256, (experts, rows, groups, 16), dtype=np.uint8)
+  # E8M0 from 2**-127 up to 2**125, the largest at which 6 * scale is finite in float32, and 1.0.
+  scales = rng.choice(np.array([0, 1, 100, 126, 127, 128, 200, 252], np.uint8), (experts, rows, groups))
+  scales.reshape(-1)[:3] = [0, 127, 252]
+  return blocks, scales
+
+
+def test_mxfp4_dequantization_matches_the_definition(tmp_path):
+  rng = np.random.default_rng(3)
+  blocks, scales = mxfp4_inputs(rng)
+  want = reference_mxfp4(blocks, scales)
+  packed = qz.dequantize_mxfp4(blocks, scales)
+  assert packed.shape == (3, 37, 64) and goldens.same_bits(np.ascontiguousarray(np.swapaxes(packed, 1, 2)), want)
+  refs = write(tmp_path / "m.safetensors", {"mlp.experts.down_proj_blocks": blocks,
+                                           "mlp.experts.down_proj_scales": scales})
+  logical = qz.logical_tensors(refs, {"quantization_config": {"quant_method": "mxfp4"}})
+  ref = logical["mlp.experts.down_proj"]
+  assert ref.shape == (3, 64, 37) and ref.dtype == "F32" and ref.nbytes == blocks.nbytes + scales.nbytes
+  assert ref.dequantized_nbytes == want.nbytes
+  assert goldens.same_bits(np.ascontiguousarray(read_tensor(ref)), want)
+  for rows in ((0, 1), (1, 3), (2, 3)):
+    assert goldens.same_bits(np.ascontiguousarray(ref.read(rows)), want[rows[0]:rows[1]])
+
+
+def test_mxfp4_scales_past_float32_are_refused(tmp_path):
+  blocks = np.full((1, 2, 1, 16), 0x22, np.uint8)  # every value 1.0: finite even at 2**127
+  scales = np.array([[[254], [3]]], np.uint8)
+  refs = write(tmp_path / "a.safetensors", {"x_blocks": blocks, "x_scales": scales})
+  ref = qz.logical_tensors(refs, {"quantization_config": {"quant_method": "mxfp4"}})["x"]
+  assert read_tensor(ref)[0, 0, 0] == np.float32(2.0 ** 127) and read_tensor(ref)[0, 0, 1] == np.float32(2.0 ** -124)
+  blocks[0, 0, 0, 0] = 0x07  # 6.0 * 2**127 overflows
+  refs = write(tmp_path / "b.safetensors", {"x_blocks": blocks, "x_scales": scales})
+  with pytest.raises(ConversionError, match="x_blocks.*overflows float32"):
+    read_tensor(qz.logical_tensors(refs, {"quantization_config": {"quant_method": "mxfp4"}})["x"])
+  refs = write(tmp_path / "c.safetensors", {"x_blocks": blocks, "x_scales": np.full_like(scales, 255)})
+  with pytest.raises(ConversionError, match="x_scales holds the E8M0 NaN"):
+    read_tensor(qz.logical_tensors(refs, {"quantization_config": {"quant_method": "mxfp4"}})["x"])
+
+
+def reference_quantize(w: np.ndarray, block) -> tuple[np.ndarray, np.ndarray]:
+  """DeepSeek's weight_quant, block by block: s = amax / 448, q = e4m3(w / s), float32 arithmetic."""
+  rows, cols = w.shape
+  scales = np.ones(qz.fp8_scale_shape(w.shape, block), np.float32)
+  q = np.empty(w.shape, ml_dtypes.float8_e4m3fn)
+  for i in range(scales.shape[0]):
+    for j in range(scales.shape[1]):
+      tile = w[i * block[0]:(i + 1) * block[0], j * block[1]:(j + 1) * block[1]].astype(np.float32)
+      amax = np.float32(np.max(np.abs(tile)))
+      if amax > 0:
+        scales[i, j] = amax / np.float32(448)
+      q[i * block[0]:(i + 1) * block[0], j * block[1]:(j + 1) * block[1]] = (tile / scales[i, j]).astype(
+          ml_dtypes.float8_e4m3fn)
+  return q, scales
+
+
+def test_fp8_quantization_is_deepseeks_recipe_and_lossless_on_fp8_values():
+  rng = np.random.default_rng(4)
+  w = (rng.standard_normal((300, 200)) * 0.02).astype(np.float32)
+  w[:128, :128] = 0  # an all-zero block
+  q, scales = qz.quantize_fp8_blocks(w)
+  want_q, want_scales = reference_quantize(w, (128, 128))
+  assert goldens.same_bits(q, want_q) and goldens.same_bits(scales, want_scales)
+  assert scales[0, 0] == 1.0 and not np.any(q.view(np.uint8)[:128, :128] & 0x7F)
+  # From FP8 values: the same bytes and scales come back, although float32(448 * s) / 448 != s for
+  # some of these scales (the recipe alone would not give them back).
+  source_q = fp8_codes((1000, 700), rng)
+  source_scales = rng.uniform(1e-4, 1e-1, qz.fp8_scale_shape((1000, 700))).astype(np.float32)
+  source_q.view(np.uint8)[::128, ::128] = 0x7E  # each block holds 448, as the recipe's blocks do
+  naive = (source_scales * np.float32(448)) / np.float32(448)
+  assert np.any(naive != source_scales)
+  dequantized = qz.dequantize_fp8_blocks(source_q, source_scales)
+  q, scales = qz.quantize_fp8_blocks(dequantized)
+  assert goldens.same_bits(q, source_q) and goldens.same_bits(scales, source_scales)
+  # Through bfloat16 storage: every FP8 value comes back; each scale within one bf16 rounding.
+  q, scales = qz.quantize_fp8_blocks(dequantized.astype(ml_dtypes.bfloat16).astype(np.float32))
+  assert goldens.same_bits(q, source_q)
+  assert np.all(np.abs(scales / source_scales - 1) <= 2.0 ** -8 + 2.0 ** -22)
+
+
+def test_pairing_errors_name_the_tensor(tmp_path):
+  fp8 = {"quantization_config": qz.DEEPSEEK_FP8_CONFIG}
+  q = np.zeros((130, 10), ml_dtypes.float8_e4m3fn)
+  cases = [
+      ({"a.weight": q}, fp8, "FP8 tensor a.weight has no a.weight_scale_inv"),
+      ({"a.weight": q, "a.weight_scale_inv": np.ones((1, 1), np.float32)}, fp8,
+       r"a.weight_scale_inv is F32 \[1, 1\] but a.weight \[130, 10\] in \[128, 128\] blocks needs F32 \[2, 1\]"),
+      ({"b.weight_scale_inv": np.ones((1, 1), np.float32)}, fp8, "b.weight_scale_inv has no F8_E4M3 weight"),
+      ({"x_blocks": np.zeros((2, 3, 1, 16), np.uint8)}, {"quantization_config": {"quant_method": "mxfp4"}},
+       "MXFP4 tensor x_blocks has no x_scales"),
+      ({"x_blocks": np.zeros((2, 3, 1, 16), np.uint8), "x_scales": np.zeros((2, 3), np.uint8)},
+       {"quantization_config": {"quant_method": "mxfp4"}}, r"x_scales is U8 \[2, 3\] but .* needs U8 \[2, 3, 1\]"),
+      ({"a.weight": q}, {"quantization_config": {"quant_method": "awq"}}, "quant_method 'awq' is not supported"),
+  ]
+  for i, (arrays, config, message) in enumerate(cases):
+    refs = write(tmp_path / f"{i}.safetensors", arrays)
+    with pytest.raises(ConversionError, match=message):
+      qz.logical_tensors(refs, config)
