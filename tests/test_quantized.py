@@ -224,3 +224,103 @@ def test_pairing_errors_name_the_tensor(tmp_path):
     refs = write(tmp_path / f"{i}.safetensors", arrays)
     with pytest.raises(ConversionError, match=message):
       qz.logical_tensors(refs, config)
+
+
+# --- tiny quantized checkpoints made from the goldens, and their dequantized bf16 twins ----------
+
+def save_model(dest, arrays, config):
+  os.makedirs(dest)
+  write_safetensors(os.path.join(dest, "model.safetensors"), arrays, {"format": "pt"})
+  with open(os.path.join(dest, "config.json"), "w") as f:
+    json.dump(config, f, indent=1)
+  return str(dest)
+
+
+def golden_config(family):
+  with open(goldens.path(family, "hf", "config.json")) as f:
+    return json.load(f)
+
+
+FP8_TEST_BLOCK = [16, 24]  # small blocks, so the golden's tiny matrices span several, with ragged edges
+
+
+def deepseek_fp8_pair(tmp_path, family="deepseek3", block=FP8_TEST_BLOCK):
+  """The golden with DeepSeek's FP8 weights quantized by the recipe, and the same model dequantized to bf16."""
+  quantized, twin = {}, {}
+  for name, w in tensors(goldens.path(family, "hf")).items():
+    if qz.DEEPSEEK_FP8_WEIGHTS.fullmatch(name):
+      q, s = reference_quantize(w.astype(np.float32), block)
+      quantized[name], quantized[name + "_scale_inv"] = q, s
+      twin[name] = reference_fp8(q, s, block).astype(ml_dtypes.bfloat16)
+    else:
+      quantized[name] = twin[name] = w
+  config = golden_config(family)
+  fp8 = save_model(tmp_path / "fp8", quantized,
+                   {**config, "quantization_config": {**qz.DEEPSEEK_FP8_CONFIG, "weight_block_size": block}})
+  return fp8, save_model(tmp_path / "bf16", twin, config)
+
+
+def reference_mxfp4_quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """[E, in, out] -> blocks [E, out, in/32, 16], scales [E, out, in/32]: per 32 values the smallest
+  power of two that brings the largest under 6, each value to its nearest E2M1."""
+  groups = np.swapaxes(w.astype(np.float64), 1, 2).reshape(w.shape[0], w.shape[2], w.shape[1] // 32, 32)
+  amax = np.abs(groups).max(-1)
+  exponent = np.where(amax > 0, np.ceil(np.log2(np.maximum(amax, 1e-300) / 6)), -127).clip(-127, 127)
+  values = np.array([e2m1_value(n) for n in range(16)])
+  codes = np.argmin(np.abs((groups / np.exp2(exponent)[..., None])[..., None] - values), axis=-1)
+  return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8), (exponent + 127).astype(np.uint8)
+
+
+def gpt_oss_mxfp4_pair(tmp_path):
+  """The GPT-OSS golden with its experts in MXFP4, and the same model dequantized to bf16.
+
+  MXFP4 packs 32 values along the input axis; the golden's intermediate size (48) is not a multiple
+  of 32, so both models get it zero-padded to 64 first (extra gate/up outputs and down inputs of
+  zero: the same function).
+  """
+  config = {**golden_config("gpt-oss"), "intermediate_size": 64}
+  quantized, twin = {}, {}
+  for name, w in tensors(goldens.path("gpt-oss", "hf")).items():
+    if name.endswith("experts.gate_up_proj") or name.endswith("experts.gate_up_proj_bias"):
+      w = np.concatenate([w, np.zeros((*w.shape[:-1], 32), w.dtype)], axis=-1)
+    if name.endswith("experts.down_proj"):
+      w = np.concatenate([w, np.zeros((w.shape[0], 16, w.shape[2]), w.dtype)], axis=1)
+    if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+      blocks, scales = reference_mxfp4_quantize(w)
+      quantized[name + "_blocks"], quantized[name + "_scales"] = blocks, scales
+      twin[name] = reference_mxfp4(blocks, scales).astype(ml_dtypes.bfloat16)
+    else:
+      quantized[name] = twin[name] = w
+  mxfp4 = {"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
+                                                               "model.embed_tokens", "lm_head"]}
+  return save_model(tmp_path / "mxfp4", quantized, {**config, "quantization_config": mxfp4}), \
+      save_model(tmp_path / "bf16", twin, config)
+
+
+@pytest.mark.parametrize("layout", ["scan", "unscan"])
+def test_fp8_deepseek_converts_exactly_like_its_dequantized_twin(tmp_path, layout):
+  fp8, twin = deepseek_fp8_pair(tmp_path)
+  plan, items, totals = to_maxtext(fp8, tmp_path / "a", f"--scan_layers={layout == 'scan'}")
+  _, twin_items, _ = to_maxtext(twin, tmp_path / "b", f"--scan_layers={layout == 'scan'}")
+  goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(twin_items))
+  sources = [s for t in plan.tasks for s in t.sources]
+  quantized = [s for s in sources if isinstance(s, qz.QuantizedRef)]
+  assert len(quantized) == 72 and all(s.format == "fp8" and s.block == (16, 24) for s in quantized)
+  on_disk = list_checkpoint(fp8)
+  assert plan.unused == () and totals["read-bytes"] == plan.source_bytes == sum(r.nbytes for r in on_disk.values())
+  assert plan.dequantized_bytes == sum(qz.dequantized_nbytes(s) for s in sources) == sum(
+      read_tensor(r).size * 4 if r.dtype == "F8_E4M3" else r.nbytes
+      for n, r in on_disk.items() if not n.endswith("_scale_inv"))
+
+
+@pytest.mark.parametrize("layout,save_dtype", [("scan", "bfloat16"), ("unscan", "float32")])
+def test_mxfp4_gpt_oss_converts_exactly_like_its_dequantized_twin(tmp_path, layout, save_dtype):
+  """MXFP4 values are exact in bf16, so even a float32 save matches the twin's bit for bit."""
+  mxfp4, twin = gpt_oss_mxfp4_pair(tmp_path)
+  flags = (f"--scan_layers={layout == 'scan'}", f"--save_dtype={save_dtype}")
+  plan, items, _ = to_maxtext(mxfp4, tmp_path / "a", *flags)
+  _, twin_items, _ = to_maxtext(twin, tmp_path / "b", *flags)
+  goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(twin_items))
+  quantized = {s.name for t in plan.tasks for s in t.sources if isinstance(s, qz.QuantizedRef)}
+  assert quantized == {f"model.layers.{i}.mlp.experts.{p}" for i in range(4) for p in ("gate_up_proj", "down_proj")}
+  assert plan.unused == ()
