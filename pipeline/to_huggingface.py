@@ -26,7 +26,8 @@ from transforms import storage
 from transforms.shard_dofns import AUX_FILES
 
 MAXTEXT_KEYS = ("model_name", "load_parameters_path", "base_output_directory", "scan_layers", "weight_dtype",
-                "hf_model_path", "hf_access_token", "max_shard_size", "use_multimodal", "vocab_size")
+                "hf_model_path", "hf_access_token", "max_shard_size", "use_multimodal", "vocab_size",
+                "quantize_fp8_blocks")
 
 
 def prepare_output(output: str, overwrite: bool, resume: bool = False) -> None:
@@ -60,7 +61,7 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[HfPlan
       output = staging
     plan = plan_to_huggingface(conv.load_parameters_path, output, config, where, conv.model_name,
                                conv.scan_layers, conv.weight_dtype, conv.max_shard_size, conv.use_multimodal,
-                               conv.vocab_size)
+                               conv.vocab_size, conv.quantize_fp8_blocks)
     prepare_output(output, conv.overwrite, conv.resume)
     todo = plan
     if conv.resume:  # a shard exists only once it is whole (written to a temp name, then renamed)

@@ -166,8 +166,9 @@ def test_mxfp4_scales_past_float32_are_refused(tmp_path):
     read_tensor(qz.logical_tensors(refs, {"quantization_config": {"quant_method": "mxfp4"}})["x"])
 
 
-def reference_quantize(w: np.ndarray, block) -> tuple[np.ndarray, np.ndarray]:
-  """DeepSeek's weight_quant, block by block: s = amax / 448, q = e4m3(w / s), float32 arithmetic."""
+def reference_quantize(w: np.ndarray, block, inverse_scales=False) -> tuple[np.ndarray, np.ndarray]:
+  """DeepSeek's weight_quant, block by block: s = amax / 448 (or 1 / (448 / amax)), q = e4m3(w / s),
+  float32 arithmetic."""
   rows, cols = w.shape
   scales = np.ones(qz.fp8_scale_shape(w.shape, block), np.float32)
   q = np.empty(w.shape, ml_dtypes.float8_e4m3fn)
@@ -176,7 +177,7 @@ def reference_quantize(w: np.ndarray, block) -> tuple[np.ndarray, np.ndarray]:
       tile = w[i * block[0]:(i + 1) * block[0], j * block[1]:(j + 1) * block[1]].astype(np.float32)
       amax = np.float32(np.max(np.abs(tile)))
       if amax > 0:
-        scales[i, j] = amax / np.float32(448)
+        scales[i, j] = np.float32(1) / (np.float32(448) / amax) if inverse_scales else amax / np.float32(448)
       q[i * block[0]:(i + 1) * block[0], j * block[1]:(j + 1) * block[1]] = (tile / scales[i, j]).astype(
           ml_dtypes.float8_e4m3fn)
   return q, scales
@@ -244,12 +245,20 @@ def golden_config(family):
 FP8_TEST_BLOCK = [16, 24]  # small blocks, so the golden's tiny matrices span several, with ragged edges
 
 
-def deepseek_fp8_pair(tmp_path, family="deepseek3", block=FP8_TEST_BLOCK):
-  """The golden with DeepSeek's FP8 weights quantized by the recipe, and the same model dequantized to bf16."""
+def deepseek_fp8_pair(tmp_path, family="deepseek3", block=FP8_TEST_BLOCK, inverse_scales=False):
+  """The golden with DeepSeek's FP8 weights quantized by the recipe, and the same model dequantized to bf16.
+
+  DeepSeek quantized float32 master weights, so the golden's bf16 values are nudged in float32
+  first. `inverse_scales` stores 1 / (448 / amax) instead of amax / 448, as quantizers that keep the
+  forward scale and store its inverse do (transformers' FineGrainedFP8): about one such scale in ten
+  is not float32(float32(448 * s) / 448).
+  """
+  rng = np.random.default_rng(5)
   quantized, twin = {}, {}
   for name, w in tensors(goldens.path(family, "hf")).items():
     if qz.DEEPSEEK_FP8_WEIGHTS.fullmatch(name):
-      q, s = reference_quantize(w.astype(np.float32), block)
+      master = w.astype(np.float32) * (1 + rng.uniform(-2.0 ** -10, 2.0 ** -10, w.shape)).astype(np.float32)
+      q, s = reference_quantize(master, block, inverse_scales)
       quantized[name], quantized[name + "_scale_inv"] = q, s
       twin[name] = reference_fp8(q, s, block).astype(ml_dtypes.bfloat16)
     else:
@@ -346,3 +355,72 @@ def test_full_width_fp8_deepseek_v3_plans_from_headers(tmp_path):
   assert plan.dequantized_bytes == sum(math.prod(r.shape) * (4 if n in fp8 else r.nbytes // math.prod(r.shape))
                                        for n, r in on_disk.items() if n not in mtp and not n.endswith("_scale_inv"))
   assert plan.dequantized_bytes > 2 * plan.source_bytes
+
+
+# --- MaxText -> HF back to FP8 blocks ------------------------------------------------------------
+
+def read_config(model_dir):
+  with open(os.path.join(model_dir, "config.json")) as f:
+    return json.load(f)
+
+
+@pytest.mark.parametrize("inverse_scales", [False, True])
+def test_fp8_through_float32_maxtext_and_back_gives_the_same_bytes_and_scales(tmp_path, inverse_scales):
+  fp8, _ = deepseek_fp8_pair(tmp_path, inverse_scales=inverse_scales)
+  source = tensors(fp8)
+  scales = np.concatenate([v.reshape(-1) for k, v in source.items() if k.endswith("_scale_inv")])
+  # amax / 448 of the dequantized block alone gives back only DeepSeek's own kind of scale.
+  assert np.any((scales * np.float32(448)) / np.float32(448) != scales) == inverse_scales
+  _, items, _ = to_maxtext(fp8, tmp_path / "mt", "--save_dtype=float32", "--scan_layers=false")
+  plan, totals = to_hf(items, tmp_path / "hf", "--quantize_fp8_blocks", hf_model_path=fp8)
+  back = tensors(tmp_path / "hf")
+  assert sorted(back) == sorted(source)
+  differ = [k for k in source if not goldens.same_bits(back[k], source[k])]
+  assert not differ, differ[:5]
+  assert read_config(tmp_path / "hf")["quantization_config"] == read_config(fp8)["quantization_config"]
+  assert totals["write-bytes"] == sum(v.nbytes for v in source.values())
+  header = read_header(str(tmp_path / "hf" / "model.safetensors"))
+  order = sorted(header, key=lambda n: header[n].start)
+  assert all(order[order.index(n) - 1] == n.removesuffix("_scale_inv") for n in order if n.endswith("_scale_inv"))
+
+
+def test_fp8_through_bf16_maxtext_keeps_every_fp8_value_and_scales_within_one_bf16_rounding(tmp_path):
+  fp8, twin = deepseek_fp8_pair(tmp_path)
+  _, items, _ = to_maxtext(fp8, tmp_path / "mt")
+  to_hf(items, tmp_path / "hf", "--quantize_fp8_blocks", hf_model_path=fp8)
+  back, source = tensors(tmp_path / "hf"), tensors(fp8)
+  assert sorted(back) == sorted(source)
+  for name, want in source.items():
+    if name.endswith("_scale_inv"):
+      assert back[name].dtype == np.float32
+      assert np.all(np.abs(back[name] / want - 1) <= 2.0 ** -8 + 2.0 ** -22), name
+    else:
+      assert goldens.same_bits(back[name], want), name
+  # Without the flag the same checkpoint comes back as the bf16 model, and config.json says so.
+  to_hf(items, tmp_path / "plain", hf_model_path=fp8)
+  assert "quantization_config" not in read_config(tmp_path / "plain")
+  plain, bf16 = tensors(tmp_path / "plain"), tensors(twin)
+  assert sorted(plain) == sorted(bf16) and all(goldens.same_bits(plain[k], bf16[k]) for k in bf16)
+
+
+def test_quantize_fp8_blocks_is_for_deepseek_only(tmp_path):
+  with pytest.raises(ConversionError, match="only DeepSeek models .* not gpt-oss"):
+    to_hf(goldens.items("gpt-oss", "scan"), tmp_path, "--quantize_fp8_blocks",
+          hf_model_path=goldens.path("gpt-oss", "hf"))
+  assert not os.listdir(tmp_path)
+
+
+def test_released_block_size_and_config_without_a_quantized_source(tmp_path):
+  """From a bf16 config (MaxText's own DeepSeek3 checkpoint), DeepSeek-V3's 128x128 blocks and config."""
+  to_hf(goldens.items("deepseek3", "scan"), tmp_path, "--quantize_fp8_blocks",
+        hf_model_path=goldens.path("deepseek3", "hf"))
+  assert read_config(tmp_path)["quantization_config"] == qz.DEEPSEEK_FP8_CONFIG
+  back, golden = tensors(tmp_path), tensors(goldens.path("deepseek3", "hf"))
+  for name, want in golden.items():
+    if not qz.DEEPSEEK_FP8_WEIGHTS.fullmatch(name):
+      assert goldens.same_bits(back[name], want), name
+      continue
+    q, scale = back[name], back[name + "_scale_inv"]
+    assert q.dtype == ml_dtypes.float8_e4m3fn and scale.shape == qz.fp8_scale_shape(want.shape)
+    want_q, want_scale = reference_quantize(want.astype(np.float32), (128, 128))
+    assert goldens.same_bits(q, want_q) and goldens.same_bits(scale, want_scale), name

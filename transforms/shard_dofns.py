@@ -13,6 +13,7 @@ from transforms import storage
 from transforms.convert import maxtext_to_hf
 from transforms.dofns import TensorCountingFn
 from transforms.orbax_reader import CheckpointReader
+from transforms.quantized import quantize_fp8_blocks
 from transforms.safetensors_io import DTYPES, HF_FILE_METADATA, INDEX_FILE, SafetensorsWriter
 from transforms.tensor_ops import contiguous
 
@@ -40,11 +41,13 @@ class WriteShardFn(CheckpointReadingFn):
 
   def process(self, shard) -> Iterator[tuple[str, int]]:
     start = time.monotonic()
-    entries = [(t.name, t.dtype, t.shape) for t in shard.tensors]
+    entries = [o for t in shard.tensors for o in t.outputs]
     with SafetensorsWriter(shard.file, entries, HF_FILE_METADATA) as writer:
       for task, tensor, read in hf_tensors(self.reader, shard.tensors, self.param_of, self.sizes):
-        writer.write(task.name, tensor)
-        self.tensor_done(read, tensor.nbytes)
+        outputs = quantize_fp8_blocks(tensor, task.block) if task.block else (tensor,)
+        for (name, _, _), value in zip(task.outputs, outputs):
+          writer.write(name, value)
+        self.tensor_done(read, sum(v.nbytes for v in outputs))
     self.msec.update(int((time.monotonic() - start) * 1000))
     yield shard.file, len(shard.tensors)
 
@@ -65,7 +68,7 @@ def hf_tensors(reader: CheckpointReader, tasks: Sequence, param_of: Callable[[in
     pending = start(tasks[i + 1]) if i + 1 < len(tasks) and tasks[i + 1].nbytes <= PREFETCH_BYTES else None
     read = sum(v.nbytes for v in values)
     params = [param_of(s.param) for s in task.sources]
-    tensor = contiguous(maxtext_to_hf(values, params, sizes), DTYPES[task.dtype])
+    tensor = contiguous(maxtext_to_hf(values, params, sizes), DTYPES[task.value_dtype])
     del values
     yield task, tensor, read
 
