@@ -48,7 +48,7 @@ def prepare_output(base_output_directory: str, overwrite: bool, resume: bool = F
 
 def build_manifest(plan: Plan, conv: ConversionOptions) -> dict:
   """The provenance written beside the checkpoint (ckptflow_manifest.json), before the markers."""
-  files = sorted({ref.file for task in plan.tasks for ref in task.sources})
+  files = sorted({f for task in plan.tasks for ref in task.sources for f in getattr(ref, "files", (ref.file,))})
   try:
     version = importlib.metadata.version("ckptflow")
   except importlib.metadata.PackageNotFoundError:

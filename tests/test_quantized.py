@@ -6,15 +6,18 @@ import math
 import os
 import subprocess
 import sys
+import zlib
 
 import ml_dtypes
 import numpy as np
 import pytest
 
+from pipeline import verify
 from pipeline.errors import ConversionError
 from pipeline.plan import plan_to_maxtext
 from tests import goldens
 from tests.test_to_huggingface import tensors, to_hf
+from tests.test_to_maxtext import IN_PROCESS
 from tests.test_to_maxtext import convert as to_maxtext
 from transforms import quantized as qz
 from transforms import storage
@@ -317,13 +320,18 @@ def test_fp8_deepseek_converts_exactly_like_its_dequantized_twin(tmp_path, layou
   assert len(quantized) == 72 and all(s.format == "fp8" and s.block == (16, 24) for s in quantized)
   on_disk = list_checkpoint(fp8)
   assert plan.unused == () and totals["read-bytes"] == plan.source_bytes == sum(r.nbytes for r in on_disk.values())
+  with open(tmp_path / "a" / "0" / "ckptflow_manifest.json") as f:
+    manifest = json.load(f)
+  ref = next(s for s in quantized if s.name.endswith("layers.1.mlp.experts.3.down_proj.weight"))
+  assert manifest["sources"] == {fp8 + "/model.safetensors": storage.fingerprint(fp8 + "/model.safetensors")}
+  assert manifest["tensors"][ref.name]["crc32"] == zlib.crc32(read_tensor(ref).view(np.uint8))
   assert plan.dequantized_bytes == sum(qz.dequantized_nbytes(s) for s in sources) == sum(
       read_tensor(r).size * 4 if r.dtype == "F8_E4M3" else r.nbytes
       for n, r in on_disk.items() if not n.endswith("_scale_inv"))
 
 
 @pytest.mark.parametrize("layout,save_dtype", [("scan", "bfloat16"), ("unscan", "float32")])
-def test_mxfp4_gpt_oss_converts_exactly_like_its_dequantized_twin(tmp_path, layout, save_dtype):
+def test_mxfp4_gpt_oss_converts_exactly_like_its_dequantized_twin(tmp_path, capsys, layout, save_dtype):
   """MXFP4 values are exact in bf16, so even a float32 save matches the twin's bit for bit."""
   mxfp4, twin = gpt_oss_mxfp4_pair(tmp_path)
   flags = (f"--scan_layers={layout == 'scan'}", f"--save_dtype={save_dtype}")
@@ -333,6 +341,10 @@ def test_mxfp4_gpt_oss_converts_exactly_like_its_dequantized_twin(tmp_path, layo
   quantized = {s.name for t in plan.tasks for s in t.sources if isinstance(s, qz.QuantizedRef)}
   assert quantized == {f"model.layers.{i}.mlp.experts.{p}" for i in range(4) for p in ("gate_up_proj", "down_proj")}
   assert plan.unused == ()
+  # pipeline.verify re-reads the MXFP4 source, dequantizes it again and finds every slice identical.
+  assert verify.main([f"load_parameters_path={items}", f"--hf_model_path={mxfp4}", *IN_PROCESS,
+                      "--progress=false"]) == 0
+  assert capsys.readouterr().out.splitlines()[-1].endswith(f"{len(plan.tasks)} bit-identical")
 
 
 def test_full_width_fp8_deepseek_v3_plans_from_headers(tmp_path):
@@ -424,3 +436,14 @@ def test_released_block_size_and_config_without_a_quantized_source(tmp_path):
     assert q.dtype == ml_dtypes.float8_e4m3fn and scale.shape == qz.fp8_scale_shape(want.shape)
     want_q, want_scale = reference_quantize(want.astype(np.float32), (128, 128))
     assert goldens.same_bits(q, want_q) and goldens.same_bits(scale, want_scale), name
+
+
+def test_scales_in_another_shard_are_paired_and_both_files_are_sources(tmp_path):
+  q = fp8_codes((130, 10), np.random.default_rng(6))
+  scales = np.array([[0.5], [0.25]], np.float32)
+  write_safetensors(str(tmp_path / "model-00001-of-00002.safetensors"), {"a.weight": q})
+  write_safetensors(str(tmp_path / "model-00002-of-00002.safetensors"), {"a.weight_scale_inv": scales})
+  (ref,) = qz.logical_tensors(list_checkpoint(str(tmp_path)), {"quantization_config": qz.DEEPSEEK_FP8_CONFIG}).values()
+  assert ref.files == (str(tmp_path / "model-00001-of-00002.safetensors"),
+                       str(tmp_path / "model-00002-of-00002.safetensors"))
+  assert goldens.same_bits(read_tensor(ref), reference_fp8(q, scales, (128, 128)))

@@ -165,6 +165,11 @@ class QuantizedRef:
     return self.weight.file
 
   @property
+  def files(self) -> tuple[str, ...]:
+    """Every file read (scales may sit in another shard than their data)."""
+    return tuple(sorted({self.weight.file, self.scales.file}))
+
+  @property
   def shape(self) -> tuple[int, ...]:
     if self.format == FP8:
       return self.weight.shape
