@@ -48,6 +48,7 @@ _E2M1_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
 _E2M1_PAIRS = np.stack([_E2M1_VALUES[np.arange(256) & 0xF], _E2M1_VALUES[np.arange(256) >> 4]], axis=-1)
 # E8M0: 2**(s - 127) for s = 0..254 (2**-127 is a float32 subnormal, still exact); 255 is NaN.
 _E8M0_TABLE = np.append(np.ldexp(np.float32(1.0), np.arange(-127, 128)).astype(np.float32), np.float32(np.nan))
+_LOOKUP_CHUNK = 1 << 20  # bytes looked up per step
 # Above this exponent byte, 6 * 2**(s - 127) no longer fits in float32.
 _E8M0_ALWAYS_FINITE = 252
 
@@ -59,13 +60,14 @@ def dequantize_fp8_blocks(q: np.ndarray, scale_inv: np.ndarray, block: tuple[int
   `q` holds rows [row0, row0 + len(q)) of the weight and `scale_inv` the scale rows that cover them,
   so a row range that starts or stops inside a block needs no more than its own blocks' scales.
   """
-  q = np.asarray(q)
-  rows, cols = q.shape
-  out = _E4M3_TABLE[q.view(np.uint8)]
+  codes = np.asarray(q).view(np.uint8)
+  rows, cols = codes.shape
+  out = np.empty((rows, cols), np.float32)
   first = row0 // block[0]
   last = (row0 + rows - 1) // block[0] if rows else first - 1
-  for i in range(first, last + 1):
+  for i in range(first, last + 1):  # a block's rows at a time: the lookup's index copy stays small
     start, stop = max(i * block[0], row0) - row0, min((i + 1) * block[0], row0 + rows) - row0
+    out[start:stop] = _E4M3_TABLE[codes[start:stop]]
     out[start:stop] *= np.repeat(scale_inv[i - first].astype(np.float32), block[1])[:cols]
   return out
 
@@ -135,9 +137,16 @@ def dequantize_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
   Element 2k of a group is byte k's low nibble, 2k + 1 its high nibble; each value is
   e2m1(nibble) * 2**(scale - 127), exact in float32 as long as it does not overflow.
   """
-  out = _E2M1_PAIRS[np.asarray(blocks)].reshape(*blocks.shape[:-1], 2 * blocks.shape[-1])
+  blocks, scales = np.asarray(blocks), np.asarray(scales)
+  flat_blocks = blocks.reshape(-1, blocks.shape[-1])
+  flat_scales = scales.reshape(-1)
+  out = np.empty((flat_blocks.shape[0], 2 * blocks.shape[-1]), np.float32)
+  step = max(1, _LOOKUP_CHUNK // max(1, blocks.shape[-1]))
   with np.errstate(over="ignore", invalid="ignore"):  # callers check scales that can overflow
-    out *= _E8M0_TABLE[np.asarray(scales)][..., None]
+    for i in range(0, len(out), step):  # in chunks: the lookup's index copy stays small
+      chunk = out[i:i + step]
+      chunk[:] = _E2M1_PAIRS[flat_blocks[i:i + step]].reshape(len(chunk), -1)
+      chunk *= _E8M0_TABLE[flat_scales[i:i + step]][:, None]
   return out.reshape(*blocks.shape[:-2], blocks.shape[-2] * 2 * blocks.shape[-1])
 
 
