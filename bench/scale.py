@@ -38,7 +38,8 @@ def same_checkpoint(a: str, b: str) -> bool:
     shape, _ = ra.spec(path)
     for i in range(shape[0] if shape else 1):
       index = (i,) if shape else ()
-      if not np.array_equal(ra.read(path, index).view(np.uint8), rb.read(path, index).view(np.uint8)):
+      if not np.array_equal(np.atleast_1d(ra.read(path, index)).view(np.uint8),
+                            np.atleast_1d(rb.read(path, index)).view(np.uint8)):
         print(f"differs: {path} [{i}]")
         return False
   return True

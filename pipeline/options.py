@@ -46,6 +46,10 @@ class ConversionOptions(PipelineOptions):
         help="to_huggingface: dtype of the HF tensors (default: config.json's dtype, else bfloat16).")
     add("--max_shard_size", default="5GB",
         help="to_huggingface: largest safetensors shard, as transformers reads it (5GB = 5e9 bytes).")
+    add("--quantize_fp8_blocks", type=str2bool, nargs="?", const=True, default=False,
+        help="to_huggingface, DeepSeek only: write the linear weights DeepSeek releases in FP8 as float8_e4m3fn "
+             "with float32 weight_scale_inv per block (config.json's weight_block_size, default 128x128), as the "
+             "released checkpoint stores them, and keep quantization_config in config.json.")
     add("--hf_access_token", default=None,
         help="Token for hf:// destinations (default: the HF_TOKEN environment variable).")
     add("--save_dtype", default="bfloat16", choices=("bfloat16", "float32"),

@@ -19,6 +19,7 @@ from pipeline.errors import ConversionError
 from pipeline.row_blocks import SPLIT_BYTES, RowBlock, find_split
 from transforms import orbax_layout, storage
 from transforms.orbax_layout import ArraySpec
+from transforms.quantized import QuantizedRef, dequantized_nbytes, logical_tensors
 from transforms.safetensors_io import TensorRef, list_checkpoint
 from transforms.tensor_ops import axes_shape
 
@@ -40,7 +41,7 @@ class SliceTask:
   array: ArraySpec
   param: int
   index: tuple[tuple[int, int], ...]
-  sources: tuple[TensorRef, ...]
+  sources: tuple[TensorRef | QuantizedRef, ...]
   block: RowBlock | None = None
   block_axis: int | None = None
 
@@ -79,6 +80,11 @@ class Plan:
   @property
   def source_bytes(self) -> int:
     return sum(t.nbytes for t in self.tasks)
+
+  @property
+  def dequantized_bytes(self) -> int:
+    """What the sources hold once dequantized (float32 for quantized ones); source_bytes otherwise."""
+    return sum(dequantized_nbytes(s) for s in {s.name: s for t in self.tasks for s in t.sources}.values())
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)?\s*$", re.IGNORECASE)
@@ -262,7 +268,7 @@ def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: st
   config = with_options(read_config(hf_model_path), use_multimodal, model_name, vocab_size)
   family = detect_family(config, model_name, config_path)
   sizes = family_sizes(family, config, config_path)
-  tensors = list_checkpoint(hf_model_path)
+  tensors = logical_tensors(list_checkpoint(hf_model_path), config)
 
   arrays: dict[str, ArraySpec] = {}
   tasks: list[SliceTask] = []
@@ -292,7 +298,8 @@ def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: st
               arrays=tuple(arrays[k] for k in sorted(arrays)), tasks=tuple(tasks), unused=tuple(unused))
 
 
-def _source(place: Placement, tensors: dict[str, TensorRef], sizes: dict[str, Any], model_dir: str) -> TensorRef:
+def _source(place: Placement, tensors: dict[str, TensorRef | QuantizedRef], sizes: dict[str, Any],
+            model_dir: str) -> TensorRef | QuantizedRef:
   name, param = place.hf_name, place.param
   ref = tensors.get(name)
   if ref is None:

@@ -8,13 +8,15 @@ package's order, so a shard can be written front to back, one tensor at a time.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from models.known_configs import known_config
 from pipeline.errors import ConversionError
 from pipeline.row_blocks import SPLIT_BYTES, RowBlock, Split, find_split
-from pipeline.plan import detect_family, mt_shape, parse_size, family_sizes, placements, read_config, with_options, without_options
-from transforms import storage
+from pipeline.plan import (detect_family, family_sizes, mt_shape, parse_size, placements, read_config, with_options,
+                           without_options)
+from transforms import quantized, storage
 from transforms.orbax_layout import NUMPY_DTYPES
 from transforms.orbax_reader import CheckpointReader
 from transforms.safetensors_io import DTYPES, HF_FILE_METADATA, INDEX_FILE, file_size, package_order
@@ -40,12 +42,17 @@ class TensorSource:
 @dataclasses.dataclass(frozen=True)
 class TensorTask:
   """One HF tensor: read its sources, undo their transforms, join parts, cast to `dtype`; a big one
-  row block by row block (`split`), appended to the file in order."""
+  row block by row block (`split`), appended to the file in order.
+
+  With `fp8_block`, the tensor is written as FP8 (`dtype` F8_E4M3) plus its float32 `<name>_scale_inv`,
+  one scale per block, computed from the float32 value (whole: such tensors are not split).
+  """
   name: str
   dtype: str
   shape: tuple[int, ...]
   sources: tuple[TensorSource, ...]
   split: Split | None = None
+  fp8_block: tuple[int, int] | None = None
 
   @property
   def blocks(self) -> list[RowBlock | None]:
@@ -53,11 +60,21 @@ class TensorTask:
     return [None] if self.split is None else [b for b in self.split.blocks() if b.rows[1] > b.rows[0]]
 
   @property
+  def value_dtype(self) -> str:
+    """The dtype the converted value is cast to before writing (FP8 quantizes from float32)."""
+    return "F32" if self.fp8_block else self.dtype
+
+  @property
+  def outputs(self) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
+    """(name, dtype, shape) of each tensor this task writes, in file order: the scales follow their weight."""
+    if self.fp8_block is None:
+      return ((self.name, self.dtype, self.shape),)
+    return ((self.name, self.dtype, self.shape),
+            (quantized.fp8_scale_name(self.name), "F32", quantized.fp8_scale_shape(self.shape, self.fp8_block)))
+
+  @property
   def nbytes(self) -> int:
-    size = DTYPES[self.dtype].itemsize
-    for n in self.shape:
-      size *= n
-    return size
+    return sum(math.prod(shape) * DTYPES[dtype].itemsize for _, dtype, shape in self.outputs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +85,7 @@ class ShardTask:
 
   @property
   def size(self) -> int:
-    return file_size([(t.name, t.dtype, t.shape) for t in self.tensors], HF_FILE_METADATA)
+    return file_size([o for t in self.tensors for o in t.outputs], HF_FILE_METADATA)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +111,8 @@ class HfPlan:
     """model.safetensors.index.json as transformers writes it, or None for a single file."""
     if len(self.shards) == 1:
       return None
-    weight_map = {t.name: s.file.rsplit("/", 1)[-1] for s in self.shards for t in s.tensors}
-    total_parameters = sum(t.nbytes // DTYPES[t.dtype].itemsize for s in self.shards for t in s.tensors)
+    weight_map = {name: s.file.rsplit("/", 1)[-1] for s in self.shards for t in s.tensors for name, _, _ in t.outputs}
+    total_parameters = sum(math.prod(shape) for s in self.shards for t in s.tensors for _, _, shape in t.outputs)
     return {"metadata": {"total_parameters": total_parameters, "total_size": self.total_size},
             "weight_map": dict(sorted(weight_map.items()))}
 
@@ -123,7 +140,7 @@ def plan_to_huggingface(items: str, output: str, config: dict[str, Any], where: 
                         model_name: str | None = None, scan_layers: bool | None = None,
                         weight_dtype: str | None = None, max_shard_size: str | int = "5GB",
                         use_multimodal: bool = False, vocab_size: int | None = None,
-                        split_bytes: int = SPLIT_BYTES) -> HfPlan:
+                        split_bytes: int = SPLIT_BYTES, quantize_fp8_blocks: bool = False) -> HfPlan:
   """Plans MaxText -> HF from metadata only; raises ConversionError on any mismatch.
 
   Tensors above `split_bytes` are read and converted in row blocks."""
@@ -167,8 +184,29 @@ def plan_to_huggingface(items: str, output: str, config: dict[str, Any], where: 
     shapes[place.hf_name] = axes_shape(place.param.hf_axes, sizes)
   tensors = [TensorTask(name, code, shapes[name], tuple(sources), splits[name]) for name, sources in by_name.items()]
   out_config["dtype" if "dtype" in out_config else "torch_dtype"] = weight_dtype
+  # Weights are written as they are only; a source's quantization_config would misdescribe them.
+  source_quantization = out_config.pop("quantization_config", None)
+  if quantize_fp8_blocks:
+    tensors, out_config["quantization_config"] = _fp8_blocks(tensors, family.name, source_quantization)
   return HfPlan(family=family.name, sizes=sizes, config=out_config, scan_layers=layout, weight_dtype=weight_dtype,
                 items=items, output=output, shards=_shards(tensors, parse_size(max_shard_size), output))
+
+
+def _fp8_blocks(tensors: list[TensorTask], family: str,
+                source_quantization: dict[str, Any] | None) -> tuple[list[TensorTask], dict[str, Any]]:
+  """The weights DeepSeek releases in FP8, as FP8 blocks; and the quantization_config that says so
+  (the source's when it was FP8 blocks, with its block size, else DeepSeek-V3's)."""
+  if not family.startswith("deepseek"):
+    raise ConversionError(f"--quantize_fp8_blocks: only DeepSeek models are released with FP8 block weights, "
+                          f"not {family}; drop the flag")
+  config = dict(quantized.DEEPSEEK_FP8_CONFIG)
+  if source_quantization and source_quantization.get("quant_method") == quantized.FP8:
+    config = dict(source_quantization)
+  block = tuple(config.get("weight_block_size") or quantized.FP8_BLOCK)
+  # Quantized whole (not in row blocks): FP8 blocks would have to align with them.
+  return [dataclasses.replace(t, dtype="F8_E4M3", fp8_block=block, split=None)
+          if quantized.DEEPSEEK_FP8_WEIGHTS.fullmatch(t.name)
+          else t for t in tensors], config
 
 
 def _shards(tensors: list[TensorTask], max_bytes: int, output: str) -> tuple[ShardTask, ...]:

@@ -29,7 +29,8 @@ from transforms.orbax_reader import CheckpointReader
 from transforms.shard_dofns import AUX_FILES
 
 MAXTEXT_KEYS = ("model_name", "load_parameters_path", "base_output_directory", "scan_layers", "weight_dtype",
-                "hf_model_path", "hf_access_token", "max_shard_size", "use_multimodal", "vocab_size")
+                "hf_model_path", "hf_access_token", "max_shard_size", "use_multimodal", "vocab_size",
+                "quantize_fp8_blocks")
 
 
 def prepare_output(output: str, overwrite: bool, resume: bool = False) -> None:
@@ -65,7 +66,8 @@ def plan_from_options(conv: ConversionOptions, output: str) -> HfPlan:
   config, where = target_config(conv.hf_model_path, conv.model_name)
   return plan_to_huggingface(conv.load_parameters_path, output, config, where, conv.model_name,
                              conv.scan_layers, conv.weight_dtype, conv.max_shard_size, conv.use_multimodal,
-                             conv.vocab_size, parse_size(conv.max_element_size, "--max_element_size"))
+                             conv.vocab_size, parse_size(conv.max_element_size, "--max_element_size"),
+                             conv.quantize_fp8_blocks)
 
 
 def stored_itemsizes(plan: HfPlan) -> dict[str, int]:

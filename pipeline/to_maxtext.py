@@ -49,9 +49,11 @@ def build_manifest(plan: Plan, conv: ConversionOptions) -> dict:
   options = {k: getattr(conv, k) for k in ("hf_model_path", "model_name", "scan_layers", "save_dtype",
                                             "checkpoint_storage_use_zarr3", "checkpoint_storage_use_ocdbt",
                                             "simulated_cpu_devices_count", "zstd_level", "use_multimodal",
-                                            "vocab_size", "resume")}
+                                            "vocab_size", "max_element_size", "resume")}
   sources = [ref for task in plan.tasks for ref in task.sources]
-  return manifest.build("to_maxtext", plan.family, options, (ref.file for ref in sources),
+  # A quantized source's scales may sit in another shard: both files are sources.
+  return manifest.build("to_maxtext", plan.family, options,
+                        (f for ref in sources for f in getattr(ref, "files", (ref.file,))),
                         (ref.name for ref in sources))
 
 

@@ -154,7 +154,13 @@ def read_header(path: str) -> dict[str, TensorRef]:
 
 
 def read_tensor(ref: TensorRef, rows: tuple[int, int] | None = None) -> np.ndarray:
-  """The tensor, or rows [start, stop) of its first axis, from exactly one ranged read (read-only)."""
+  """The tensor, or rows [start, stop) of its first axis, from exactly one ranged read (read-only).
+
+  A quantized source (transforms.quantized.QuantizedRef) reads its data and scales and
+  dequantizes them to float32 itself.
+  """
+  if not isinstance(ref, TensorRef):
+    return ref.read(rows)
   dtype = DTYPES[ref.dtype]
   shape, start, end = ref.shape, ref.start, ref.end
   if rows is not None:

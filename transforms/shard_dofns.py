@@ -14,6 +14,7 @@ from transforms import manifest, storage
 from transforms.convert import maxtext_to_hf
 from transforms.dofns import TensorCountingFn
 from transforms.orbax_reader import CheckpointReader
+from transforms.quantized import quantize_fp8_blocks
 from transforms.safetensors_io import DTYPES, HF_FILE_METADATA, INDEX_FILE, SafetensorsWriter
 from transforms.tensor_ops import contiguous
 
@@ -42,12 +43,14 @@ class WriteShardFn(CheckpointReadingFn):
   def process(self, shard) -> Iterator[tuple[str, int, tuple[tuple[str, int], ...]]]:
     """Yields (file, tensors written, each tensor's CRC-32 as written)."""
     start = time.monotonic()
-    entries = [(t.name, t.dtype, t.shape) for t in shard.tensors]
+    entries = [o for t in shard.tensors for o in t.outputs]
     checksums: dict[str, int] = {}
     with SafetensorsWriter(shard.file, entries, HF_FILE_METADATA) as writer:
       for task, rows, read, last in hf_blocks(self.reader, shard.tensors, self.param_of, self.sizes):
-        writer.write(task.name, rows)
-        checksums[task.name] = zlib.crc32(rows.reshape(-1).view(np.uint8), checksums.get(task.name, 0))
+        outputs = quantize_fp8_blocks(rows, task.fp8_block) if task.fp8_block else (rows,)
+        for (name, _, _), value in zip(task.outputs, outputs):
+          writer.write(name, value)
+          checksums[name] = zlib.crc32(value.reshape(-1).view(np.uint8), checksums.get(name, 0))
         if last:
           self.tensor_done(read, task.nbytes)
     self.msec.update(int((time.monotonic() - start) * 1000))
@@ -78,7 +81,7 @@ def hf_blocks(reader: CheckpointReader, tasks: Sequence, param_of: Callable[[int
     read += sum(v.nbytes for v in values)
     params = [param_of(s.param) for s in task.sources]
     rows = contiguous(maxtext_to_hf(values, params, sizes if block is None else block.with_sizes(sizes)),
-                      DTYPES[task.dtype])
+                      DTYPES[task.value_dtype])
     del values
     yield task, rows, read, last
     if last:
