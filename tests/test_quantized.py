@@ -447,3 +447,15 @@ def test_scales_in_another_shard_are_paired_and_both_files_are_sources(tmp_path)
   assert ref.files == (str(tmp_path / "model-00001-of-00002.safetensors"),
                        str(tmp_path / "model-00002-of-00002.safetensors"))
   assert goldens.same_bits(read_tensor(ref), reference_fp8(q, scales, (128, 128)))
+
+
+def test_quantized_sources_in_row_blocks_convert_like_whole_ones(tmp_path):
+  """Row blocks that start and stop inside FP8 scale blocks (16 rows) and MXFP4 experts read only
+  their rows and scale rows, and the checkpoint is the one whole elements make."""
+  for kind, (quantized, twin) in {"fp8": deepseek_fp8_pair(tmp_path / "ds"),
+                                  "mxfp4": gpt_oss_mxfp4_pair(tmp_path / "oss")}.items():
+    plan, split, totals = to_maxtext(quantized, tmp_path / f"{kind}-split", "--max_element_size=3000")
+    assert any(t.block is not None and any(isinstance(s, qz.QuantizedRef) for s in t.sources) for t in plan.tasks)
+    assert totals["read-bytes"] == plan.source_bytes
+    _, whole, _ = to_maxtext(twin, tmp_path / f"{kind}-whole")
+    goldens.assert_same_checkpoint(goldens.restore(split), goldens.restore(whole))
