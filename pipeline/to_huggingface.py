@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import tempfile
 import time
 from typing import Sequence
 
@@ -26,7 +25,7 @@ from transforms import storage
 from transforms.shard_dofns import AUX_FILES
 
 MAXTEXT_KEYS = ("model_name", "load_parameters_path", "base_output_directory", "scan_layers", "weight_dtype",
-                "hf_model_path", "hf_access_token", "max_shard_size", "use_multimodal", "vocab_size")
+                "hf_model_path", "hf_access_token", "max_shard_size", "use_multimodal", "vocab_size", "revision")
 
 
 def prepare_output(output: str, overwrite: bool, resume: bool = False) -> None:
@@ -45,35 +44,37 @@ def prepare_output(output: str, overwrite: bool, resume: bool = False) -> None:
 
 
 def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[HfPlan, dict[str, int]]:
-  """Plans, writes every shard, then the index and config; returns the plan and the run's counters."""
+  """Plans, writes every shard, then the index and config; returns the plan and the run's counters.
+
+  An hf://user/repo destination gets each shard uploaded by the worker that wrote it, as soon as
+  it is whole, and the index and config.json in one commit after every shard is in.
+  """
   conv = options.view_as(ConversionOptions)
   if not conv.load_parameters_path:
     raise ConversionError("load_parameters_path=<dir>/0/items is required")
   if not conv.base_output_directory:
     raise ConversionError("base_output_directory=... is required")
-  config, where = target_config(conv.hf_model_path, conv.model_name)
-  destination = conv.base_output_directory
-  with tempfile.TemporaryDirectory(prefix="ckptflow-hub-") as staging:
-    output = destination
-    if hub.is_hub(destination):
-      repo, access_token = hub.prepare(destination, conv.hf_access_token)
-      output = staging
-    plan = plan_to_huggingface(conv.load_parameters_path, output, config, where, conv.model_name,
-                               conv.scan_layers, conv.weight_dtype, conv.max_shard_size, conv.use_multimodal,
-                               conv.vocab_size)
+  access = hub.access(conv.hf_access_token, conv.hf_cache_dir)
+  hf_model_path = conv.hf_model_path and hub.resolve_source(conv.hf_model_path, None, conv.revision)
+  config, where = target_config(hf_model_path, conv.model_name)
+  output = conv.base_output_directory
+  if hub.is_hub(output):
+    hub.prepare_destination(output, conv.overwrite, conv.resume)
+  plan = plan_to_huggingface(conv.load_parameters_path, output, config, where, conv.model_name,
+                             conv.scan_layers, conv.weight_dtype, conv.max_shard_size, conv.use_multimodal,
+                             conv.vocab_size)
+  if not hub.is_hub(output):
     prepare_output(output, conv.overwrite, conv.resume)
-    todo = plan
-    if conv.resume:  # a shard exists only once it is whole (written to a temp name, then renamed)
-      left = tuple(s for s in plan.shards if not (storage.exists(s.file) and storage.size(s.file) == s.size))
-      print(f"resuming {output}: {len(plan.shards) - len(left)} of {len(plan.shards)} shards already written",
-            file=sys.stderr)
-      todo = dataclasses.replace(plan, shards=left)
-    totals = runner.run(lambda p, progress: add_to_huggingface(p, todo, conv.hf_model_path, progress,
-                                                               index=plan.index()),
-                        runner.with_local_defaults(options, flags), todo.tensor_count, "to_huggingface",
-                        conv.progress)
-    if hub.is_hub(destination):
-      hub.upload(staging, repo, access_token)
+  todo = plan
+  if conv.resume:  # a shard exists only once it is whole (written to a temp name, then renamed or committed)
+    left = tuple(s for s in plan.shards if not (storage.exists(s.file) and storage.size(s.file) == s.size))
+    print(f"resuming {output}: {len(plan.shards) - len(left)} of {len(plan.shards)} shards already written",
+          file=sys.stderr)
+    todo = dataclasses.replace(plan, shards=left)
+  totals = runner.run(lambda p, progress: add_to_huggingface(p, todo, hf_model_path, progress, index=plan.index(),
+                                                             hub=access),
+                      runner.with_local_defaults(options, flags), todo.tensor_count, "to_huggingface",
+                      conv.progress)
   return plan, totals
 
 

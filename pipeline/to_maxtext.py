@@ -10,22 +10,24 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.metadata
+import json
 import sys
 import time
 from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import cli, runner
+from pipeline import cli, hub, runner
 from pipeline.build import add_to_maxtext
 from pipeline.errors import ConversionError
 from pipeline.options import ConversionOptions
 from pipeline.plan import Plan, plan_to_maxtext
-from transforms import orbax_layout, orbax_writer, storage
+from transforms import hub_io, orbax_layout, orbax_writer, storage
 from transforms.orbax_writer import CheckpointTarget
 
 MAXTEXT_KEYS = ("model_name", "base_output_directory", "scan_layers", "checkpoint_storage_use_zarr3",
-                "checkpoint_storage_use_ocdbt", "hf_model_path", "save_dtype", "use_multimodal", "vocab_size")
+                "checkpoint_storage_use_ocdbt", "hf_model_path", "save_dtype", "use_multimodal", "vocab_size",
+                "hf_access_token", "revision")
 # Step 0, as MaxText's CheckpointManager numbers it.
 STEP = "0"
 
@@ -46,8 +48,12 @@ def prepare_output(base_output_directory: str, overwrite: bool, resume: bool = F
   return step_dir
 
 
-def build_manifest(plan: Plan, conv: ConversionOptions) -> dict:
-  """The provenance written beside the checkpoint (ckptflow_manifest.json), before the markers."""
+def build_manifest(plan: Plan, conv: ConversionOptions, source: str | None = None) -> dict:
+  """The provenance written beside the checkpoint (ckptflow_manifest.json), before the markers.
+
+  Options are listed by name (never hf_access_token); a Hub source is recorded as
+  hf://org/repo@<commit>, and any credentials in a URL are masked.
+  """
   files = sorted({ref.file for task in plan.tasks for ref in task.sources})
   try:
     version = importlib.metadata.version("ckptflow")
@@ -56,11 +62,13 @@ def build_manifest(plan: Plan, conv: ConversionOptions) -> dict:
   options = {k: getattr(conv, k) for k in ("hf_model_path", "model_name", "scan_layers", "save_dtype",
                                             "checkpoint_storage_use_zarr3", "checkpoint_storage_use_ocdbt",
                                             "simulated_cpu_devices_count", "zstd_level", "use_multimodal",
-                                            "vocab_size", "resume")}
-  return {"tool": "ckptflow", "version": version, "direction": "to_maxtext", "family": plan.family,
-          "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          "options": options, "sources": {f: storage.fingerprint(f) for f in files},
-          "tensors": sorted({ref.name for task in plan.tasks for ref in task.sources})}
+                                            "vocab_size", "resume", "revision")}
+  manifest = {"tool": "ckptflow", "version": version, "direction": "to_maxtext", "family": plan.family,
+              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "options": options, "source": source or conv.hf_model_path,
+              "sources": {f: storage.fingerprint(f) for f in files},
+              "tensors": sorted({ref.name for task in plan.tasks for ref in task.sources})}
+  return json.loads(hub_io.redact(json.dumps(manifest)))
 
 
 def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, str, dict[str, int]]:
@@ -69,12 +77,14 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, 
   With --resume, slices whose chunks an interrupted run already stored are not written again.
   """
   conv = options.view_as(ConversionOptions)
-  if not conv.hf_model_path:
-    raise ConversionError("--hf_model_path is required: a local or gs:// directory with config.json and "
-                          "*.safetensors")
   if not conv.base_output_directory:
     raise ConversionError("base_output_directory=... is required")
-  plan = plan_to_maxtext(conv.hf_model_path, conv.scan_layers is not False, conv.save_dtype, conv.model_name,
+  access = hub.access(conv.hf_access_token, conv.hf_cache_dir)
+  source = hub.resolve_source(conv.hf_model_path, conv.model_name, conv.revision)
+  if not source:
+    raise ConversionError("--hf_model_path is required: a local or gs:// directory with config.json and "
+                          "*.safetensors, or a Hub repo (org/repo), or a model_name with a known Hub repo")
+  plan = plan_to_maxtext(source, conv.scan_layers is not False, conv.save_dtype, conv.model_name,
                          conv.simulated_cpu_devices_count, conv.use_multimodal, conv.vocab_size)
   target = CheckpointTarget(prepare_output(conv.base_output_directory, conv.overwrite, conv.resume),
                             use_ocdbt=conv.checkpoint_storage_use_ocdbt,
@@ -84,8 +94,8 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, 
     done = orbax_writer.finished(target, [(t.array, t.index) for t in plan.tasks])
     todo = dataclasses.replace(plan, tasks=tuple(t for t, d in zip(plan.tasks, done) if not d))
     print(f"resuming {target.items}: {sum(done)} of {len(plan.tasks)} slices already stored", file=sys.stderr)
-  manifest = build_manifest(plan, conv)
-  totals = runner.run(lambda p, progress: add_to_maxtext(p, todo, target, progress, manifest),
+  manifest = build_manifest(plan, conv, source)
+  totals = runner.run(lambda p, progress: add_to_maxtext(p, todo, target, progress, manifest, access),
                       runner.with_local_defaults(options, flags), len(todo.tasks), "to_maxtext", conv.progress)
   return plan, target.items, totals
 

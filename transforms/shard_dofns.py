@@ -1,7 +1,14 @@
-"""Thin Beam steps of MaxText -> HF: write each safetensors shard, then the index and config last."""
+"""Thin Beam steps of MaxText -> HF: write each safetensors shard, then the index and config last.
+
+For an hf:// destination a shard is written to a local temporary file on the worker, uploaded in
+its own commit and deleted, so a worker's disk holds one shard at most; the index, tokenizer files
+and config.json are uploaded together in the last commit, after the barrier.
+"""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -9,7 +16,7 @@ import apache_beam as beam
 import numpy as np
 
 from pipeline.errors import ConversionError
-from transforms import storage
+from transforms import hub_io, hub_upload, storage
 from transforms.convert import maxtext_to_hf
 from transforms.dofns import TensorCountingFn
 from transforms.orbax_reader import CheckpointReader
@@ -26,8 +33,9 @@ AUX_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json"
 class CheckpointReadingFn(TensorCountingFn):
   """A step that reads a MaxText checkpoint: one reader (and its open arrays) per DoFn instance."""
 
-  def __init__(self, items: str, family: str, sizes: dict[str, Any], progress_path: str | None = None):
-    super().__init__(family, sizes, progress_path)
+  def __init__(self, items: str, family: str, sizes: dict[str, Any], progress_path: str | None = None,
+               hub: hub_io.HubAccess | None = None):
+    super().__init__(family, sizes, progress_path, hub)
     self.items = items
 
   def setup(self) -> None:
@@ -40,13 +48,26 @@ class WriteShardFn(CheckpointReadingFn):
 
   def process(self, shard) -> Iterator[tuple[str, int]]:
     start = time.monotonic()
+    if hub_io.is_hub(shard.file):
+      repo, name = hub_upload.repo_of(storage_dir(shard.file)), shard.file.rsplit("/", 1)[-1]
+      with tempfile.TemporaryDirectory(prefix="ckptflow-shard-") as local:
+        self._write(shard, os.path.join(local, name))
+        hub_upload.commit(repo, [(name, os.path.join(local, name))], f"Upload {name} (ckptflow)")
+    else:
+      self._write(shard, shard.file)
+    self.msec.update(int((time.monotonic() - start) * 1000))
+    yield shard.file, len(shard.tensors)
+
+  def _write(self, shard, path: str) -> None:
     entries = [(t.name, t.dtype, t.shape) for t in shard.tensors]
-    with SafetensorsWriter(shard.file, entries, HF_FILE_METADATA) as writer:
+    with SafetensorsWriter(path, entries, HF_FILE_METADATA) as writer:
       for task, tensor, read in hf_tensors(self.reader, shard.tensors, self.param_of, self.sizes):
         writer.write(task.name, tensor)
         self.tensor_done(read, tensor.nbytes)
-    self.msec.update(int((time.monotonic() - start) * 1000))
-    yield shard.file, len(shard.tensors)
+
+
+def storage_dir(path: str) -> str:
+  return path.rstrip("/").rsplit("/", 1)[0]
 
 
 def hf_tensors(reader: CheckpointReader, tasks: Sequence, param_of: Callable[[int], Any],
@@ -98,23 +119,43 @@ class FinalizeFn(beam.DoFn):
   """After every shard exists: the index, the tokenizer files, and config.json, which goes last."""
 
   def __init__(self, output: str, expected_tensors: int, index: dict[str, Any] | None, config: dict[str, Any],
-               hf_model_path: str | None):
+               hf_model_path: str | None, hub: hub_io.HubAccess | None = None):
     self.output = output
     self.expected_tensors = expected_tensors
     self.index = index
     self.config = config
     self.hf_model_path = hf_model_path
+    self.hub = hub
+
+  def setup(self) -> None:
+    if self.hub is not None:
+      hub_io.configure(self.hub)
 
   def process(self, count: int) -> Iterator[str]:
     if count != self.expected_tensors:
       raise ConversionError(f"{self.output}: {count} of {self.expected_tensors} tensors were written; "
                             "not writing config.json")
+    if not hub_io.is_hub(self.output):
+      self._write(self.output)
+      yield self.output
+      return
+    with tempfile.TemporaryDirectory(prefix="ckptflow-final-") as local:
+      names = self._write(local)
+      hub_upload.commit(hub_upload.repo_of(self.output), [(n, os.path.join(local, n)) for n in names],
+                        "Upload the index, tokenizer files and config.json (ckptflow)")
+    yield self.output
+
+  def _write(self, output: str) -> list[str]:
+    """The index, tokenizer files and config.json (last) into `output`; returns their names in order."""
+    names = []
     if self.index is not None:
-      storage.write_text(storage.join(self.output, INDEX_FILE), json.dumps(self.index, indent=2, sort_keys=True) + "\n")
+      storage.write_text(storage.join(output, INDEX_FILE), json.dumps(self.index, indent=2, sort_keys=True) + "\n")
+      names.append(INDEX_FILE)
     if self.hf_model_path:
       for name in AUX_FILES:
         source = storage.join(self.hf_model_path, name)
         if storage.exists(source):
-          storage.write_bytes(storage.join(self.output, name), storage.read_bytes(source))
-    storage.write_text(storage.join(self.output, "config.json"), json.dumps(self.config, indent=2, sort_keys=True) + "\n")
-    yield self.output
+          storage.write_bytes(storage.join(output, name), storage.read_bytes(source))
+          names.append(name)
+    storage.write_text(storage.join(output, "config.json"), json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+    return names + ["config.json"]
