@@ -61,7 +61,7 @@ class HubServer:
     self._lock = threading.Lock()
     self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
     self._server.daemon_threads = True
-    self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+    self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
     self._thread.start()
     self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
 
@@ -211,8 +211,10 @@ class HubServer:
       return _error(401, None, "Unauthorized")
     repo_id = f"{payload.get('organization') or 'me'}/{payload['name']}"
     with self._lock:
-      if repo_id in self.repos:
-        return _error(409, None, "You already created this model repo")
+      if repo_id in self.repos:  # the Hub's 409 also names the repo's url
+        status, headers, _ = _error(409, None, "You already created this model repo")
+        return status, headers, json.dumps({"error": "You already created this model repo",
+                                            "url": f"{self.url}/{repo_id}"}).encode()
       sha = _sha(repo_id)
       self.repos[repo_id] = Repo(commits={sha: {}}, refs={"main": sha})
     return _json({"url": f"{self.url}/{repo_id}", "name": repo_id})

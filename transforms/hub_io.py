@@ -28,6 +28,7 @@ TOKEN_VARIABLES = ("HF_TOKEN", "HF_AUTH_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
 _ATTEMPTS = 5
+_RETRY_WAIT = 0.5  # seconds before the first retry; doubles each time, with jitter
 _T = TypeVar("_T")
 
 
@@ -100,8 +101,14 @@ def split(path: str) -> HubPath:
 
 
 def _fs_path(path: str) -> str:
-  """The HfFileSystem spelling: org/repo@rev/file (always with a revision, so none is guessed)."""
+  """The HfFileSystem spelling: org/repo@rev/file (always with a revision, so none is guessed).
+
+  Listings of a commit never change and stay cached; a branch (a destination being uploaded to)
+  is listed afresh each time.
+  """
   p = split(path)
+  if not _COMMIT.fullmatch(p.revision):
+    filesystem().invalidate_cache()
   return f"{p.repo}@{p.revision}" + (f"/{p.file}" if p.file else "")
 
 
@@ -190,8 +197,11 @@ def error(path: str, e: BaseException) -> ConversionError:
   return ConversionError(f"{path}: Hub request failed ({status or type(cause).__name__}: {detail})")
 
 
-def call(path: str, fn: Callable[[], _T], also_retry: tuple[int, ...] = (), wait: float = 0.5) -> _T:
-  """fn() with retries on transient failures (5xx, 429, dropped connections) and backoff; then one line."""
+def call(path: str, fn: Callable[[], _T], also_retry: tuple[int, ...] = ()) -> _T:
+  """fn() with retries on transient failures (5xx, 429, dropped connections) and backoff; then one line.
+
+  (Ranged GETs are also retried inside huggingface_hub, by its http_backoff.)
+  """
   for attempt in range(_ATTEMPTS):
     try:
       return fn()
@@ -199,7 +209,7 @@ def call(path: str, fn: Callable[[], _T], also_retry: tuple[int, ...] = (), wait
       raise
     except Exception as e:  # pylint: disable=broad-except
       if attempt + 1 < _ATTEMPTS and is_transient(e, also_retry):
-        time.sleep(wait * 2**attempt * (0.5 + random.random()))
+        time.sleep(_RETRY_WAIT * 2**attempt * (0.5 + random.random()))
         continue
       raise error(path, e) from None
   raise AssertionError("unreachable")
