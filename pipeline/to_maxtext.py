@@ -79,6 +79,9 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, 
   conv = options.view_as(ConversionOptions)
   if not conv.base_output_directory:
     raise ConversionError("base_output_directory=... is required")
+  if hub.is_hub(conv.base_output_directory):
+    raise ConversionError(f"base_output_directory={conv.base_output_directory}: a MaxText checkpoint goes to a local "
+                          "or gs:// directory; hf:// destinations are for to_huggingface")
   access = hub.access(conv.hf_access_token, conv.hf_cache_dir)
   source = hub.resolve_source(conv.hf_model_path, conv.model_name, conv.revision)
   if not source:
