@@ -1,12 +1,14 @@
 """The Hub at both ends, against a loopback stand-in (tests/hub_server.py) that HF_ENDPOINT points at."""
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from pipeline import cli, hub, to_huggingface, to_maxtext
+from pipeline import cli, hub, to_maxtext
 from pipeline.errors import ConversionError
 from tests import goldens
 from tests.hub_server import HubServer
@@ -14,7 +16,6 @@ from tests.test_to_huggingface import assert_same_model, tensors, to_hf
 from tests.test_to_maxtext import IN_PROCESS, convert
 from transforms import hub_io, storage
 from transforms.dofns import MANIFEST
-from transforms.safetensors_io import list_checkpoint
 
 TOKEN = "hf_SeCrEt0123456789abcdefTOKEN"
 OTHER_TOKEN = "hf_NotGrantedButValid0000000"
@@ -61,11 +62,12 @@ def test_hub_source_gives_the_same_checkpoint_as_the_local_dir_in_ranged_reads(t
 
   manifest = json.loads((tmp_path / "hub" / "0" / MANIFEST).read_text())
   commit = server.repos["me/qwen3"].refs["main"]
+  with open(goldens.path("qwen3", "hf", "model.safetensors"), "rb") as f:
+    sha256 = hashlib.sha256(f.read()).hexdigest()
   assert manifest["source"] == f"hf://me/qwen3@{commit}"
-  assert manifest["sources"] == {f"hf://me/qwen3@{commit}/model.safetensors": {
-      "size": size, "commit": commit, "blob_id": manifest["sources"][f"hf://me/qwen3@{commit}/model.safetensors"]
-      ["blob_id"], "sha256": __import__("hashlib").sha256(open(goldens.path("qwen3", "hf", "model.safetensors"),
-                                                                   "rb").read()).hexdigest()}}
+  (name, fingerprint), = manifest["sources"].items()
+  assert name == f"hf://me/qwen3@{commit}/model.safetensors"
+  assert (fingerprint["size"], fingerprint["commit"], fingerprint["sha256"]) == (size, commit, sha256)
 
 
 def test_model_name_alone_reads_its_registry_repo_at_the_given_revision(tmp_path, server, monkeypatch):
@@ -105,7 +107,7 @@ def test_hub_errors_are_one_line_saying_what_to_do(tmp_path, server, monkeypatch
   assert cli.run_main(to_maxtext.main, [*flags, f"base_output_directory={tmp_path}", "--progress=false",
                                         "--direct_running_mode=in_memory"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and __import__("re").fullmatch(expected + ".*", err[0]), err
+  assert len(err) == 1 and re.fullmatch(expected + ".*", err[0]), err
   assert all(v not in err[0] for v in env.values())
   assert not (tmp_path / "0").exists()
 
@@ -261,3 +263,12 @@ def test_resume_uploads_only_the_missing_shards(tmp_path, server, monkeypatch):
   assert first not in committed and len(committed) == len(os.listdir(tmp_path / "local")) - 1
   assert {n: server.files("me/out")[n] for n in os.listdir(tmp_path / "local")} == {
       n: (tmp_path / "local" / n).read_bytes() for n in os.listdir(tmp_path / "local")}
+
+
+def test_verify_reads_its_source_from_the_gated_hub_repo(server, capsys):
+  from pipeline import verify  # pylint: disable=import-outside-toplevel
+  assert verify.main([f"load_parameters_path={goldens.items('qwen3', 'scan')}", "--hf_model_path=hf://me/gated",
+                      f"hf_access_token={TOKEN}", *IN_PROCESS, "--progress=false"]) == 0
+  out = capsys.readouterr()
+  assert out.out.splitlines()[-1].endswith(" bit-identical") and TOKEN not in out.out + out.err
+  assert {r.authorization for r in tensor_reads(server)} == {f"Bearer {TOKEN}"}

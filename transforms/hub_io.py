@@ -258,7 +258,7 @@ def fingerprint(path: str) -> dict[str, Any]:
   """Size, the commit read, and the content hash the Hub lists (LFS sha256, else the git blob id)."""
   p = split(path)
   info = None
-  for entry in call(path, lambda: filesystem().ls(_fs_path(storage_parent(path)), detail=True)):
+  for entry in call(path, lambda: filesystem().ls(_fs_path(_parent(path)), detail=True)):
     if entry["name"].endswith("/" + p.file):
       info = entry
   if info is None:
@@ -268,7 +268,7 @@ def fingerprint(path: str) -> dict[str, Any]:
   return {"size": int(info["size"]), "commit": p.revision, "sha256": sha256, "blob_id": info.get("blob_id")}
 
 
-def storage_parent(path: str) -> str:
+def _parent(path: str) -> str:
   return path.rstrip("/").rsplit("/", 1)[0]
 
 

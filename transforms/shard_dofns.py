@@ -49,7 +49,7 @@ class WriteShardFn(CheckpointReadingFn):
   def process(self, shard) -> Iterator[tuple[str, int]]:
     start = time.monotonic()
     if hub_io.is_hub(shard.file):
-      repo, name = hub_upload.repo_of(storage_dir(shard.file)), shard.file.rsplit("/", 1)[-1]
+      repo, name = hub_upload.repo_of(_directory(shard.file)), shard.file.rsplit("/", 1)[-1]
       with tempfile.TemporaryDirectory(prefix="ckptflow-shard-") as local:
         self._write(shard, os.path.join(local, name))
         hub_upload.commit(repo, [(name, os.path.join(local, name))], f"Upload {name} (ckptflow)")
@@ -66,7 +66,7 @@ class WriteShardFn(CheckpointReadingFn):
         self.tensor_done(read, tensor.nbytes)
 
 
-def storage_dir(path: str) -> str:
+def _directory(path: str) -> str:
   return path.rstrip("/").rsplit("/", 1)[0]
 
 
