@@ -190,7 +190,7 @@ def test_manifest_masks_credentials_in_urls_and_the_token(tmp_path, server, monk
   assert TOKEN not in manifest and "user:" not in manifest and "https://<credentials>@mirror.example" in manifest
 
 
-def test_source_forms(tmp_path):
+def test_source_forms(tmp_path, monkeypatch):
   assert hub.source_repo("org/model", None) == ("org/model", None)
   assert hub.source_repo("hf://org/model", None) == ("org/model", None)
   assert hub.source_repo("hf://org/model@v2", None) == ("org/model", "v2")
@@ -198,7 +198,7 @@ def test_source_forms(tmp_path):
   assert hub.source_repo(None, "no-such-model") is None
   assert hub.source_repo("gs://bucket/org", None) is None
   (tmp_path / "org" / "model").mkdir(parents=True)
-  os.chdir(tmp_path)
+  monkeypatch.chdir(tmp_path)
   assert hub.source_repo("org/model", None) is None  # an existing local directory wins
   with pytest.raises(ConversionError, match="names revision v2 but --revision=v3"):
     hub.resolve_source("hf://org/model@v2", None, "v3")
