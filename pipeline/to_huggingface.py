@@ -58,12 +58,12 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[HfPlan
   hf_model_path = conv.hf_model_path and hub.resolve_source(conv.hf_model_path, None, conv.revision)
   config, where = target_config(hf_model_path, conv.model_name)
   output = conv.base_output_directory
-  if hub.is_hub(output):
-    hub.prepare_destination(output, conv.overwrite, conv.resume)
   plan = plan_to_huggingface(conv.load_parameters_path, output, config, where, conv.model_name,
                              conv.scan_layers, conv.weight_dtype, conv.max_shard_size, conv.use_multimodal,
                              conv.vocab_size)
-  if not hub.is_hub(output):
+  if hub.is_hub(output):
+    hub.prepare_destination(output, conv.overwrite, conv.resume)
+  else:
     prepare_output(output, conv.overwrite, conv.resume)
   todo = plan
   if conv.resume:  # a shard exists only once it is whole (written to a temp name, then renamed or committed)
