@@ -39,3 +39,51 @@ MAXTEXT_VOCAB = {"gemma2-2b": 256128, "gemma2-9b": 256128, "gemma2-27b": 256128,
 
 def maxtext_vocab(model_name: str | None) -> int | None:
   return MAXTEXT_VOCAB.get(model_name or "")
+
+
+# The Hub repository each MaxText model_name converts from when no --hf_model_path is given. Repo
+# ids as MaxText's own converter uses them (maxtext.utils.globals.HF_IDS); the Qwen3 base and
+# 1.7B models, which MaxText's table lacks, are Qwen's own repos of the same names.
+HUB_REPOS = {
+    "deepseek2-16b": "deepseek-ai/DeepSeek-V2-Lite",
+    "deepseek3-671b": "deepseek-ai/DeepSeek-V3",
+    "deepseek3.2-671b": "deepseek-ai/DeepSeek-V3.2",
+    "gemma2-2b": "google/gemma-2-2b",
+    "gemma2-9b": "google/gemma-2-9b",
+    "gemma2-27b": "google/gemma-2-27b",
+    "gemma3-4b": "google/gemma-3-4b-it",
+    "gemma3-12b": "google/gemma-3-12b-it",
+    "gemma3-27b": "google/gemma-3-27b-it",
+    "gpt-oss-20b": "unsloth/gpt-oss-20b-BF16",
+    "gpt-oss-120b": "unsloth/gpt-oss-120b-BF16",
+    "llama3.1-8b": "meta-llama/Llama-3.1-8B",
+    "llama3.1-8b-Instruct": "meta-llama/Llama-3.1-8B-Instruct",
+    "llama3.1-70b": "meta-llama/Llama-3.1-70B",
+    "llama3.1-405b": "meta-llama/Llama-3.1-405B",
+    "mixtral-8x7b": "mistralai/Mixtral-8x7B-Instruct-v0.1",
+    "mixtral-8x22b": "mistralai/Mixtral-8x22B-Instruct-v0.1",
+    "qwen2.5-1.5b": "Qwen/Qwen2.5-1.5B-Instruct",
+    "qwen2.5-7b": "Qwen/Qwen2.5-7B-Instruct",
+    "qwen2.5-14b": "Qwen/Qwen2.5-14B-Instruct",
+    "qwen3-0.6b": "Qwen/Qwen3-0.6B",
+    "qwen3-1.7b": "Qwen/Qwen3-1.7B",
+    "qwen3-1.7b-base": "Qwen/Qwen3-1.7B-Base",
+    "qwen3-4b": "Qwen/Qwen3-4B",
+    "qwen3-4b-base": "Qwen/Qwen3-4B-Base",
+    "qwen3-4b-thinking-2507": "Qwen/Qwen3-4B-Thinking-2507",
+    "qwen3-8b": "Qwen/Qwen3-8B",
+    "qwen3-8b-base": "Qwen/Qwen3-8B-Base",
+    "qwen3-14b": "Qwen/Qwen3-14B",
+    "qwen3-14b-base": "Qwen/Qwen3-14B-Base",
+    "qwen3-32b": "Qwen/Qwen3-32B",
+    "qwen3-30b-a3b": "Qwen/Qwen3-30B-A3B-Thinking-2507",
+    "qwen3-30b-a3b-base": "Qwen/Qwen3-30B-A3B-Base",
+    "qwen3-235b-a22b": "Qwen/Qwen3-235B-A22B-Thinking-2507",
+    "qwen3-480b-a35b": "Qwen/Qwen3-Coder-480B-A35B-Instruct",
+    "qwen3-next-80b-a3b": "Qwen/Qwen3-Next-80B-A3B-Instruct",
+}
+
+
+def hub_repo(model_name: str | None) -> str | None:
+  """The default Hub repo id of a MaxText model_name, or None."""
+  return HUB_REPOS.get(model_name or "")

@@ -7,21 +7,26 @@ import apache_beam as beam
 
 from pipeline.plan import Plan
 from pipeline.plan_hf import HfPlan
+from transforms.hub_io import HubAccess
 from transforms.dofns import CollectWriters, CommitFn, CreateArraysFn, WriteSliceFn
 from transforms.orbax_writer import CheckpointTarget
 from transforms.shard_dofns import CountTensors, FinalizeFn, WriteShardFn
 
 
 def add_to_maxtext(pipeline: beam.Pipeline, plan: Plan, target: CheckpointTarget,
-                   progress_path: str | None = None, provenance: dict | None = None) -> beam.PCollection:
-  """Adds the HF -> MaxText steps; the result holds the committed items path once all is written."""
+                   progress_path: str | None = None, provenance: dict | None = None,
+                   hub: HubAccess | None = None) -> beam.PCollection:
+  """Adds the HF -> MaxText steps; the result holds the committed items path once all is written.
+
+  `hub` is how workers reach a Hub source (token option, endpoint, cache dir).
+  """
   created = (pipeline
              | "Seed" >> beam.Create([None])
              | "CreateArrays" >> beam.ParDo(CreateArraysFn(target, plan.arrays)))
   written = (pipeline
              | "Plan" >> beam.Create(plan.tasks, reshuffle=False)
              | "Distribute" >> beam.Reshuffle()
-             | "WriteSlices" >> beam.ParDo(WriteSliceFn(target, plan.family, plan.sizes, progress_path)))
+             | "WriteSlices" >> beam.ParDo(WriteSliceFn(target, plan.family, plan.sizes, progress_path, hub)))
   return ((created, written)
           | "AllWrites" >> beam.Flatten()
           | "Barrier" >> beam.CombineGlobally(CollectWriters())
@@ -31,16 +36,17 @@ def add_to_maxtext(pipeline: beam.Pipeline, plan: Plan, target: CheckpointTarget
 
 def add_to_huggingface(pipeline: beam.Pipeline, plan: HfPlan, hf_model_path: str | None,
                        progress_path: str | None = None, index: dict | None = None,
-                       provenance: dict | None = None) -> beam.PCollection:
+                       provenance: dict | None = None, hub: HubAccess | None = None) -> beam.PCollection:
   """Adds the MaxText -> HF steps: Create(shards) | Reshuffle | WriteShards | barrier | Finalize.
 
   `index` is the whole model's (when `plan` holds only the shards a resumed run still writes).
+  `hub` is how workers reach an hf:// destination or a Hub --hf_model_path.
   """
   return (pipeline
           | "PlanShards" >> beam.Create(plan.shards, reshuffle=False)
           | "DistributeShards" >> beam.Reshuffle()
-          | "WriteShards" >> beam.ParDo(WriteShardFn(plan.items, plan.family, plan.sizes, progress_path))
+          | "WriteShards" >> beam.ParDo(WriteShardFn(plan.items, plan.family, plan.sizes, progress_path, hub))
           | "ShardBarrier" >> beam.CombineGlobally(CountTensors())
           | "Finalize" >> beam.ParDo(FinalizeFn(plan.output, plan.tensor_count,
                                                 plan.index() if index is None else index, plan.config,
-                                                hf_model_path, provenance)))
+                                                hf_model_path, provenance, hub)))

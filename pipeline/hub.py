@@ -1,61 +1,88 @@
-"""hf://user/repo destinations: fail fast on a missing token or an unreachable Hub, upload at the end.
+"""The Hugging Face Hub at both ends: which repo and commit a source is, and preparing a destination.
 
-The shards are staged in a directory first (this issue's scope); streaming straight to the Hub
-without staging whole files is a later step.
+Sources: `--hf_model_path=org/repo` (when no such local directory exists), `hf://org/repo`, or no
+path at all with a `model_name` of the registry (models/known_configs.HUB_REPOS). `--revision` is
+resolved to a commit once, here, and every reader (driver and workers) uses hf://org/repo@<commit>.
+Destinations: hf://user/repo, created if missing, refused if it already holds a model unless
+--overwrite (or --resume of an unfinished upload).
 """
 from __future__ import annotations
 
 import os
-from typing import Any
+import re
 
+from models.known_configs import hub_repo
 from pipeline.errors import ConversionError
+from transforms import hub_io, hub_upload, storage
+from transforms.hub_io import HubAccess, is_hub
+from transforms.safetensors_io import INDEX_FILE
+from transforms.shard_dofns import AUX_FILES
 
-PREFIX = "hf://"
+PREFIX = hub_io.PREFIX
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-def is_hub(path: str) -> bool:
-  return path.startswith(PREFIX)
+def access(hf_access_token: str | None, hf_cache_dir: str | None = None) -> HubAccess:
+  """The access this run uses, installed in this process; pass it to the DoFns for the workers."""
+  endpoint = os.environ.get("HF_ENDPOINT")
+  chosen = HubAccess(token=hf_access_token or None, endpoint=endpoint.rstrip("/") if endpoint else None,
+                     cache_dir=hf_cache_dir or None)
+  hub_io.configure(chosen)
+  return chosen
 
 
-def repo_id(path: str) -> str:
-  repo = path[len(PREFIX):].strip("/")
-  if repo.count("/") != 1 or not all(repo.split("/")):
-    raise ConversionError(f"{path}: a Hub destination is hf://<user or org>/<repo>")
+def source_repo(hf_model_path: str | None, model_name: str | None) -> tuple[str, str | None] | None:
+  """(repo id, revision written in the path) when the source is on the Hub, else None."""
+  if not hf_model_path:
+    repo = hub_repo(model_name)
+    return (repo, None) if repo else None
+  if is_hub(hf_model_path):
+    where = hub_io.split(hf_model_path)
+    if where.file:
+      raise ConversionError(f"--hf_model_path={hf_model_path}: give the repo (hf://<org>/<repo>), not a file in it")
+    explicit = "@" in hf_model_path
+    return where.repo, where.revision if explicit else None
+  if storage.is_gcs(hf_model_path) or os.path.exists(hf_model_path):
+    return None
+  if _REPO_ID.fullmatch(hf_model_path.strip("/")):
+    return hf_model_path.strip("/"), None
+  return None
+
+
+def resolve_source(hf_model_path: str | None, model_name: str | None, revision: str | None) -> str | None:
+  """The path the plan reads: a local or gs:// path as given, a Hub repo as hf://org/repo@<commit>."""
+  found = source_repo(hf_model_path, model_name)
+  if found is None:
+    if revision and hf_model_path:
+      raise ConversionError(f"--revision={revision} only applies to a Hub repo, and {hf_model_path} is a "
+                            "local or gs:// directory")
+    return hf_model_path
+  repo, in_path = found
+  if in_path and revision and in_path != revision:
+    raise ConversionError(f"--hf_model_path={hf_model_path} names revision {in_path} but --revision={revision}; "
+                          "give one")
+  return f"{PREFIX}{repo}@{hub_io.resolve_revision(repo, in_path or revision)}"
+
+
+def prepare_destination(path: str, overwrite: bool, resume: bool) -> str:
+  """Checks the token, creates the repo if needed and refuses to mix with a model already there.
+
+  With --overwrite the repo's model files are deleted in one commit; with --resume of an
+  upload that never reached config.json (it goes last), the shards already there are kept.
+  Returns the repo id.
+  """
+  repo = hub_upload.repo_of(path)
+  if not hub_io.token():
+    raise ConversionError(f"{path}: uploading needs a Hugging Face token with write access: set HF_TOKEN (or "
+                          "HF_AUTH_TOKEN) or pass hf_access_token=...")
+  hub_upload.create_repo(repo)
+  ours = [n for n in storage.list_names(f"{PREFIX}{repo}")
+          if n.endswith(".safetensors") or n in (INDEX_FILE, "config.json", *AUX_FILES)]
+  if not ours or (resume and "config.json" not in ours):
+    return repo
+  if not overwrite:
+    raise ConversionError(f"{path} already holds a model ({', '.join(ours[:3])}{', ...' if len(ours) > 3 else ''}); "
+                          "pass --overwrite to replace it" + ("" if "config.json" in ours else ", or --resume to finish it"))
+  hub_upload.commit(repo, [], "Remove the model files before a new ckptflow conversion", deletions=ours)
+  hub_io.filesystem().invalidate_cache()
   return repo
-
-
-def token(explicit: str | None) -> str:
-  value = explicit or os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-  if not value:
-    raise ConversionError("an hf:// destination needs a Hugging Face token: set HF_TOKEN or pass "
-                          "hf_access_token=...")
-  return value
-
-
-def _api(access_token: str) -> Any:
-  try:
-    from huggingface_hub import HfApi  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    raise ConversionError("hf:// destinations need huggingface_hub: pip install huggingface_hub") from None
-  return HfApi(token=access_token)
-
-
-def prepare(path: str, explicit_token: str | None) -> tuple[str, str]:
-  """Checks the token and that the repo can be created, before any conversion work."""
-  repo, access_token = repo_id(path), token(explicit_token)
-  api = _api(access_token)
-  try:
-    api.create_repo(repo, repo_type="model", exist_ok=True)
-  except Exception as e:  # pylint: disable=broad-except
-    raise ConversionError(f"cannot reach the Hugging Face Hub for {path} ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:200]}); check the network, HF_ENDPOINT and the token") from None
-  return repo, access_token
-
-
-def upload(staged_dir: str, repo: str, access_token: str) -> None:
-  try:
-    _api(access_token).upload_folder(repo_id=repo, folder_path=staged_dir, repo_type="model",
-                                     commit_message="Upload converted from MaxText with ckptflow")
-  except Exception as e:  # pylint: disable=broad-except
-    raise ConversionError(f"upload to hf://{repo} failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                          f"the converted files are in {staged_dir}") from None

@@ -31,7 +31,9 @@ class ConversionOptions(PipelineOptions):
   def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--hf_model_path", default=None,
-        help="HF model directory (local or gs://) with config.json and *.safetensors.")
+        help="HF model: a local or gs:// directory with config.json and *.safetensors, or a Hub repo "
+             "(org/repo when no such local directory exists, or hf://org/repo). Without it, to_maxtext reads "
+             "model_name's repo on the Hub (e.g. qwen3-4b -> Qwen/Qwen3-4B).")
     add("--base_output_directory", default=None,
         help="Where the checkpoint goes: <dir>/0/items (MaxText's load_parameters_path).")
     add("--model_name", default=None,
@@ -51,7 +53,11 @@ class ConversionOptions(PipelineOptions):
              "with float32 weight_scale_inv per block (config.json's weight_block_size, default 128x128), as the "
              "released checkpoint stores them, and keep quantization_config in config.json.")
     add("--hf_access_token", default=None,
-        help="Token for hf:// destinations (default: the HF_TOKEN environment variable).")
+        help="Hugging Face token for Hub sources and hf:// destinations (default: the HF_TOKEN, else "
+             "HF_AUTH_TOKEN environment variable). Never printed or written to the output.")
+    add("--hf_cache_dir", default=None,
+        help="Keep every byte range read from the Hub under this directory (local or gs://), keyed by commit, "
+             "file and range; a later run at the same commit reads identical ranges from there. Off by default.")
     add("--save_dtype", default="bfloat16", choices=("bfloat16", "float32"),
         help="dtype of the saved MaxText weights. Default bfloat16.")
     add("--checkpoint_storage_use_zarr3", type=str2bool, default=True,
@@ -93,4 +99,5 @@ class ConversionOptions(PipelineOptions):
         help="Accepted for MaxText compatibility; ckptflow always streams one tensor at a time.")
     add("--eager_load_method", default=None,
         help="Accepted for MaxText compatibility and ignored.")
-    add("--revision", default=None, help="Accepted for MaxText compatibility (Hub revision); ignored.")
+    add("--revision", default=None,
+        help="Branch, tag or commit of a Hub source (default main); resolved to one commit for the whole run.")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import tempfile
 import time
 from typing import Sequence
 
@@ -30,7 +29,7 @@ from transforms.shard_dofns import AUX_FILES
 
 MAXTEXT_KEYS = ("model_name", "load_parameters_path", "base_output_directory", "scan_layers", "weight_dtype",
                 "hf_model_path", "hf_access_token", "max_shard_size", "use_multimodal", "vocab_size",
-                "quantize_fp8_blocks")
+                "quantize_fp8_blocks", "revision")
 
 
 def prepare_output(output: str, overwrite: bool, resume: bool = False) -> None:
@@ -48,22 +47,27 @@ def prepare_output(output: str, overwrite: bool, resume: bool = False) -> None:
   storage.check_writable(output)
 
 
-def build_manifest(plan: HfPlan, conv: ConversionOptions) -> dict:
+def build_manifest(plan: HfPlan, conv: ConversionOptions, hf_model_path: str | None) -> dict:
   """The provenance written beside the model (ckptflow_manifest.json), before config.json. Never the token."""
   options = {k: getattr(conv, k) for k in ("load_parameters_path", "model_name", "scan_layers", "weight_dtype",
                                             "hf_model_path", "max_shard_size", "use_multimodal", "vocab_size",
-                                            "resume")}
+                                            "max_element_size", "quantize_fp8_blocks", "resume", "revision")}
   sources = manifest.orbax_source_files(plan.items)
-  if conv.hf_model_path:
-    sources.append(storage.join(conv.hf_model_path, "config.json"))
+  if hf_model_path:
+    sources.append(storage.join(hf_model_path, "config.json"))
   return manifest.build("to_huggingface", plan.family, options, sources,
-                        (t.name for shard in plan.shards for t in shard.tensors))
+                        (o[0] for shard in plan.shards for t in shard.tensors for o in t.outputs), plan.items)
 
 
-def plan_from_options(conv: ConversionOptions, output: str) -> HfPlan:
+def config_source(conv: ConversionOptions) -> str | None:
+  """Where config.json and the tokenizer files come from (--hf_model_path, possibly on the Hub)."""
+  return conv.hf_model_path and hub.resolve_source(conv.hf_model_path, None, conv.revision)
+
+
+def plan_from_options(conv: ConversionOptions, output: str, hf_model_path: str | None = None) -> HfPlan:
   if not conv.load_parameters_path:
     raise ConversionError("load_parameters_path=<dir>/0/items is required")
-  config, where = target_config(conv.hf_model_path, conv.model_name)
+  config, where = target_config(hf_model_path or config_source(conv), conv.model_name)
   return plan_to_huggingface(conv.load_parameters_path, output, config, where, conv.model_name,
                              conv.scan_layers, conv.weight_dtype, conv.max_shard_size, conv.use_multimodal,
                              conv.vocab_size, parse_size(conv.max_element_size, "--max_element_size"),
@@ -78,31 +82,33 @@ def stored_itemsizes(plan: HfPlan) -> dict[str, int]:
 
 
 def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[HfPlan, dict[str, int]]:
-  """Plans, writes every shard, then the index and config; returns the plan and the run's counters."""
+  """Plans, writes every shard, then the index and config; returns the plan and the run's counters.
+
+  An hf://user/repo destination gets each shard uploaded by the worker that wrote it, as soon as
+  it is whole, and the index and config.json in one commit after every shard is in.
+  """
   conv = options.view_as(ConversionOptions)
   if not conv.base_output_directory:
     raise ConversionError("base_output_directory=... is required")
-  destination = conv.base_output_directory
-  with tempfile.TemporaryDirectory(prefix="ckptflow-hub-") as staging:
-    output = destination
-    if hub.is_hub(destination):
-      repo, access_token = hub.prepare(destination, conv.hf_access_token)
-      output = staging
-    plan = plan_from_options(conv, output)
+  access = hub.access(conv.hf_access_token, conv.hf_cache_dir)
+  hf_model_path = config_source(conv)
+  output = conv.base_output_directory
+  plan = plan_from_options(conv, output, hf_model_path)
+  if hub.is_hub(output):
+    hub.prepare_destination(output, conv.overwrite, conv.resume)
+  else:
     prepare_output(output, conv.overwrite, conv.resume)
-    todo = plan
-    if conv.resume:  # a shard exists only once it is whole (written to a temp name, then renamed)
-      left = tuple(s for s in plan.shards if not (storage.exists(s.file) and storage.size(s.file) == s.size))
-      print(f"resuming {output}: {len(plan.shards) - len(left)} of {len(plan.shards)} shards already written",
-            file=sys.stderr)
-      todo = dataclasses.replace(plan, shards=left)
-    provenance = build_manifest(plan, conv)
-    totals = runner.run(lambda p, progress: add_to_huggingface(p, todo, conv.hf_model_path, progress,
-                                                               index=plan.index(), provenance=provenance),
-                        runner.with_local_defaults(options, flags), todo.tensor_count, "to_huggingface",
-                        conv.progress)
-    if hub.is_hub(destination):
-      hub.upload(staging, repo, access_token)
+  todo = plan
+  if conv.resume:  # a shard exists only once it is whole (written to a temp name, then renamed or committed)
+    left = tuple(s for s in plan.shards if not (storage.exists(s.file) and storage.size(s.file) == s.size))
+    print(f"resuming {output}: {len(plan.shards) - len(left)} of {len(plan.shards)} shards already written",
+          file=sys.stderr)
+    todo = dataclasses.replace(plan, shards=left)
+  provenance = build_manifest(plan, conv, hf_model_path)
+  totals = runner.run(lambda p, progress: add_to_huggingface(p, todo, hf_model_path, progress, index=plan.index(),
+                                                             provenance=provenance, hub=access),
+                      runner.with_local_defaults(options, flags), todo.tensor_count, "to_huggingface",
+                      conv.progress)
   return plan, totals
 
 

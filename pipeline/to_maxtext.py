@@ -14,7 +14,7 @@ from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import cli, preflight, runner
+from pipeline import cli, hub, preflight, runner
 from pipeline.build import add_to_maxtext
 from pipeline.errors import ConversionError
 from pipeline.options import ConversionOptions, is_dry_run
@@ -23,7 +23,8 @@ from transforms import manifest, orbax_layout, orbax_writer, storage
 from transforms.orbax_writer import CheckpointTarget
 
 MAXTEXT_KEYS = ("model_name", "base_output_directory", "scan_layers", "checkpoint_storage_use_zarr3",
-                "checkpoint_storage_use_ocdbt", "hf_model_path", "save_dtype", "use_multimodal", "vocab_size")
+                "checkpoint_storage_use_ocdbt", "hf_model_path", "save_dtype", "use_multimodal", "vocab_size",
+                "hf_access_token", "revision")
 # Step 0, as MaxText's CheckpointManager numbers it.
 STEP = "0"
 
@@ -44,25 +45,35 @@ def prepare_output(base_output_directory: str, overwrite: bool, resume: bool = F
   return step_dir
 
 
-def build_manifest(plan: Plan, conv: ConversionOptions) -> dict:
-  """The provenance written beside the checkpoint (ckptflow_manifest.json), before the markers."""
+def build_manifest(plan: Plan, conv: ConversionOptions, source: str | None = None) -> dict:
+  """The provenance written beside the checkpoint (ckptflow_manifest.json), before the markers.
+
+  Options are listed by name (never hf_access_token); a Hub source is recorded as
+  hf://org/repo@<commit>, and any credentials in a URL are masked.
+  """
   options = {k: getattr(conv, k) for k in ("hf_model_path", "model_name", "scan_layers", "save_dtype",
                                             "checkpoint_storage_use_zarr3", "checkpoint_storage_use_ocdbt",
                                             "simulated_cpu_devices_count", "zstd_level", "use_multimodal",
-                                            "vocab_size", "max_element_size", "resume")}
+                                            "vocab_size", "max_element_size", "resume", "revision")}
   sources = [ref for task in plan.tasks for ref in task.sources]
   # A quantized source's scales may sit in another shard: both files are sources.
   return manifest.build("to_maxtext", plan.family, options,
                         (f for ref in sources for f in getattr(ref, "files", (ref.file,))),
-                        (ref.name for ref in sources))
+                        (ref.name for ref in sources), source or conv.hf_model_path)
 
 
-def plan_from_options(conv: ConversionOptions) -> Plan:
-  if not conv.hf_model_path:
+def model_source(conv: ConversionOptions) -> str:
+  """Where the HF model is read from: a local or gs:// directory, or hf://org/repo@<commit>."""
+  source = hub.resolve_source(conv.hf_model_path, conv.model_name, conv.revision)
+  if not source:
     raise ConversionError("--hf_model_path is required: a local or gs:// directory with config.json and "
-                          "*.safetensors")
-  return plan_to_maxtext(conv.hf_model_path, conv.scan_layers is not False, conv.save_dtype, conv.model_name,
-                         conv.simulated_cpu_devices_count, conv.use_multimodal, conv.vocab_size,
+                          "*.safetensors, or a Hub repo (org/repo), or a model_name with a known Hub repo")
+  return source
+
+
+def plan_from_options(conv: ConversionOptions, source: str | None = None) -> Plan:
+  return plan_to_maxtext(source or model_source(conv), conv.scan_layers is not False, conv.save_dtype,
+                         conv.model_name, conv.simulated_cpu_devices_count, conv.use_multimodal, conv.vocab_size,
                          parse_size(conv.max_element_size, "--max_element_size"))
 
 
@@ -74,7 +85,12 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, 
   conv = options.view_as(ConversionOptions)
   if not conv.base_output_directory:
     raise ConversionError("base_output_directory=... is required")
-  plan = plan_from_options(conv)
+  if hub.is_hub(conv.base_output_directory):
+    raise ConversionError(f"base_output_directory={conv.base_output_directory}: a MaxText checkpoint goes to a local "
+                          "or gs:// directory; hf:// destinations are for to_huggingface")
+  access = hub.access(conv.hf_access_token, conv.hf_cache_dir)
+  source = model_source(conv)
+  plan = plan_from_options(conv, source)
   target = CheckpointTarget(prepare_output(conv.base_output_directory, conv.overwrite, conv.resume),
                             use_ocdbt=conv.checkpoint_storage_use_ocdbt,
                             use_zarr3=conv.checkpoint_storage_use_zarr3, zstd_level=conv.zstd_level)
@@ -83,8 +99,8 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, 
     done = orbax_writer.finished(target, [(t.array, t.index, t.window) for t in plan.tasks])
     todo = dataclasses.replace(plan, tasks=tuple(t for t, d in zip(plan.tasks, done) if not d))
     print(f"resuming {target.items}: {sum(done)} of {len(plan.tasks)} slices already stored", file=sys.stderr)
-  provenance = build_manifest(plan, conv)
-  totals = runner.run(lambda p, progress: add_to_maxtext(p, todo, target, progress, provenance),
+  provenance = build_manifest(plan, conv, source)
+  totals = runner.run(lambda p, progress: add_to_maxtext(p, todo, target, progress, provenance, access),
                       runner.with_local_defaults(options, flags), len(todo.tasks), "to_maxtext", conv.progress)
   return plan, target.items, totals
 

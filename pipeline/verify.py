@@ -22,18 +22,20 @@ import ml_dtypes
 import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import cli, runner
+from pipeline import cli, hub, runner
 from pipeline.errors import ConversionError
 from pipeline.options import ConversionOptions
 from pipeline.plan import Plan, plan_to_maxtext
 from transforms import storage
 from transforms.dofns import convert_slice
+from transforms.hub_io import HubAccess
 from transforms.shard_dofns import CheckpointReadingFn
 from transforms.orbax_layout import NUMPY_DTYPES
 from transforms.orbax_reader import CheckpointReader
 from transforms.tensor_ops import contiguous
 
-MAXTEXT_KEYS = ("load_parameters_path", "model_name", "hf_model_path", "use_multimodal", "vocab_size")
+MAXTEXT_KEYS = ("load_parameters_path", "model_name", "hf_model_path", "use_multimodal", "vocab_size",
+                "hf_access_token", "revision")
 EXACT, ROUNDED, MISMATCH = "bit-identical", "within one rounding", "MISMATCH"
 
 
@@ -59,11 +61,12 @@ class VerifySliceFn(CheckpointReadingFn):
     yield task.array.path, compare(stored, expected)
 
 
-def add_verify(pipeline: beam.Pipeline, plan: Plan, items: str, progress_path: str | None) -> beam.PCollection:
+def add_verify(pipeline: beam.Pipeline, plan: Plan, items: str, progress_path: str | None,
+               hub_access: HubAccess | None = None) -> beam.PCollection:
   return (pipeline
           | "PlanSlices" >> beam.Create(plan.tasks, reshuffle=False)
           | "DistributeSlices" >> beam.Reshuffle()
-          | "Verify" >> beam.ParDo(VerifySliceFn(items, plan.family, plan.sizes, progress_path))
+          | "Verify" >> beam.ParDo(VerifySliceFn(items, plan.family, plan.sizes, progress_path, hub_access))
           | "Summarise" >> beam.combiners.Count.PerElement()
           | "Report" >> beam.combiners.ToList())
 
@@ -71,10 +74,12 @@ def add_verify(pipeline: beam.Pipeline, plan: Plan, items: str, progress_path: s
 def verify(options: PipelineOptions, flags=()) -> dict[tuple[str, str], int]:
   """{(array path, verdict): slices} for every slice of the checkpoint."""
   conv = options.view_as(ConversionOptions)
-  if not conv.load_parameters_path or not conv.hf_model_path:
+  access = hub.access(conv.hf_access_token, conv.hf_cache_dir)
+  source = conv.load_parameters_path and hub.resolve_source(conv.hf_model_path, conv.model_name, conv.revision)
+  if not source:
     raise ConversionError("verify needs load_parameters_path=<dir>/0/items and --hf_model_path=<its HF source>")
   reader = CheckpointReader(conv.load_parameters_path)
-  plan = plan_to_maxtext(conv.hf_model_path, bool(reader.scan_layers()), "bfloat16", conv.model_name,
+  plan = plan_to_maxtext(source, bool(reader.scan_layers()), "bfloat16", conv.model_name,
                          use_multimodal=conv.use_multimodal, vocab_size=conv.vocab_size)
   present = set(reader.paths)
   missing = sorted(a.path for a in plan.arrays if a.path not in present)
@@ -89,7 +94,7 @@ def verify(options: PipelineOptions, flags=()) -> dict[tuple[str, str], int]:
     report = conv.verify_report or os.path.join(tmp, "report.json")
 
     def build(pipeline, progress_path):
-      (add_verify(pipeline, plan, conv.load_parameters_path, progress_path)
+      (add_verify(pipeline, plan, conv.load_parameters_path, progress_path, access)
        | "WriteReport" >> beam.Map(lambda counts: storage.write_text(
            report, json.dumps([[path, verdict, n] for (path, verdict), n in counts]))))
     runner.run(build, runner.with_local_defaults(options, flags), len(plan.tasks), "verify", conv.progress)

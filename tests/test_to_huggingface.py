@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import hub, to_huggingface
+from pipeline import to_huggingface
 from pipeline.errors import ConversionError
 from pipeline.plan import parse_size
 from tests import goldens
@@ -171,42 +171,6 @@ def test_parse_size_reads_sizes_as_transformers_does():
   assert parse_size("5GB") == 5 * 10**9 and parse_size("100KB") == 100_000 and parse_size("2GiB") == 2 * 2**30
   with pytest.raises(ConversionError, match="--max_shard_size=lots"):
     parse_size("lots")
-
-
-def test_hub_destination_needs_a_token(tmp_path, monkeypatch):
-  monkeypatch.delenv("HF_TOKEN", raising=False)
-  monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-  with pytest.raises(ConversionError, match="needs a Hugging Face token"):
-    to_hf(goldens.items("qwen3", "scan"), "hf://me/model", hf_model_path=goldens.path("qwen3", "hf"))
-  with pytest.raises(ConversionError, match="hf://<user or org>/<repo>"):
-    hub.repo_id("hf://just-a-name")
-
-
-def test_unreachable_hub_is_one_clear_error(monkeypatch):
-  monkeypatch.setenv("HF_TOKEN", "hf_x")
-  monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
-  monkeypatch.setattr(hub, "_api", lambda t: __import__("huggingface_hub").HfApi(endpoint="http://127.0.0.1:9",
-                                                                                   token=t))
-  with pytest.raises(ConversionError, match=r"cannot reach the Hugging Face Hub for hf://me/model"):
-    hub.prepare("hf://me/model", None)
-
-
-def test_hub_upload_gets_the_converted_folder(tmp_path, monkeypatch):
-  calls = []
-
-  class FakeApi:
-    def create_repo(self, repo, **kwargs):
-      calls.append(("create_repo", repo, kwargs))
-
-    def upload_folder(self, repo_id, folder_path, **kwargs):
-      calls.append(("upload_folder", repo_id, sorted(os.listdir(folder_path))))
-      shutil.copytree(folder_path, tmp_path / "uploaded")
-  monkeypatch.setattr(hub, "_api", lambda token: FakeApi())
-  to_hf(goldens.items("qwen3", "scan"), "hf://me/model", "--hf_access_token=hf_x",
-        hf_model_path=goldens.path("qwen3", "hf"))
-  assert calls[0][:2] == ("create_repo", "me/model")
-  assert calls[1][:2] == ("upload_folder", "me/model") and "model.safetensors" in calls[1][2]
-  assert_same_model(tensors(tmp_path / "uploaded"), tensors(goldens.path("qwen3", "hf")), "qwen3")
 
 
 def test_a_shard_written_twice_has_the_same_bytes(tmp_path):

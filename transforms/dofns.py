@@ -1,7 +1,6 @@
 """Thin Beam steps around the pure functions: create arrays, write slices, barrier, commit."""
 from __future__ import annotations
 
-import json
 import time
 import uuid
 import zlib
@@ -12,7 +11,7 @@ import numpy as np
 
 import models
 from pipeline.errors import ConversionError
-from transforms import manifest, orbax_writer
+from transforms import hub_io, manifest, orbax_writer
 from transforms.convert import hf_to_maxtext
 from transforms.orbax_layout import ArraySpec
 from transforms.orbax_writer import CheckpointTarget
@@ -43,12 +42,17 @@ class CreateArraysFn(beam.DoFn):
 
 
 class TensorCountingFn(beam.DoFn):
-  """Per-tensor metrics (tensors, read-bytes, write-bytes) and the local runner's progress dots."""
+  """Per-tensor metrics (tensors, read-bytes, write-bytes) and the local runner's progress dots.
 
-  def __init__(self, family: str, sizes: dict[str, Any], progress_path: str | None):
+  `hub` is installed in each worker process: how it reaches the Hub (see hub_io.HubAccess).
+  """
+
+  def __init__(self, family: str, sizes: dict[str, Any], progress_path: str | None,
+               hub: hub_io.HubAccess | None = None):
     self.family = family
     self.sizes = sizes
     self.progress_path = progress_path
+    self.hub = hub
     self.tensors = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "tensors")
     self.read_bytes = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "read-bytes")
     self.write_bytes = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "write-bytes")
@@ -56,6 +60,8 @@ class TensorCountingFn(beam.DoFn):
 
   def setup(self) -> None:
     self.param_of = models.BY_NAME[self.family].param
+    if self.hub is not None:
+      hub_io.configure(self.hub)
 
   def tensor_done(self, read: int, written: int) -> None:
     self.tensors.inc()
@@ -70,8 +76,8 @@ class WriteSliceFn(TensorCountingFn):
   """Reads one HF tensor, transforms it and writes it into its slice; yields (writer id, 1)."""
 
   def __init__(self, target: CheckpointTarget, family: str, sizes: dict[str, Any],
-               progress_path: str | None = None):
-    super().__init__(family, sizes, progress_path)
+               progress_path: str | None = None, hub: hub_io.HubAccess | None = None):
+    super().__init__(family, sizes, progress_path, hub)
     self.target = target
 
   def setup(self) -> None:

@@ -12,7 +12,7 @@ import importlib.metadata
 import json
 from typing import Any, Iterable
 
-from transforms import orbax_layout, storage
+from transforms import hub_io, orbax_layout, storage
 
 MANIFEST = "ckptflow_manifest.json"
 
@@ -25,12 +25,17 @@ def tool_version() -> str:
 
 
 def build(direction: str, family: str, options: dict[str, Any], source_files: Iterable[str],
-          tensors: Iterable[str]) -> dict[str, Any]:
-  """The manifest before any work: sources are fingerprinted now, so a file changed mid-run shows."""
-  return {"tool": "ckptflow", "version": tool_version(), "direction": direction, "family": family,
-          "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-          "options": options, "sources": {f: storage.fingerprint(f) for f in sorted(set(source_files))},
-          "tensors": sorted(set(tensors))}
+          tensors: Iterable[str], source: str | None = None) -> dict[str, Any]:
+  """The manifest before any work: sources are fingerprinted now, so a file changed mid-run shows.
+
+  `source` is the model read (a Hub source as hf://org/repo@<commit>); a token or credentials in a
+  URL never reach the file (hub_io.redact)."""
+  manifest = {"tool": "ckptflow", "version": tool_version(), "direction": direction, "family": family,
+              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "options": options, "source": source,
+              "sources": {f: storage.fingerprint(f) for f in sorted(set(source_files))},
+              "tensors": sorted(set(tensors))}
+  return json.loads(hub_io.redact(json.dumps(manifest)))
 
 
 def checksum_key(name: str, rows: tuple[int, int] | None) -> str:

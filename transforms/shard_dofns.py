@@ -1,7 +1,14 @@
-"""Thin Beam steps of MaxText -> HF: write each safetensors shard, then the index and config last."""
+"""Thin Beam steps of MaxText -> HF: write each safetensors shard, then the index and config last.
+
+For an hf:// destination a shard is written to a local temporary file on the worker, uploaded in
+its own commit and deleted, so a worker's disk holds one shard at most; the index, tokenizer files
+and config.json are uploaded together in the last commit, after the barrier.
+"""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 import zlib
 from typing import Any, Callable, Iterator, Sequence
@@ -10,7 +17,7 @@ import apache_beam as beam
 import numpy as np
 
 from pipeline.errors import ConversionError
-from transforms import manifest, storage
+from transforms import hub_io, hub_upload, manifest, storage
 from transforms.convert import maxtext_to_hf
 from transforms.dofns import TensorCountingFn
 from transforms.orbax_reader import CheckpointReader
@@ -28,8 +35,9 @@ AUX_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json"
 class CheckpointReadingFn(TensorCountingFn):
   """A step that reads a MaxText checkpoint: one reader (and its open arrays) per DoFn instance."""
 
-  def __init__(self, items: str, family: str, sizes: dict[str, Any], progress_path: str | None = None):
-    super().__init__(family, sizes, progress_path)
+  def __init__(self, items: str, family: str, sizes: dict[str, Any], progress_path: str | None = None,
+               hub: hub_io.HubAccess | None = None):
+    super().__init__(family, sizes, progress_path, hub)
     self.items = items
 
   def setup(self) -> None:
@@ -43,9 +51,20 @@ class WriteShardFn(CheckpointReadingFn):
   def process(self, shard) -> Iterator[tuple[str, int, tuple[tuple[str, int], ...]]]:
     """Yields (file, tensors written, each tensor's CRC-32 as written)."""
     start = time.monotonic()
-    entries = [o for t in shard.tensors for o in t.outputs]
     checksums: dict[str, int] = {}
-    with SafetensorsWriter(shard.file, entries, HF_FILE_METADATA) as writer:
+    if hub_io.is_hub(shard.file):
+      repo, name = hub_upload.repo_of(_directory(shard.file)), shard.file.rsplit("/", 1)[-1]
+      with tempfile.TemporaryDirectory(prefix="ckptflow-shard-") as local:
+        self._write(shard, os.path.join(local, name), checksums)
+        hub_upload.commit(repo, [(name, os.path.join(local, name))], f"Upload {name} (ckptflow)")
+    else:
+      self._write(shard, shard.file, checksums)
+    self.msec.update(int((time.monotonic() - start) * 1000))
+    yield shard.file, len(shard.tensors), tuple(checksums.items())
+
+  def _write(self, shard, path: str, checksums: dict[str, int]) -> None:
+    entries = [o for t in shard.tensors for o in t.outputs]
+    with SafetensorsWriter(path, entries, HF_FILE_METADATA) as writer:
       for task, rows, read, last in hf_blocks(self.reader, shard.tensors, self.param_of, self.sizes):
         outputs = quantize_fp8_blocks(rows, task.fp8_block) if task.fp8_block else (rows,)
         for (name, _, _), value in zip(task.outputs, outputs):
@@ -53,8 +72,10 @@ class WriteShardFn(CheckpointReadingFn):
           checksums[name] = zlib.crc32(value.reshape(-1).view(np.uint8), checksums.get(name, 0))
         if last:
           self.tensor_done(read, task.nbytes)
-    self.msec.update(int((time.monotonic() - start) * 1000))
-    yield shard.file, len(shard.tensors), tuple(checksums.items())
+
+
+def _directory(path: str) -> str:
+  return path.rstrip("/").rsplit("/", 1)[0]
 
 
 def hf_blocks(reader: CheckpointReader, tasks: Sequence, param_of: Callable[[int], Any],
@@ -137,27 +158,50 @@ class FinalizeFn(beam.DoFn):
   """After every shard exists: the index, the tokenizer files, and config.json, which goes last."""
 
   def __init__(self, output: str, expected_tensors: int, index: dict[str, Any] | None, config: dict[str, Any],
-               hf_model_path: str | None, provenance: dict[str, Any] | None = None):
+               hf_model_path: str | None, provenance: dict[str, Any] | None = None,
+               hub: hub_io.HubAccess | None = None):
     self.output = output
     self.expected_tensors = expected_tensors
     self.index = index
     self.config = config
     self.hf_model_path = hf_model_path
     self.provenance = provenance
+    self.hub = hub
+
+  def setup(self) -> None:
+    if self.hub is not None:
+      hub_io.configure(self.hub)
 
   def process(self, collected: tuple[int, dict[str, int]]) -> Iterator[str]:
     count, checksums = collected
     if count != self.expected_tensors:
       raise ConversionError(f"{self.output}: {count} of {self.expected_tensors} tensors were written; "
                             "not writing config.json")
+    if not hub_io.is_hub(self.output):
+      self._write(self.output, checksums)
+      yield self.output
+      return
+    with tempfile.TemporaryDirectory(prefix="ckptflow-final-") as local:
+      names = self._write(local, checksums)
+      hub_upload.commit(hub_upload.repo_of(self.output), [(n, os.path.join(local, n)) for n in names],
+                        "Upload the index, tokenizer files and config.json (ckptflow)")
+    yield self.output
+
+  def _write(self, output: str, checksums: dict[str, int]) -> list[str]:
+    """The index, tokenizer files, our manifest and config.json (last) into `output`; returns their
+    names in order."""
+    names = []
     if self.index is not None:
-      storage.write_text(storage.join(self.output, INDEX_FILE), json.dumps(self.index, indent=2, sort_keys=True) + "\n")
+      storage.write_text(storage.join(output, INDEX_FILE), json.dumps(self.index, indent=2, sort_keys=True) + "\n")
+      names.append(INDEX_FILE)
     if self.hf_model_path:
       for name in AUX_FILES:
         source = storage.join(self.hf_model_path, name)
         if storage.exists(source):
-          storage.write_bytes(storage.join(self.output, name), storage.read_bytes(source))
+          storage.write_bytes(storage.join(output, name), storage.read_bytes(source))
+          names.append(name)
     if self.provenance is not None:
-      manifest.write(self.output, self.provenance, checksums)
-    storage.write_text(storage.join(self.output, "config.json"), json.dumps(self.config, indent=2, sort_keys=True) + "\n")
-    yield self.output
+      manifest.write(output, self.provenance, checksums)
+      names.append(manifest.MANIFEST)
+    storage.write_text(storage.join(output, "config.json"), json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+    return names + ["config.json"]

@@ -1,6 +1,8 @@
-"""Local paths and gs:// URLs behind one small API, so no other module branches on the scheme.
+"""Local paths, gs:// URLs and hf:// Hub repos behind one small API, so no other module branches on the scheme.
 
-Every "file is missing" becomes a one-line ConversionError naming the path.
+Every "file is missing" becomes a one-line ConversionError naming the path. hf:// paths are read
+through transforms/hub_io.py (ranged reads over HfFileSystem); they are never written here:
+uploads to the Hub go through transforms/hub_upload.py.
 """
 
 import os
@@ -17,6 +19,7 @@ import fsspec  # pylint: disable=g-import-not-at-top
 from pipeline.errors import ConversionError  # pylint: disable=g-import-not-at-top
 
 _GCS_PREFIX = "gs://"
+_HUB_PREFIX = "hf://"
 
 # (pid, protocol, endpoint) -> filesystem. The pid keeps a forked worker from reusing its
 # parent's event loop and HTTP session; the endpoint lets tests point at a new emulator.
@@ -25,6 +28,19 @@ _FILESYSTEMS: dict[tuple[int, str, str], fsspec.AbstractFileSystem] = {}
 
 def is_gcs(path: str) -> bool:
   return path.startswith(_GCS_PREFIX)
+
+
+def is_hub(path: str) -> bool:
+  return path.startswith(_HUB_PREFIX)
+
+
+def _hub():
+  from transforms import hub_io  # pylint: disable=import-outside-toplevel
+  return hub_io
+
+
+def _read_only(path: str) -> ConversionError:
+  return ConversionError(f"{path}: Hub repos are written by uploading finished files, not in place")
 
 
 def _emulator_url() -> str:
@@ -77,12 +93,16 @@ def _missing(path: str) -> ConversionError:
 
 
 def exists(path: str) -> bool:
+  if is_hub(path):
+    return _hub().exists(path)
   if not is_gcs(path):
     return os.path.exists(path)
   return filesystem(path).exists(path)
 
 
 def size(path: str) -> int:
+  if is_hub(path):
+    return _hub().size(path)
   try:
     if not is_gcs(path):
       return os.path.getsize(path)
@@ -95,6 +115,8 @@ def read_bytes(path: str, start: int | None = None, end: int | None = None) -> b
   """One ranged read of [start, end); fewer bytes come back if the file is shorter."""
   if start is not None and end is not None and end <= start:
     return b""
+  if is_hub(path):
+    return _hub().read_bytes(path, start, end)
   try:
     if not is_gcs(path):
       with open(path, "rb") as f:
@@ -124,6 +146,8 @@ def read_text(path: str) -> str:
 
 def write_bytes(path: str, data: bytes) -> None:
   """Writes the whole object at once; a local reader never sees a partial file."""
+  if is_hub(path):
+    raise _read_only(path)
   if is_gcs(path):
     filesystem(path).pipe_file(path, data)
     return
@@ -141,7 +165,10 @@ def write_bytes(path: str, data: bytes) -> None:
 
 
 def fingerprint(path: str) -> dict[str, Any]:
-  """Size plus what changes when the file does: mtime locally, etag and generation on GCS."""
+  """Size plus what changes when the file does: mtime locally, etag and generation on GCS, the
+  commit and content hash on the Hub."""
+  if is_hub(path):
+    return _hub().fingerprint(path)
   if not is_gcs(path):
     stat = os.stat(path)
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
@@ -167,6 +194,8 @@ def write_text(path: str, text: str) -> None:
 
 def remove_tree(path: str) -> None:
   """Deletes a file or everything under a directory/prefix; missing is fine."""
+  if is_hub(path):
+    raise _read_only(path)
   if is_gcs(path):
     if not path[len(_GCS_PREFIX):].partition("/")[2].strip("/"):
       raise ConversionError(f"{path}: refusing to delete a whole bucket")
@@ -185,6 +214,8 @@ def remove_tree(path: str) -> None:
 
 def list_names(path: str) -> list[str]:
   """Sorted base names directly under a directory or prefix; [] if it is missing or a file."""
+  if is_hub(path):
+    return _hub().list_names(path)
   if not is_gcs(path):
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
   fs = filesystem(path)
