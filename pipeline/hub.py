@@ -13,6 +13,7 @@ import re
 
 from models.known_configs import hub_repo
 from pipeline.errors import ConversionError
+from transforms.manifest import MANIFEST
 from transforms import hub_io, hub_upload, storage
 from transforms.hub_io import HubAccess, is_hub
 from transforms.safetensors_io import INDEX_FILE
@@ -77,7 +78,7 @@ def prepare_destination(path: str, overwrite: bool, resume: bool) -> str:
                           "HF_AUTH_TOKEN) or pass hf_access_token=...")
   hub_upload.create_repo(repo)
   ours = [n for n in storage.list_names(f"{PREFIX}{repo}")
-          if n.endswith(".safetensors") or n in (INDEX_FILE, "config.json", *AUX_FILES)]
+          if n.endswith(".safetensors") or n in (INDEX_FILE, "config.json", MANIFEST, *AUX_FILES)]
   if not ours or (resume and "config.json" not in ours):
     return repo
   if not overwrite:

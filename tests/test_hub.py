@@ -15,7 +15,7 @@ from tests.hub_server import HubServer
 from tests.test_to_huggingface import assert_same_model, tensors, to_hf
 from tests.test_to_maxtext import IN_PROCESS, convert
 from transforms import hub_io, storage
-from transforms.dofns import MANIFEST
+from transforms.manifest import MANIFEST
 
 TOKEN = "hf_SeCrEt0123456789abcdefTOKEN"
 OTHER_TOKEN = "hf_NotGrantedButValid0000000"
@@ -218,11 +218,13 @@ def test_upload_commits_each_shard_then_the_index_and_config(tmp_path, server, m
   shards = sorted(s.file.rsplit("/", 1)[-1] for s in plan.shards)
   assert len(shards) > 2 and sorted(c[0] for c in commits[:-1]) == shards and all(len(c) == 1 for c in commits[:-1])
   assert commits[-1] == ["model.safetensors.index.json", "generation_config.json", "tokenizer.json",
-                         "tokenizer_config.json", "config.json"]
+                         "tokenizer_config.json", "ckptflow_manifest.json", "config.json"]
   uploaded = server.files("me/out")
   assert sorted(uploaded) == sorted(os.listdir(tmp_path / "local"))
   for name, data in uploaded.items():
-    assert data == (tmp_path / "local" / name).read_bytes(), name
+    if name != "ckptflow_manifest.json":  # records its own run (time, source)
+      assert data == (tmp_path / "local" / name).read_bytes(), name
+  assert json.loads(uploaded["ckptflow_manifest.json"])["direction"] == "to_huggingface"
   assert_same_model(tensors("hf://me/out"), tensors(goldens.path("qwen3", "hf")), "qwen3")
   assert all(TOKEN.encode() not in body for body in server.bodies)
 
@@ -235,7 +237,7 @@ def test_existing_model_repo_is_refused_unless_overwrite(tmp_path, server, monke
     to_hf(goldens.items("qwen3", "scan"), "hf://me/out", hf_model_path=goldens.path("qwen3", "hf"))
   assert server.repos["me/out"].committed == []
   to_hf(goldens.items("qwen3", "scan"), "hf://me/out", "--overwrite", hf_model_path=goldens.path("qwen3", "hf"))
-  assert sorted(server.files("me/out")) == ["README.md", "config.json", "generation_config.json", "model.safetensors",
+  assert sorted(server.files("me/out")) == ["README.md", "ckptflow_manifest.json", "config.json", "generation_config.json", "model.safetensors",
                                              "tokenizer.json", "tokenizer_config.json"]
   assert server.repos["me/out"].committed[0] == ["-config.json", "-model-00001-of-00009.safetensors"]
   assert_same_model(tensors("hf://me/out"), tensors(goldens.path("qwen3", "hf")), "qwen3")
@@ -261,8 +263,8 @@ def test_resume_uploads_only_the_missing_shards(tmp_path, server, monkeypatch):
         hf_model_path=goldens.path("qwen3", "hf"))
   committed = [name for c in server.repos["me/out"].committed for name in c]
   assert first not in committed and len(committed) == len(os.listdir(tmp_path / "local")) - 1
-  assert {n: server.files("me/out")[n] for n in os.listdir(tmp_path / "local")} == {
-      n: (tmp_path / "local" / n).read_bytes() for n in os.listdir(tmp_path / "local")}
+  kept = [n for n in os.listdir(tmp_path / "local") if n != "ckptflow_manifest.json"]  # records its own run
+  assert {n: server.files("me/out")[n] for n in kept} == {n: (tmp_path / "local" / n).read_bytes() for n in kept}
 
 
 def test_verify_reads_its_source_from_the_gated_hub_repo(server, capsys):
