@@ -25,9 +25,12 @@ class ConversionOptions(PipelineOptions):
   def _add_argparse_args(cls, parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--hf_model_path", default=None,
-        help="HF model directory (local or gs://) with config.json and *.safetensors.")
+        help="HF model directory (local or gs://). to_maxtext: the source, config.json and *.safetensors. "
+             "to_huggingface: where config.json and the tokenizer files come from (default: MaxText's built-in "
+             "config for model_name).")
     add("--base_output_directory", default=None,
-        help="Where the checkpoint goes: <dir>/0/items (MaxText's load_parameters_path).")
+        help="to_maxtext: where the checkpoint goes, <dir>/0/items (MaxText's load_parameters_path). "
+             "to_huggingface: the model directory (local, gs:// or hf://user/repo).")
     add("--model_name", default=None,
         help="MaxText model name (e.g. llama3.1-8b). Optional: the family is read from config.json; "
              "when given it must agree with it.")
@@ -71,8 +74,15 @@ class ConversionOptions(PipelineOptions):
              "runner can use: give a gs:// path on Dataflow).")
     add("--progress", type=str2bool, nargs="?", const=True, default=True,
         help="Show tensors done / total while a local runner works. Default true.")
+    add("--wait", type=str2bool, nargs="?", const=True, default=False,
+        help="On Dataflow, block until the job ends and print its counters. Default false: submit, print the "
+             "job id and return (the output is committed inside the job, after every write).")
     add("--lazy_load_tensors", type=str2bool, nargs="?", const=True, default=True,
         help="Accepted for MaxText compatibility; ckptflow always streams one tensor at a time.")
     add("--eager_load_method", default=None,
         help="Accepted for MaxText compatibility and ignored.")
     add("--revision", default=None, help="Accepted for MaxText compatibility (Hub revision); ignored.")
+
+
+# Accepted so MaxText command lines run unchanged; no command reads them.
+MAXTEXT_COMPATIBILITY = ("lazy_load_tensors", "eager_load_method", "revision")

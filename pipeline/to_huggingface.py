@@ -28,6 +28,13 @@ from transforms.shard_dofns import AUX_FILES
 MAXTEXT_KEYS = ("model_name", "load_parameters_path", "base_output_directory", "scan_layers", "weight_dtype",
                 "hf_model_path", "hf_access_token", "max_shard_size", "use_multimodal", "vocab_size")
 
+# Every ConversionOptions field this command reads; its flex template's parameters are these minus
+# template_metadata.NOT_TEMPLATE_PARAMETERS.
+OPTIONS = ("load_parameters_path", "base_output_directory", "model_name", "scan_layers", "weight_dtype",
+           "hf_model_path", "hf_access_token", "max_shard_size", "use_multimodal", "vocab_size", "overwrite", "resume",
+           "progress", "wait")
+REQUIRED = ("load_parameters_path", "base_output_directory")
+
 
 def prepare_output(output: str, overwrite: bool, resume: bool = False) -> None:
   """Refuses to mix with an existing model directory unless `overwrite` (then removes only our
@@ -51,8 +58,13 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[HfPlan
     raise ConversionError("load_parameters_path=<dir>/0/items is required")
   if not conv.base_output_directory:
     raise ConversionError("base_output_directory=... is required")
-  config, where = target_config(conv.hf_model_path, conv.model_name)
   destination = conv.base_output_directory
+  if hub.is_hub(destination) and runner.on_dataflow(options):
+    raise ConversionError(f"base_output_directory={destination}: hf:// outputs are staged on this machine's disk, "
+                          "which Dataflow workers cannot see; convert to gs:// on Dataflow, then upload from there")
+  runner.check_dataflow(options, {"load_parameters_path": conv.load_parameters_path, "base_output_directory": destination,
+                                  "hf_model_path": conv.hf_model_path})
+  config, where = target_config(conv.hf_model_path, conv.model_name)
   with tempfile.TemporaryDirectory(prefix="ckptflow-hub-") as staging:
     output = destination
     if hub.is_hub(destination):
@@ -82,10 +94,14 @@ def main(argv: list[str]) -> int:
   if flags is None:
     return 0
   start = time.monotonic()
-  plan, totals = convert(PipelineOptions(flags), flags)
+  options = PipelineOptions(flags)
+  plan, totals = convert(options, flags)
+  destination = options.view_as(ConversionOptions).base_output_directory
+  if not runner.waits(options):
+    print(f"the job writes {len(plan.shards)} shard(s) to {destination}, then the index and config.json (last)")
+    return 0
   layout = "scanned" if plan.scan_layers else "unscanned"
   print(f"{plan.family} ({layout}): {runner.summary(totals, time.monotonic() - start)}", file=sys.stderr)
-  destination = PipelineOptions(flags).view_as(ConversionOptions).base_output_directory
   print(f"wrote {len(plan.shards)} shard(s) and config.json to {destination}")
   return 0
 

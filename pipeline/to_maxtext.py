@@ -26,6 +26,12 @@ from transforms.orbax_writer import CheckpointTarget
 
 MAXTEXT_KEYS = ("model_name", "base_output_directory", "scan_layers", "checkpoint_storage_use_zarr3",
                 "checkpoint_storage_use_ocdbt", "hf_model_path", "save_dtype", "use_multimodal", "vocab_size")
+# Every ConversionOptions field this command reads; its flex template's parameters are these minus
+# template_metadata.NOT_TEMPLATE_PARAMETERS.
+OPTIONS = ("hf_model_path", "base_output_directory", "model_name", "scan_layers", "save_dtype",
+           "checkpoint_storage_use_zarr3", "checkpoint_storage_use_ocdbt", "simulated_cpu_devices_count",
+           "use_multimodal", "vocab_size", "zstd_level", "overwrite", "resume", "progress", "wait")
+REQUIRED = ("hf_model_path", "base_output_directory")
 # Step 0, as MaxText's CheckpointManager numbers it.
 STEP = "0"
 
@@ -74,6 +80,8 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, 
                           "*.safetensors")
   if not conv.base_output_directory:
     raise ConversionError("base_output_directory=... is required")
+  runner.check_dataflow(options, {"hf_model_path": conv.hf_model_path,
+                                  "base_output_directory": conv.base_output_directory})
   plan = plan_to_maxtext(conv.hf_model_path, conv.scan_layers is not False, conv.save_dtype, conv.model_name,
                          conv.simulated_cpu_devices_count, conv.use_multimodal, conv.vocab_size)
   target = CheckpointTarget(prepare_output(conv.base_output_directory, conv.overwrite, conv.resume),
@@ -100,6 +108,9 @@ def main(argv: list[str]) -> int:
   if plan.unused:
     shown = ", ".join(plan.unused[:8]) + (f", ... ({len(plan.unused) - 8} more)" if len(plan.unused) > 8 else "")
     print(f"ignored: {len(plan.unused)} tensors a MaxText {plan.family} model does not use: {shown}", file=sys.stderr)
+  if not runner.waits(options):
+    print(f"the job writes {items} and commits it when every slice is written (load_parameters_path={items})")
+    return 0
   print(f"{plan.family}: {runner.summary(totals, time.monotonic() - start)}", file=sys.stderr)
   print(f"wrote {items} (load_parameters_path={items})")
   return 0

@@ -34,6 +34,8 @@ from transforms.safetensors_io import read_tensor
 from transforms.tensor_ops import contiguous
 
 MAXTEXT_KEYS = ("load_parameters_path", "model_name", "hf_model_path", "use_multimodal", "vocab_size")
+# Every ConversionOptions field this command reads.
+OPTIONS = (*MAXTEXT_KEYS, "verify_report", "progress")
 EXACT, ROUNDED, MISMATCH = "bit-identical", "within one rounding", "MISMATCH"
 
 
@@ -74,6 +76,10 @@ def verify(options: PipelineOptions, flags=()) -> dict[tuple[str, str], int]:
   conv = options.view_as(ConversionOptions)
   if not conv.load_parameters_path or not conv.hf_model_path:
     raise ConversionError("verify needs load_parameters_path=<dir>/0/items and --hf_model_path=<its HF source>")
+  if runner.on_dataflow(options) and not conv.verify_report:
+    raise ConversionError("verify on Dataflow needs --verify_report=gs://...: the report is read back from there")
+  runner.check_dataflow(options, {"load_parameters_path": conv.load_parameters_path,
+                                  "hf_model_path": conv.hf_model_path, "verify_report": conv.verify_report})
   reader = CheckpointReader(conv.load_parameters_path)
   plan = plan_to_maxtext(conv.hf_model_path, bool(reader.scan_layers()), "bfloat16", conv.model_name,
                          use_multimodal=conv.use_multimodal, vocab_size=conv.vocab_size)
@@ -93,7 +99,8 @@ def verify(options: PipelineOptions, flags=()) -> dict[tuple[str, str], int]:
       (add_verify(pipeline, plan, conv.load_parameters_path, progress_path)
        | "WriteReport" >> beam.Map(lambda counts: storage.write_text(
            report, json.dumps([[path, verdict, n] for (path, verdict), n in counts]))))
-    runner.run(build, runner.with_local_defaults(options, flags), len(plan.tasks), "verify", conv.progress)
+    runner.run(build, runner.with_local_defaults(options, flags), len(plan.tasks), "verify", conv.progress,
+               wait=True)
     return {(path, verdict): n for path, verdict, n in json.loads(storage.read_text(report))}
 
 
