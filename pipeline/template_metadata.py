@@ -126,7 +126,8 @@ def metadata(direction: str) -> dict[str, Any]:
   module = DIRECTIONS[direction]
   name, description = TITLES[direction]
   return {"name": name, "description": description, "streaming": False,
-          "parameters": [parameter(by_name[n], direction, n in module.REQUIRED) for n in template_parameters(direction)]}
+          "parameters": [parameter(by_name[n], direction, n in module.REQUIRED)
+                         for n in template_parameters(direction)]}
 
 
 def path(direction: str) -> str:

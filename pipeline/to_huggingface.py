@@ -62,8 +62,8 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[HfPlan
   if hub.is_hub(destination) and runner.on_dataflow(options):
     raise ConversionError(f"base_output_directory={destination}: hf:// outputs are staged on this machine's disk, "
                           "which Dataflow workers cannot see; convert to gs:// on Dataflow, then upload from there")
-  runner.check_dataflow(options, {"load_parameters_path": conv.load_parameters_path, "base_output_directory": destination,
-                                  "hf_model_path": conv.hf_model_path})
+  runner.check_dataflow(options, {"load_parameters_path": conv.load_parameters_path,
+                                  "base_output_directory": destination, "hf_model_path": conv.hf_model_path})
   config, where = target_config(conv.hf_model_path, conv.model_name)
   with tempfile.TemporaryDirectory(prefix="ckptflow-hub-") as staging:
     output = destination

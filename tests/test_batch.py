@@ -40,14 +40,16 @@ def test_touched_source_is_redone(converted):
   shard = os.path.join(hf, "model.safetensors")
   stat = os.stat(shard)
   os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-  assert batch.decide(job("to_maxtext", hf, out, "--scan_layers=true")) == batch.Decision(True, f"source {shard} changed")
+  assert batch.decide(job("to_maxtext", hf, out, "--scan_layers=true")) == \
+      batch.Decision(True, f"source {shard} changed")
 
 
 def test_removed_source_is_redone(converted):
   hf, out = converted
   shard = os.path.join(hf, "model.safetensors")
   os.remove(shard)
-  assert batch.decide(job("to_maxtext", hf, out, "--scan_layers=true")) == batch.Decision(True, f"source {shard} is gone")
+  assert batch.decide(job("to_maxtext", hf, out, "--scan_layers=true")) == \
+      batch.Decision(True, f"source {shard} is gone")
 
 
 @pytest.mark.parametrize("options, reason", [
@@ -153,7 +155,8 @@ jobs:
 @pytest.mark.parametrize("text, message", [
     ("jobs: []", "expected a mapping with a non-empty 'jobs:' list"),
     ("job: []", "expected a mapping with a non-empty 'jobs:' list"),
-    ("jobs: [{direction: to_orbax, source: a, destination: b}]", "job 1: direction must be to_maxtext or to_huggingface"),
+    ("jobs: [{direction: to_orbax, source: a, destination: b}]",
+     "job 1: direction must be to_maxtext or to_huggingface"),
     ("jobs: [{direction: to_maxtext, source: a}]", "job 1: source and destination are required paths"),
     ("jobs: [{direction: to_maxtext, source: a, destination: b, flags: []}]", "job 1: unknown key 'flags'"),
     ("jobs: [{direction: to_maxtext, source: a, destination: b, options: [hf_model_path=c]}]",

@@ -52,8 +52,9 @@ def test_parameters_are_exactly_the_commands_options(direction):
   assert set(command.OPTIONS) - set(params) == set(template_metadata.NOT_TEMPLATE_PARAMETERS) & set(command.OPTIONS)
   assert [n for n in command.OPTIONS if n in params] == list(params)  # same order as the command lists them
   assert {n for n, p in params.items() if not p["isOptional"]} == set(command.REQUIRED)
+  actions = template_metadata.actions()
   for name, p in params.items():
-    assert p["label"] and p["regexes"] and p["helpText"].startswith(" ".join(template_metadata.actions()[name].help.split()))
+    assert p["label"] and p["regexes"] and p["helpText"].startswith(" ".join(actions[name].help.split()))
 
 
 @pytest.mark.parametrize("command", [to_maxtext, to_huggingface, verify])
@@ -143,8 +144,8 @@ def test_dockerfile_installs_the_version_the_repo_builds_on_the_pinned_beam(dire
   python = f"{image.group(1)}{image.group(2)}"
   assert re.search(rf"^ARG LAUNCHER_IMAGE=gcr\.io/dataflow-templates-base/python{python}-template-launcher-base",
                    dockerfile, re.M)
-  assert "COPY --from=launcher /opt/google/dataflow/python_template_launcher /opt/google/dataflow/python_template_launcher" \
-      in dockerfile
+  launcher = "/opt/google/dataflow/python_template_launcher"
+  assert f"COPY --from=launcher {launcher} {launcher}" in dockerfile
   assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in dockerfile
   py_file = re.search(r"^ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/template/(\S+)$", dockerfile, re.M).group(1)
   assert py_file == f"dataflow_templates/{direction}/main.py" and f"COPY {py_file} {py_file}" in dockerfile
