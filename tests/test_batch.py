@@ -8,6 +8,8 @@ import pytest
 from pipeline import batch, cli
 from pipeline.errors import ConversionError
 from tests import goldens
+from tests.gcs_emulator import upload_dir
+from tests.test_dataflow import DATAFLOW, submitted  # pylint: disable=unused-import
 from tests.test_to_maxtext import IN_PROCESS
 from tests.test_to_maxtext import convert as to_maxtext
 from transforms import storage
@@ -235,3 +237,21 @@ jobs:
   assert lines[0].startswith(f"broken: FAILED: {tmp_path / 'nowhere'}")
   assert lines[1].startswith("fine: converted in ") and lines[2] == "2 jobs: 0 skipped, 1 failed"
   assert (tmp_path / "b" / "0" / "commit_success.txt").exists()
+
+
+def test_on_dataflow_each_job_is_submitted_and_the_next_follows(gcs_bucket, submitted, capsys):
+  hf = f"gs://{gcs_bucket}/hf"
+  upload_dir(goldens.path("qwen3", "hf"), hf)
+  jobs = f"gs://{gcs_bucket}/jobs.yaml"
+  storage.write_text(jobs, f"""
+defaults: [{", ".join(DATAFLOW)}]
+jobs:
+  - {{name: scanned, direction: to_maxtext, source: "{hf}", destination: "gs://{gcs_bucket}/scan"}}
+  - {{name: unscanned, direction: to_maxtext, source: "{hf}", destination: "gs://{gcs_bucket}/unscan",
+      options: [scan_layers=false]}}
+""")
+  assert cli.run_main(batch.main, [jobs]) == 0
+  out = capsys.readouterr().out.splitlines()
+  assert [line for line in out if not line.startswith("to_maxtext: submitted job")] == [
+      "scanned: submitted (no output yet)", "unscanned: submitted (no output yet)", "2 jobs: 0 skipped, 0 failed"]
+  assert len(submitted) == 2

@@ -1,8 +1,9 @@
 """--runner=DataflowRunner without a cloud: one-line checks, submit-and-return, and the submitted graph.
 
-Pipeline.run is replaced by a recorder that keeps the pipeline a DataflowRunner would have been
-given; the recorded graph is then run on the local runner from its runner-API proto alone, so the
-merge and commit must happen inside it, with no driver after the job.
+Either Beam's own --dry_run=True (DataflowRunner builds the whole job request, then does not send
+it) or a recorder in place of Pipeline.run that hands back a job id. The graph is then run on the
+local runner from its runner-API proto alone, so the merge and commit must happen inside it, with
+no driver after the job.
 """
 import apache_beam as beam
 import pytest
@@ -18,7 +19,10 @@ from transforms import storage
 
 JOB_ID = "2026-01-02_03_04_05-1234567890"
 DATAFLOW = ("--runner=DataflowRunner", "--project=my-project", "--region=europe-west4",
-            "--temp_location=gs://my-bucket/tmp", "--sdk_container_image=europe-docker.pkg.dev/p/r/ckptflow:1")
+            "--temp_location=gs://my-bucket/tmp", "--sdk_container_image=europe-docker.pkg.dev/p/r/ckptflow:1",
+            # Beam's own: DataflowRunner builds the job but does not send it, and Pipeline() skips
+            # its online look at the temp bucket (which waits ~25 s for credentials offline).
+            "--dry_run=True")
 
 
 class SubmittedJob:
@@ -40,6 +44,19 @@ def submitted(monkeypatch):
     return SubmittedJob()
   monkeypatch.setattr(beam.Pipeline, "run", record)
   return pipelines
+
+
+@pytest.fixture
+def dry_runs(monkeypatch):
+  """(pipeline proto as built, result) of each Pipeline.run, which runs for real."""
+  runs, run = [], beam.Pipeline.run
+
+  def spy(pipeline, *args, **kwargs):
+    proto = pipeline.to_runner_api()
+    runs.append((proto, run(pipeline, *args, **kwargs)))
+    return runs[-1][1]
+  monkeypatch.setattr(beam.Pipeline, "run", spy)
+  return runs
 
 
 def producers(proto):
@@ -71,29 +88,28 @@ def top_level(proto):
   return [proto.components.transforms[t].unique_name for t in root.subtransforms]
 
 
-def run_locally(pipeline):
-  """Runs a recorded pipeline from its proto alone, on the in-process local runner."""
-  proto = pipeline.to_runner_api()
+def run_locally(proto):
+  """Runs a pipeline from its runner-API proto alone, on the in-process local runner."""
   local = beam.Pipeline.from_runner_api(proto, FnApiRunner(), PipelineOptions(list(IN_PROCESS)))
   # Pipeline.run is the recorder here: run on the runner itself.
   FnApiRunner().run_pipeline(local, PipelineOptions(list(IN_PROCESS))).wait_until_finish()
 
 
-def test_to_maxtext_submits_and_returns_and_its_graph_commits_after_every_write(gcs_bucket, submitted, capsys):
+def test_to_maxtext_submits_and_returns_and_its_graph_commits_after_every_write(gcs_bucket, dry_runs, capsys):
   hf = f"gs://{gcs_bucket}/hf"
   upload_dir(goldens.path("llama3.1", "hf"), hf)
   out = f"gs://{gcs_bucket}/out"
-  assert cli.run_main(to_maxtext.main, [*DATAFLOW, f"--hf_model_path={hf}", f"base_output_directory={out}",
-                                        "scan_layers=true"]) == 0
+  assert cli.run_main(to_maxtext.main, [*DATAFLOW, f"--hf_model_path={hf}",
+                                        f"base_output_directory={out}", "scan_layers=true"]) == 0
   printed = capsys.readouterr().out
-  assert f"submitted job {JOB_ID}: https://console.cloud.google.com/dataflow/jobs/europe-west4/{JOB_ID}" \
-         "?project=my-project" in printed
-  assert f"the job writes {out}/0/items" in printed
+  assert "to_maxtext: submitted job (no id)" in printed and f"the job writes {out}/0/items" in printed
   # The driver read headers and fingerprints, but wrote nothing at the output.
   assert storage.find(out) == []
 
-  (pipeline,) = submitted
-  proto = pipeline.to_runner_api()
+  # DataflowRunner made the job request (a batch job, on our image) and only did not send it.
+  proto, result = dry_runs[-1]  # Pipeline.run also runs a copy of itself, rebuilt from its proto
+  assert result.job.proto.type_.name == "JOB_TYPE_BATCH"
+  assert "europe-docker.pkg.dev/p/r/ckptflow:1" in str(result.job.proto_pipeline.components.environments)
   assert top_level(proto) == ["Seed", "CreateArrays", "Plan", "Distribute", "WriteSlices", "AllWrites", "Barrier",
                               "Commit"]
   writes = {"WriteSlices", "CreateArrays", "AllWrites", "Distribute", "Plan", "Seed"}
@@ -101,7 +117,7 @@ def test_to_maxtext_submits_and_returns_and_its_graph_commits_after_every_write(
   assert not storage.exists(f"{out}/0/commit_success.txt")
 
   # The graph alone (no driver after it) writes, merges and commits the checkpoint.
-  run_locally(pipeline)
+  run_locally(proto)
   assert storage.exists(f"{out}/0/commit_success.txt") and storage.exists(f"{out}/0/ckptflow_manifest.json")
   goldens.assert_same_checkpoint(goldens.restore(f"{out}/0/items"), goldens.restore(goldens.items("llama3.1", "scan")))
 
@@ -119,13 +135,15 @@ def test_to_huggingface_submits_and_returns_and_finalizes_after_every_shard(tmp_
   assert f"submitted job {JOB_ID}" in printed and "then the index and config.json" in printed
   assert storage.find(out) == []
 
+  assert f"to_huggingface: submitted job {JOB_ID}: https://console.cloud.google.com/dataflow/jobs/europe-west4/" \
+         f"{JOB_ID}?project=my-project" in printed
   (pipeline,) = submitted
   proto = pipeline.to_runner_api()
   assert top_level(proto) == ["PlanShards", "DistributeShards", "WriteShards", "ShardBarrier", "Finalize"]
   assert upstream(proto, "Finalize") == {"PlanShards", "DistributeShards", "WriteShards", "ShardBarrier"}
   assert "WriteShards" in upstream(proto, "ShardBarrier")
 
-  run_locally(pipeline)
+  run_locally(proto)
   assert len([n for n in storage.list_names(out) if n.endswith(".safetensors")]) > 1
   local = tmp_path / "hf"
   for name in storage.list_names(out):
