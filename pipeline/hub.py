@@ -45,8 +45,9 @@ def source_repo(hf_model_path: str | None, model_name: str | None) -> tuple[str,
     return where.repo, where.revision if explicit else None
   if storage.is_gcs(hf_model_path) or os.path.exists(hf_model_path):
     return None
-  if _REPO_ID.fullmatch(hf_model_path.strip("/")):
-    return hf_model_path.strip("/"), None
+  # org/repo, never an absolute or relative local path that happens not to exist.
+  if _REPO_ID.fullmatch(hf_model_path.rstrip("/")):
+    return hf_model_path.rstrip("/"), None
   return None
 
 

@@ -32,10 +32,12 @@ class ConversionOptions(PipelineOptions):
     add = parser.add_argument
     add("--hf_model_path", default=None,
         help="HF model: a local or gs:// directory with config.json and *.safetensors, or a Hub repo "
-             "(org/repo when no such local directory exists, or hf://org/repo). Without it, to_maxtext reads "
-             "model_name's repo on the Hub (e.g. qwen3-4b -> Qwen/Qwen3-4B).")
+             "(org/repo when no such local directory exists, or hf://org/repo). to_maxtext: the source (without "
+             "it, model_name's repo on the Hub, e.g. qwen3-4b -> Qwen/Qwen3-4B). to_huggingface: where config.json "
+             "and the tokenizer files come from (default: MaxText's built-in config for model_name).")
     add("--base_output_directory", default=None,
-        help="Where the checkpoint goes: <dir>/0/items (MaxText's load_parameters_path).")
+        help="to_maxtext: where the checkpoint goes, <dir>/0/items (MaxText's load_parameters_path). "
+             "to_huggingface: the model directory (local, gs:// or hf://user/repo).")
     add("--model_name", default=None,
         help="MaxText model name (e.g. llama3.1-8b). Optional: the family is read from config.json; "
              "when given it must agree with it.")
@@ -95,9 +97,16 @@ class ConversionOptions(PipelineOptions):
              "runner can use: give a gs:// path on Dataflow).")
     add("--progress", type=str2bool, nargs="?", const=True, default=True,
         help="Show tensors done / total while a local runner works. Default true.")
+    add("--wait", type=str2bool, nargs="?", const=True, default=False,
+        help="On Dataflow, block until the job ends and print its counters. Default false: submit, print the "
+             "job id and return (the output is committed inside the job, after every write).")
     add("--lazy_load_tensors", type=str2bool, nargs="?", const=True, default=True,
         help="Accepted for MaxText compatibility; ckptflow always streams one tensor at a time.")
     add("--eager_load_method", default=None,
         help="Accepted for MaxText compatibility and ignored.")
     add("--revision", default=None,
         help="Branch, tag or commit of a Hub source (default main); resolved to one commit for the whole run.")
+
+
+# Accepted so MaxText command lines run unchanged; no command reads them.
+MAXTEXT_COMPATIBILITY = ("lazy_load_tensors", "eager_load_method")

@@ -1,4 +1,4 @@
-"""Running a pipeline: offline local defaults, a progress bar, and a metrics summary."""
+"""Running a pipeline: offline local defaults, a progress bar, a metrics summary, and Dataflow submission."""
 from __future__ import annotations
 
 import logging
@@ -11,8 +11,12 @@ from typing import Callable, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions, SetupOptions,
+                                                  StandardOptions, WorkerOptions)
 
+from pipeline.errors import ConversionError
+from pipeline.options import ConversionOptions
+from transforms import hub_io, storage
 from transforms.dofns import METRICS_NAMESPACE
 
 # Runs locally with worker processes and never downloads the Prism runner (REFERENCE §4).
@@ -49,6 +53,51 @@ logging.getLogger("apache_beam.runners.portability.local_job_service").addFilter
 def is_local(options: PipelineOptions) -> bool:
   runner = options.view_as(StandardOptions).runner
   return not isinstance(runner, str) or runner in LOCAL_RUNNERS
+
+
+def on_dataflow(options: PipelineOptions) -> bool:
+  runner = options.view_as(StandardOptions).runner
+  name = runner if isinstance(runner, str) else type(runner).__name__
+  return name.rsplit(".", 1)[-1] == "DataflowRunner"
+
+
+def waits(options: PipelineOptions) -> bool:
+  """Whether run() blocks until the job ends: always locally, on Dataflow only with --wait.
+
+  A flex template launcher must return once the job is submitted; the commit needs no driver, it
+  runs inside the job after the barrier.
+  """
+  return not on_dataflow(options) or bool(options.view_as(ConversionOptions).wait)
+
+
+def check_dataflow(options: PipelineOptions, paths: dict[str, str | None]) -> None:
+  """On Dataflow, fails in one line before any work: the options a job needs, workers that have
+  ckptflow, and no path on the driver's disk (`paths`: flag -> value; gs:// and hf:// are fine),
+  which workers cannot see."""
+  if not on_dataflow(options):
+    return
+  gcp = options.view_as(GoogleCloudOptions)
+  missing = [f"--{name}" for name in ("project", "region", "temp_location") if not getattr(gcp, name)]
+  if missing:
+    raise ConversionError(f"--runner=DataflowRunner needs {' '.join(missing)} (e.g. --project=my-project "
+                          "--region=us-central1 --temp_location=gs://my-bucket/tmp)")
+  for name in ("temp_location", "staging_location"):
+    value = getattr(gcp, name)
+    if value and not storage.is_gcs(value):
+      raise ConversionError(f"--{name}={value}: Dataflow needs a gs:// location")
+  setup = options.view_as(SetupOptions)
+  if not (options.view_as(WorkerOptions).sdk_container_image or setup.setup_file or setup.extra_packages):
+    raise ConversionError("--runner=DataflowRunner: the workers need ckptflow installed; pass "
+                          "--sdk_container_image=<the flex template image> (dataflow_templates/README.md) or "
+                          "--setup_file=./setup.py")
+  for flag, path in paths.items():
+    if path and not (storage.is_gcs(path) or hub_io.is_hub(path)):
+      raise ConversionError(f"--{flag}={path}: Dataflow workers cannot see this machine's disk; use a gs:// path")
+
+
+def console_url(options: PipelineOptions, job_id: str) -> str:
+  gcp = options.view_as(GoogleCloudOptions)
+  return f"https://console.cloud.google.com/dataflow/jobs/{gcp.region}/{job_id}?project={gcp.project}"
 
 
 class Progress:
@@ -106,13 +155,23 @@ class Progress:
 
 
 def run(build: Callable[[beam.Pipeline, str | None], object], options: PipelineOptions, total: int,
-        label: str, show_progress: bool) -> dict[str, int]:
-  """Builds with `build(pipeline, progress_path)`, runs to completion, returns the counters."""
+        label: str, show_progress: bool, wait: bool | None = None) -> dict[str, int]:
+  """Builds with `build(pipeline, progress_path)` and runs it; returns the counters.
+
+  Without `wait` (default: `waits(options)`), the job is only submitted: the job id and its console
+  page are printed and {} comes back at once.
+  """
+  wait = waits(options) if wait is None else wait
   local = is_local(options)
-  with Progress(total, label, show_progress and local) as progress:
+  with Progress(total, label, show_progress and local and wait) as progress:
     pipeline = beam.Pipeline(options=options)
     build(pipeline, progress.path)
     result = pipeline.run()
+    if not wait:
+      job_id = result.job_id() if hasattr(result, "job_id") else None
+      where = f": {console_url(options, job_id)}" if job_id and on_dataflow(options) else ""
+      print(f"{label}: submitted job {job_id or '(no id)'}{where}", flush=True)
+      return {}
     result.wait_until_finish()
   counters = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]
   totals: dict[str, int] = {}

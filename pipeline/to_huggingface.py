@@ -31,6 +31,14 @@ MAXTEXT_KEYS = ("model_name", "load_parameters_path", "base_output_directory", "
                 "hf_model_path", "hf_access_token", "max_shard_size", "use_multimodal", "vocab_size",
                 "quantize_fp8_blocks", "revision")
 
+# Every ConversionOptions field this command reads; its flex template's parameters are these minus
+# template_metadata.NOT_TEMPLATE_PARAMETERS.
+OPTIONS = ("load_parameters_path", "base_output_directory", "model_name", "scan_layers", "weight_dtype",
+           "hf_model_path", "hf_access_token", "max_shard_size", "use_multimodal", "vocab_size", "max_element_size",
+           "quantize_fp8_blocks", "revision", "hf_cache_dir", "workers", "worker_mbps", "overwrite", "resume",
+           "progress", "wait")
+REQUIRED = ("load_parameters_path", "base_output_directory")
+
 
 def prepare_output(output: str, overwrite: bool, resume: bool = False) -> None:
   """Refuses to mix with an existing model directory unless `overwrite` (then removes only our
@@ -93,6 +101,8 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[HfPlan
   access = hub.access(conv.hf_access_token, conv.hf_cache_dir)
   hf_model_path = config_source(conv)
   output = conv.base_output_directory
+  runner.check_dataflow(options, {"load_parameters_path": conv.load_parameters_path,
+                                  "base_output_directory": output, "hf_model_path": hf_model_path})
   plan = plan_from_options(conv, output, hf_model_path)
   if hub.is_hub(output):
     hub.prepare_destination(output, conv.overwrite, conv.resume)
@@ -120,10 +130,14 @@ def main(argv: list[str]) -> int:
     preflight.print_report(PipelineOptions(flags).view_as(ConversionOptions))
     return 0
   start = time.monotonic()
-  plan, totals = convert(PipelineOptions(flags), flags)
+  options = PipelineOptions(flags)
+  plan, totals = convert(options, flags)
+  destination = options.view_as(ConversionOptions).base_output_directory
+  if not runner.waits(options):
+    print(f"the job writes {len(plan.shards)} shard(s) to {destination}, then the index and config.json (last)")
+    return 0
   layout = "scanned" if plan.scan_layers else "unscanned"
   print(f"{plan.family} ({layout}): {runner.summary(totals, time.monotonic() - start)}", file=sys.stderr)
-  destination = PipelineOptions(flags).view_as(ConversionOptions).base_output_directory
   print(f"wrote {len(plan.shards)} shard(s) and config.json to {destination}")
   return 0
 

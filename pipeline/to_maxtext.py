@@ -25,6 +25,13 @@ from transforms.orbax_writer import CheckpointTarget
 MAXTEXT_KEYS = ("model_name", "base_output_directory", "scan_layers", "checkpoint_storage_use_zarr3",
                 "checkpoint_storage_use_ocdbt", "hf_model_path", "save_dtype", "use_multimodal", "vocab_size",
                 "hf_access_token", "revision")
+# Every ConversionOptions field this command reads; its flex template's parameters are these minus
+# template_metadata.NOT_TEMPLATE_PARAMETERS.
+OPTIONS = ("hf_model_path", "base_output_directory", "model_name", "scan_layers", "save_dtype",
+           "checkpoint_storage_use_zarr3", "checkpoint_storage_use_ocdbt", "simulated_cpu_devices_count",
+           "use_multimodal", "vocab_size", "zstd_level", "max_element_size", "hf_access_token", "revision",
+           "hf_cache_dir", "workers", "worker_mbps", "overwrite", "resume", "progress", "wait")
+REQUIRED = ("base_output_directory",)
 # Step 0, as MaxText's CheckpointManager numbers it.
 STEP = "0"
 
@@ -90,6 +97,7 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, 
                           "or gs:// directory; hf:// destinations are for to_huggingface")
   access = hub.access(conv.hf_access_token, conv.hf_cache_dir)
   source = model_source(conv)
+  runner.check_dataflow(options, {"hf_model_path": source, "base_output_directory": conv.base_output_directory})
   plan = plan_from_options(conv, source)
   target = CheckpointTarget(prepare_output(conv.base_output_directory, conv.overwrite, conv.resume),
                             use_ocdbt=conv.checkpoint_storage_use_ocdbt,
@@ -118,6 +126,9 @@ def main(argv: list[str]) -> int:
   if plan.unused:
     shown = ", ".join(plan.unused[:8]) + (f", ... ({len(plan.unused) - 8} more)" if len(plan.unused) > 8 else "")
     print(f"ignored: {len(plan.unused)} tensors a MaxText {plan.family} model does not use: {shown}", file=sys.stderr)
+  if not runner.waits(options):
+    print(f"the job writes {items} and commits it when every slice is written (load_parameters_path={items})")
+    return 0
   print(f"{plan.family}: {runner.summary(totals, time.monotonic() - start)}", file=sys.stderr)
   print(f"wrote {items} (load_parameters_path={items})")
   return 0

@@ -36,6 +36,8 @@ from transforms.tensor_ops import contiguous
 
 MAXTEXT_KEYS = ("load_parameters_path", "model_name", "hf_model_path", "use_multimodal", "vocab_size",
                 "hf_access_token", "revision")
+# Every ConversionOptions field this command reads.
+OPTIONS = (*MAXTEXT_KEYS, "hf_cache_dir", "verify_report", "progress")
 EXACT, ROUNDED, MISMATCH = "bit-identical", "within one rounding", "MISMATCH"
 
 
@@ -78,6 +80,10 @@ def verify(options: PipelineOptions, flags=()) -> dict[tuple[str, str], int]:
   source = conv.load_parameters_path and hub.resolve_source(conv.hf_model_path, conv.model_name, conv.revision)
   if not source:
     raise ConversionError("verify needs load_parameters_path=<dir>/0/items and --hf_model_path=<its HF source>")
+  if runner.on_dataflow(options) and not conv.verify_report:
+    raise ConversionError("verify on Dataflow needs --verify_report=gs://...: the report is read back from there")
+  runner.check_dataflow(options, {"load_parameters_path": conv.load_parameters_path,
+                                  "hf_model_path": conv.hf_model_path, "verify_report": conv.verify_report})
   reader = CheckpointReader(conv.load_parameters_path)
   plan = plan_to_maxtext(source, bool(reader.scan_layers()), "bfloat16", conv.model_name,
                          use_multimodal=conv.use_multimodal, vocab_size=conv.vocab_size)
@@ -97,7 +103,8 @@ def verify(options: PipelineOptions, flags=()) -> dict[tuple[str, str], int]:
       (add_verify(pipeline, plan, conv.load_parameters_path, progress_path, access)
        | "WriteReport" >> beam.Map(lambda counts: storage.write_text(
            report, json.dumps([[path, verdict, n] for (path, verdict), n in counts]))))
-    runner.run(build, runner.with_local_defaults(options, flags), len(plan.tasks), "verify", conv.progress)
+    runner.run(build, runner.with_local_defaults(options, flags), len(plan.tasks), "verify", conv.progress,
+               wait=True)
     return {(path, verdict): n for path, verdict, n in json.loads(storage.read_text(report))}
 
 

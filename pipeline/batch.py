@@ -1,0 +1,224 @@
+"""Scheduled batch conversions: run a list of conversions, skipping each whose output is up to date.
+
+  python -m pipeline.batch jobs.yaml [--flag=value ...]
+
+jobs.yaml (local or gs://):
+
+  defaults: [--runner=DataflowRunner, --project=my-project, --region=us-central1]   # optional
+  jobs:
+    - name: llama-8b                       # optional
+      direction: to_maxtext                # or to_huggingface
+      source: gs://b/hf/Llama-3.1-8B       # --hf_model_path, or load_parameters_path for to_huggingface
+      destination: gs://b/maxtext/llama-8b # base_output_directory
+      options: [model_name=llama3.1-8b, scan_layers=true, --save_dtype=bfloat16]
+
+`options` and `defaults` use the CLIs' vocabulary (MaxText key=value words and --flags, Beam's
+included); a job's own options win over the command line's flags, which win over `defaults`.
+
+A job is skipped when its output is committed, its ckptflow_manifest.json records the same options
+and direction, and every source file it records still has the same fingerprint (size and mtime;
+size, etag and generation on GCS). Anything else is converted again, one job after another (on
+Dataflow each is submitted and the next follows at once). An existing output is overwritten: an
+incomplete one has no manifest yet, so nothing proves what its slices were made from. A job whose
+options include --resume finishes an incomplete output instead. One failing job does not stop the
+others; the exit status is 1 if any failed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from typing import Any, Sequence
+
+import yaml
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import cli, runner, to_huggingface, to_maxtext
+from pipeline.errors import ConversionError
+from pipeline.options import ConversionOptions
+from pipeline.plan_hf import INDEX_FILE
+from transforms import orbax_layout, storage
+from transforms.manifest import MANIFEST
+
+COMMANDS = {"to_maxtext": to_maxtext, "to_huggingface": to_huggingface}
+SOURCE_OPTION = {"to_maxtext": "hf_model_path", "to_huggingface": "load_parameters_path"}
+# Manifest options that say how a run went, not what the output is.
+RUN_ONLY_OPTIONS = ("resume", "overwrite")
+JOB_KEYS = ("name", "direction", "source", "destination", "options")
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  name: str
+  direction: str
+  source: str
+  destination: str
+  flags: tuple[str, ...]  # the whole command line of the conversion, as --flags
+
+  def options(self) -> ConversionOptions:
+    return PipelineOptions(list(self.flags)).view_as(ConversionOptions)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+  run: bool
+  reason: str
+
+
+def _words(value: Any, where: str) -> list[str]:
+  if value is None:
+    return []
+  if not isinstance(value, list) or not all(isinstance(w, (str, int, float, bool)) for w in value):
+    raise ConversionError(f"{where}: expected a list of key=value / --flag=value words")
+  return [str(w) for w in value]
+
+
+def _translate(words: list[str], direction: str, where: str) -> list[str]:
+  flags, notes = cli.translate(words, COMMANDS[direction].MAXTEXT_KEYS)
+  for note in notes:
+    print(f"note: {where}: {note}", file=sys.stderr)
+  return flags
+
+
+def load_jobs(path: str, extra_flags: Sequence[str] = ()) -> list[Job]:
+  """Parses and checks the whole file before anything runs."""
+  try:
+    spec = yaml.safe_load(storage.read_text(path))
+  except yaml.YAMLError as e:
+    raise ConversionError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+  if not isinstance(spec, dict) or not isinstance(spec.get("jobs"), list) or not spec["jobs"]:
+    raise ConversionError(f"{path}: expected a mapping with a non-empty 'jobs:' list")
+  unknown = sorted(set(spec) - {"defaults", "jobs"})
+  if unknown:
+    raise ConversionError(f"{path}: unknown key {unknown[0]!r}; the keys are defaults and jobs")
+  defaults = _words(spec.get("defaults"), f"{path}: defaults")
+  jobs = []
+  for i, entry in enumerate(spec["jobs"], 1):
+    where = f"{path}: job {i}"
+    if not isinstance(entry, dict):
+      raise ConversionError(f"{where}: expected a mapping with direction, source, destination, options")
+    unknown = sorted(set(entry) - set(JOB_KEYS))
+    if unknown:
+      raise ConversionError(f"{where}: unknown key {unknown[0]!r}; the keys are {', '.join(JOB_KEYS)}")
+    direction = entry.get("direction")
+    if direction not in COMMANDS:
+      raise ConversionError(f"{where}: direction must be to_maxtext or to_huggingface, not {direction!r}")
+    source, destination = entry.get("source"), entry.get("destination")
+    if not isinstance(source, str) or not isinstance(destination, str) or not source or not destination:
+      raise ConversionError(f"{where}: source and destination are required paths")
+    name = str(entry.get("name") or f"{direction} {source}")
+    where = f"{path}: job {i} ({name})"
+    options = _translate(_words(entry.get("options"), where), direction, where)
+    for flag in (SOURCE_OPTION[direction], "base_output_directory"):
+      if any(f.startswith(f"--{flag}=") for f in options):
+        raise ConversionError(f"{where}: {flag} comes from source/destination; drop it from options")
+    flags = (*_translate(defaults, direction, f"{path}: defaults"), *extra_flags, *options,
+             f"--{SOURCE_OPTION[direction]}={source}", f"--base_output_directory={destination}")
+    jobs.append(Job(name, direction, source, destination, tuple(flags)))
+  return jobs
+
+
+def manifest_path(job: Job) -> str:
+  if job.direction == "to_maxtext":
+    return storage.join(job.destination, to_maxtext.STEP, MANIFEST)
+  return storage.join(job.destination, MANIFEST)
+
+
+def output_state(job: Job) -> str:
+  """'committed', 'incomplete' or 'missing'."""
+  if job.direction == "to_maxtext":
+    step = storage.join(job.destination, to_maxtext.STEP)
+    if storage.exists(storage.join(step, orbax_layout.COMMIT_MARKER)):
+      return "committed"
+    return "incomplete" if storage.exists(step) else "missing"
+  names = storage.list_names(job.destination)
+  if "config.json" in names:  # written last, after every shard and the index
+    return "committed"
+  ours = [n for n in names if n.endswith(".safetensors") or n in (INDEX_FILE, MANIFEST)]
+  return "incomplete" if ours else "missing"
+
+
+def _read_manifest(path: str) -> dict[str, Any] | None:
+  if not storage.exists(path):
+    return None
+  try:
+    manifest = json.loads(storage.read_text(path))
+  except (ValueError, ConversionError):
+    return None
+  return manifest if isinstance(manifest, dict) else None
+
+
+def decide(job: Job) -> Decision:
+  """Skip only a committed output whose manifest matches this job's options and current sources."""
+  state = output_state(job)
+  if state != "committed":
+    return Decision(True, "no output yet" if state == "missing" else "output incomplete (never committed)")
+  manifest = _read_manifest(manifest_path(job))
+  if manifest is None:
+    return Decision(True, f"no readable {MANIFEST}")
+  if manifest.get("direction") != job.direction:
+    return Decision(True, f"the output was made by {manifest.get('direction')}")
+  recorded, options = manifest.get("options"), job.options()
+  if not isinstance(recorded, dict) or not recorded:
+    return Decision(True, "the manifest records no options")
+  for key, value in sorted(recorded.items()):
+    if key not in RUN_ONLY_OPTIONS and getattr(options, key, None) != value:
+      return Decision(True, f"option {key} changed: {value!r} -> {getattr(options, key, None)!r}")
+  sources = manifest.get("sources")
+  if not isinstance(sources, dict) or not sources:
+    return Decision(True, "the manifest records no source files")
+  for path, fingerprint in sorted(sources.items()):
+    if not storage.exists(path):
+      return Decision(True, f"source {path} is gone")
+    if storage.fingerprint(path) != fingerprint:
+      return Decision(True, f"source {path} changed")
+  return Decision(False, "up to date")
+
+
+def run_job(job: Job, decision: Decision) -> str:
+  """Converts (or submits) one job; the one-line outcome."""
+  flags = list(job.flags)
+  if output_state(job) != "missing":
+    flags.append("--overwrite")  # an explicit --resume in the job's options still wins for an incomplete one
+  options = PipelineOptions(flags)
+  start = time.monotonic()
+  COMMANDS[job.direction].convert(options, flags)
+  if not runner.waits(options):
+    return f"submitted ({decision.reason})"
+  return f"converted in {time.monotonic() - start:.1f}s ({decision.reason})"
+
+
+def run_all(jobs: Sequence[Job]) -> list[tuple[Job, str, bool]]:
+  """(job, outcome, ok) for every job, one after another; a failure does not stop the rest."""
+  results = []
+  for job in jobs:
+    try:
+      decision = decide(job)
+      if not decision.run:
+        outcome = f"skipped ({decision.reason})"
+      else:
+        print(f"{job.name}: {job.direction} {job.source} -> {job.destination}: {decision.reason}", file=sys.stderr)
+        outcome = run_job(job, decision)
+      results.append((job, outcome, True))
+    except Exception as e:  # pylint: disable=broad-except
+      message = str(e) if isinstance(e, ConversionError) else cli.worker_error(e)
+      if message is None:
+        message = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+      results.append((job, f"FAILED: {message}", False))
+    print(f"{job.name}: {results[-1][1]}", flush=True)
+  return results
+
+
+def main(argv: list[str]) -> int:
+  if not argv or argv[0] in ("-h", "--help") or argv[0].startswith("-"):
+    print(__doc__)
+    return 0 if argv and argv[0] in ("-h", "--help") else 2
+  results = run_all(load_jobs(argv[0], argv[1:]))
+  failed = sum(not ok for _, _, ok in results)
+  print(f"{len(results)} jobs: {sum('skipped' in o for _, o, ok in results if ok)} skipped, {failed} failed")
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(cli.run_main(main))
