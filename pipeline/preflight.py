@@ -21,6 +21,7 @@ from pipeline.plan_hf import HfPlan
 from pipeline.runner import human_bytes
 from transforms.orbax_layout import NUMPY_DTYPES
 from transforms.orbax_writer import WRITE_BLOCK_BYTES
+from transforms.quantized import QuantizedRef
 from transforms.safetensors_io import DTYPES
 from transforms.shard_dofns import PREFETCH_BYTES
 
@@ -89,10 +90,15 @@ def to_maxtext_preflight(plan: Plan) -> Preflight:
   largest = max(plan.tasks, key=lambda t: max(t.nbytes, t.written_nbytes))
   chunks = sum(math.prod(-(-n // c) for n, c in zip(a.shape, a.chunks)) for a in plan.arrays)
   name = largest.sources[0].name + (f" rows {largest.rows[0]}:{largest.rows[1]}" if largest.rows else "")
+  extra = ()
+  if plan.dequantized_bytes != plan.source_bytes:
+    quantized = sum(1 for s in {s.name: s for t in plan.tasks for s in t.sources}.values() if isinstance(s, QuantizedRef))
+    extra = (("dequantized", f"{human_bytes(plan.dequantized_bytes)} in float32 from {quantized:,} quantized "
+                             "tensors (read above: their data and scales)"),)
   return Preflight("to_maxtext", plan.family, len({s.name for t in plan.tasks for s in t.sources}), len(plan.tasks),
                    plan.source_bytes, sum(t.written_nbytes for t in plan.tasks), name,
                    max(largest.nbytes, largest.written_nbytes),
-                   WORKER_BASE_BYTES + max(footprint(t) for t in plan.tasks), len(plan.arrays), chunks)
+                   WORKER_BASE_BYTES + max(footprint(t) for t in plan.tasks), len(plan.arrays), chunks, extra)
 
 
 def _ops(plan: Plan, task) -> tuple:

@@ -9,7 +9,7 @@ from pipeline import batch, cli
 from pipeline.errors import ConversionError
 from tests import goldens
 from tests.gcs_emulator import upload_dir
-from tests.test_dataflow import DATAFLOW, submitted  # pylint: disable=unused-import
+from tests.test_dataflow import DATAFLOW, submitted  # noqa: F401  (a fixture) pylint: disable=unused-import
 from tests.test_to_maxtext import IN_PROCESS
 from tests.test_to_maxtext import convert as to_maxtext
 from transforms import storage

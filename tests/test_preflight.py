@@ -5,6 +5,7 @@ import sys
 
 from pipeline.plan import plan_to_maxtext
 from pipeline.preflight import to_maxtext_preflight
+from pipeline.runner import human_bytes
 from tests import goldens
 from transforms.safetensors_io import list_checkpoint
 
@@ -56,3 +57,17 @@ def test_real_sized_header_set_plans_with_bounded_elements(tmp_path):
   assert report.elements > report.tensors and report.largest_element_bytes <= 256 * 2**20
   assert report.worker_memory_bytes < 2 * 2**30
   assert report.estimated_seconds(8, 100) * 8 == report.estimated_seconds(1, 100)
+
+
+def test_fp8_header_set_reports_quantized_bytes_in_and_dequantized_out(tmp_path):
+  made = run(MAKE_MODEL, "--preset", "deepseek3-671b", "--layers", "4", "--experts", "8", "--sparse", "--fp8",
+             "--out", str(tmp_path / "ds3"))
+  assert made.returncode == 0, made.stderr
+  planned = run("-m", "pipeline.plan", f"--hf_model_path={tmp_path / 'ds3'}", "base_output_directory=gs://b/out")
+  assert planned.returncode == 0, planned.stderr
+  plan = plan_to_maxtext(str(tmp_path / "ds3"))
+  report = to_maxtext_preflight(plan)
+  assert report.read_bytes == plan.source_bytes < plan.dequantized_bytes
+  (label, text), = report.extra
+  assert label == "dequantized" and f"  dequantized        {text}" in planned.stdout
+  assert text.startswith(human_bytes(plan.dequantized_bytes))

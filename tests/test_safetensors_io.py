@@ -4,6 +4,7 @@ import json
 import os
 import pickle
 import struct
+import time
 
 import ml_dtypes  # noqa: F401  (safetensors.numpy reads BF16 only once this is imported)
 import numpy as np
@@ -138,6 +139,7 @@ def test_gcs_reads_only_the_needed_bytes(gcs_server, gcs_bucket, monkeypatch):
   file_size = storage.size(path)
   calls = _spy_requests(monkeypatch, storage.filesystem(path))
 
+  before_header = gcs_server.log.mark()
   refs = sio.read_header(path)
   header_len = min(r.start for r in refs.values()) - 8
   media = [c for c in calls if "alt=media" in c[1]]
@@ -146,6 +148,11 @@ def test_gcs_reads_only_the_needed_bytes(gcs_server, gcs_bucket, monkeypatch):
   assert sum(c[3] for c in media) < 1000 < file_size
 
   calls.clear()
+  # The emulator logs a request after answering it: let the two header reads reach the log first.
+  deadline = time.monotonic() + 5
+  while (len([l for l in gcs_server.log.since(before_header, until="alt=media") if "alt=media" in l]) < 2
+         and time.monotonic() < deadline):
+    time.sleep(0.02)
   mark = gcs_server.log.mark()
   got = sio.read_tensor(refs["c"])
   assert _same(got, tensors["c"])
