@@ -137,7 +137,7 @@ def install_requires():
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 def test_dockerfile_installs_the_version_the_repo_builds_on_the_pinned_beam(direction):
-  with open(os.path.join(REPO, "dataflow_templates", direction, "Dockerfile"), encoding="utf-8") as f:
+  with open(os.path.join(REPO, "dataflow_templates", "Dockerfile"), encoding="utf-8") as f:
     dockerfile = f.read()
   assert re.search(r"^ARG CKPTFLOW_VERSION=(\S+)$", dockerfile, re.M).group(1) == setup_version()
   assert re.search(r"pip install --no-cache-dir --no-deps \.", dockerfile)
@@ -151,9 +151,10 @@ def test_dockerfile_installs_the_version_the_repo_builds_on_the_pinned_beam(dire
   launcher = "/opt/google/dataflow/python_template_launcher"
   assert f"COPY --from=launcher {launcher} {launcher}" in dockerfile
   assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in dockerfile
+  assert f"test \"$DIRECTION\" = {direction}" in dockerfile  # the one image builds either direction
   py_file = re.search(r"^ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/template/(\S+)$", dockerfile, re.M).group(1)
-  assert py_file == f"dataflow_templates/{direction}/main.py" and f"COPY {py_file} {py_file}" in dockerfile
-  assert os.path.exists(os.path.join(REPO, py_file))
+  assert py_file == "dataflow_templates/${DIRECTION}/main.py" and f"COPY {py_file} {py_file}" in dockerfile
+  assert os.path.exists(os.path.join(REPO, py_file.replace("${DIRECTION}", direction)))
   for package in ("models", "pipeline", "transforms"):
     assert f"COPY {package} {package}" in dockerfile
 
