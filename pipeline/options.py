@@ -84,9 +84,9 @@ class ConversionOptions(PipelineOptions):
              "(separate Beam elements), so a worker's memory is bounded by it. Default 256MiB.")
     add("--workers", default="1,8,32,128",
         help="Pre-flight: worker counts to estimate the wall time for (comma-separated).")
-    add("--worker_mbps", type=float, default=110.0,
-        help="Pre-flight: source MB/s one worker converts (default 110, measured with bench/ on 2 local "
-             "CPUs; use your own figure from a small run).")
+    add("--worker_mbps", type=float, default=180.0,
+        help="Pre-flight: source MB/s one worker process converts (default 180: HF -> MaxText on a real-size "
+             "DeepSeek-V3 slice with 2 workers on 2 CPUs, bench/scale.py; use your own figure from a small run).")
     add("--overwrite", type=str2bool, nargs="?", const=True, default=False,
         help="Replace an existing checkpoint at the output path (refused otherwise).")
     add("--resume", type=str2bool, nargs="?", const=True, default=False,

@@ -25,11 +25,9 @@ from transforms.quantized import QuantizedRef
 from transforms.safetensors_io import DTYPES
 from transforms.shard_dofns import PREFETCH_BYTES
 
-# A worker process before its first element: Python, Beam's SDK harness, numpy, tensorstore's pools.
-WORKER_BASE_BYTES = 400 * 2**20
-# Source bytes one local worker converts per second, HF -> MaxText, measured with bench/convert.py on
-# this project's 2-core machine (see bench/README.md); pass --worker_mbps with your own figure.
-DEFAULT_WORKER_MBPS = 110.0
+# A worker process besides its elements: Python, Beam's SDK harness, numpy, tensorstore's pools and
+# caches. Calibrated on bench/scale.py: 1.5-1.7 GB peak per process with 256 MiB elements.
+WORKER_BASE_BYTES = 900 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +81,8 @@ def to_maxtext_preflight(plan: Plan) -> Preflight:
   """A worker holds one element's source bytes, its converted value (float32 when the family
   rescales 16-bit weights) and one write block being copied, above its base."""
   def footprint(task) -> int:
-    wide = 4 if any(hasattr(op, "factor") or hasattr(op, "amount") for op in _ops(plan, task)) else 0
+    rescaled = any(hasattr(op, "factor") or hasattr(op, "amount") for op in _ops(plan, task))
+    wide = 4 if rescaled or any(isinstance(s, QuantizedRef) for s in task.sources) else 0
     elements = task.written_nbytes // NUMPY_DTYPES[task.array.dtype].itemsize
     return task.nbytes + max(task.written_nbytes, elements * wide) + min(task.written_nbytes, WRITE_BLOCK_BYTES)
 
