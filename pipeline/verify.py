@@ -73,8 +73,8 @@ def add_verify(pipeline: beam.Pipeline, plan: Plan, items: str, progress_path: s
           | "Report" >> beam.combiners.ToList())
 
 
-def verify(options: PipelineOptions, flags=()) -> dict[tuple[str, str], int]:
-  """{(array path, verdict): slices} for every slice of the checkpoint."""
+def verify(options: PipelineOptions, flags=()) -> tuple[str, dict[tuple[str, str], int]]:
+  """The family, and {(array path, verdict): slices} for every slice of the checkpoint."""
   conv = options.view_as(ConversionOptions)
   access = hub.access(conv.hf_access_token, conv.hf_cache_dir)
   source = conv.load_parameters_path and hub.resolve_source(conv.hf_model_path, conv.model_name, conv.revision)
@@ -105,7 +105,7 @@ def verify(options: PipelineOptions, flags=()) -> dict[tuple[str, str], int]:
            report, json.dumps([[path, verdict, n] for (path, verdict), n in counts]))))
     runner.run(build, runner.with_local_defaults(options, flags), len(plan.tasks), "verify", conv.progress,
                wait=True)
-    return {(path, verdict): n for path, verdict, n in json.loads(storage.read_text(report))}
+    return plan.family, {(path, verdict): n for path, verdict, n in json.loads(storage.read_text(report))}
 
 
 def main(argv: list[str]) -> int:
@@ -113,14 +113,14 @@ def main(argv: list[str]) -> int:
   if flags is None:
     return 0
   start = time.monotonic()
-  results = verify(PipelineOptions(flags), flags)
+  family, results = verify(PipelineOptions(flags), flags)
   by_verdict: dict[str, int] = {}
   for (path, verdict), n in sorted(results.items()):
     by_verdict[verdict] = by_verdict.get(verdict, 0) + n
     if verdict != EXACT:
       print(f"{verdict}: {path} ({n} slices)")
   summary = ", ".join(f"{n} {v}" for v, n in sorted(by_verdict.items()))
-  print(f"verified {sum(by_verdict.values())} slices in {time.monotonic() - start:.1f}s: {summary}")
+  print(f"{family}: verified {sum(by_verdict.values())} slices in {time.monotonic() - start:.1f}s: {summary}")
   return 1 if by_verdict.get(MISMATCH) else 0
 
 

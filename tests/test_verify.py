@@ -19,7 +19,8 @@ def run(items, family, *extra):
                                            ("gemma3", "scan")])
 def test_maxtexts_own_checkpoints_verify_bit_identical(family, layout, capsys):
   assert run(goldens.items(family, layout), family) == 0
-  assert capsys.readouterr().out.splitlines()[-1].endswith(" bit-identical")
+  last = capsys.readouterr().out.splitlines()[-1]
+  assert last.startswith(f"{family}: verified ") and last.endswith(" bit-identical")
 
 
 def test_a_wrong_checkpoint_fails_and_names_the_arrays(tmp_path, monkeypatch, capsys):
