@@ -63,10 +63,12 @@ def build_manifest(plan: Plan, conv: ConversionOptions, source: str | None = Non
                                             "simulated_cpu_devices_count", "zstd_level", "use_multimodal",
                                             "vocab_size", "max_element_size", "resume", "revision")}
   sources = [ref for task in plan.tasks for ref in task.sources]
-  # A quantized source's scales may sit in another shard: both files are sources.
-  return manifest.build("to_maxtext", plan.family, options,
-                        (f for ref in sources for f in getattr(ref, "files", (ref.file,))),
-                        (ref.name for ref in sources), source or conv.hf_model_path)
+  # The shards, and the config.json beside them (it decides shapes and transforms); a quantized
+  # source's scales may sit in another shard.
+  shards = [f for ref in sources for f in getattr(ref, "files", (ref.file,))]
+  files = [storage.join(storage.parent(shards[0]), "config.json"), *shards]
+  return manifest.build("to_maxtext", plan.family, options, files, (ref.name for ref in sources),
+                        source or conv.hf_model_path)
 
 
 def model_source(conv: ConversionOptions) -> str:

@@ -46,6 +46,15 @@ def test_touched_source_is_redone(converted):
       batch.Decision(True, f"source {shard} changed")
 
 
+def test_edited_config_json_is_redone(converted):
+  hf, out = converted
+  config = os.path.join(hf, "config.json")
+  with open(config, "a", encoding="utf-8") as f:
+    f.write("\n")
+  assert batch.decide(job("to_maxtext", hf, out, "--scan_layers=true")) == \
+      batch.Decision(True, f"source {config} changed")
+
+
 def test_removed_source_is_redone(converted):
   hf, out = converted
   shard = os.path.join(hf, "model.safetensors")

@@ -65,8 +65,8 @@ def test_hub_source_gives_the_same_checkpoint_as_the_local_dir_in_ranged_reads(t
   with open(goldens.path("qwen3", "hf", "model.safetensors"), "rb") as f:
     sha256 = hashlib.sha256(f.read()).hexdigest()
   assert manifest["source"] == f"hf://me/qwen3@{commit}"
-  (name, fingerprint), = manifest["sources"].items()
-  assert name == f"hf://me/qwen3@{commit}/model.safetensors"
+  assert sorted(manifest["sources"]) == [f"hf://me/qwen3@{commit}/{n}" for n in ("config.json", "model.safetensors")]
+  fingerprint = manifest["sources"][f"hf://me/qwen3@{commit}/model.safetensors"]
   assert (fingerprint["size"], fingerprint["commit"], fingerprint["sha256"]) == (size, commit, sha256)
 
 

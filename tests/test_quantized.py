@@ -323,7 +323,8 @@ def test_fp8_deepseek_converts_exactly_like_its_dequantized_twin(tmp_path, layou
   with open(tmp_path / "a" / "0" / "ckptflow_manifest.json") as f:
     manifest = json.load(f)
   ref = next(s for s in quantized if s.name.endswith("layers.1.mlp.experts.3.down_proj.weight"))
-  assert manifest["sources"] == {fp8 + "/model.safetensors": storage.fingerprint(fp8 + "/model.safetensors")}
+  assert manifest["sources"] == {fp8 + f"/{name}": storage.fingerprint(fp8 + f"/{name}")
+                                 for name in ("model.safetensors", "config.json")}
   assert manifest["tensors"][ref.name]["crc32"] == zlib.crc32(read_tensor(ref).view(np.uint8))
   assert plan.dequantized_bytes == sum(qz.dequantized_nbytes(s) for s in sources) == sum(
       read_tensor(r).size * 4 if r.dtype == "F8_E4M3" else r.nbytes

@@ -204,7 +204,9 @@ def test_manifest_records_what_the_checkpoint_was_made_from(tmp_path):
   assert manifest["tool"] == "ckptflow" and manifest["family"] == "qwen3" and manifest["direction"] == "to_maxtext"
   assert manifest["options"]["scan_layers"] is False and manifest["options"]["hf_model_path"] == hf
   shard = os.path.join(hf, "model.safetensors")
-  assert manifest["sources"] == {shard: {"size": os.path.getsize(shard), "mtime_ns": os.stat(shard).st_mtime_ns}}
+  config = os.path.join(hf, "config.json")
+  assert manifest["sources"] == {path: {"size": os.path.getsize(path), "mtime_ns": os.stat(path).st_mtime_ns}
+                                 for path in (shard, config)}
   refs = list_checkpoint(hf)
   assert sorted(manifest["tensors"]) == sorted(refs)
   for name, ref in refs.items():
