@@ -45,7 +45,7 @@ class TensorTask:
   row block by row block (`split`), appended to the file in order.
 
   With `fp8_block`, the tensor is written as FP8 (`dtype` F8_E4M3) plus its float32 `<name>_scale_inv`,
-  one scale per block, computed from the float32 value (whole: such tensors are not split).
+  one scale per block, computed from the float32 value; its row blocks hold whole FP8 blocks.
   """
   name: str
   dtype: str
@@ -203,10 +203,17 @@ def _fp8_blocks(tensors: list[TensorTask], family: str,
   if source_quantization and source_quantization.get("quant_method") == quantized.FP8:
     config = dict(source_quantization)
   block = tuple(config.get("weight_block_size") or quantized.FP8_BLOCK)
-  # Quantized whole (not in row blocks): FP8 blocks would have to align with them.
-  return [dataclasses.replace(t, dtype="F8_E4M3", fp8_block=block, split=None)
+  return [dataclasses.replace(t, dtype="F8_E4M3", fp8_block=block, split=_aligned(t.split, block[0]))
           if quantized.DEEPSEEK_FP8_WEIGHTS.fullmatch(t.name)
           else t for t in tensors], config
+
+
+def _aligned(split: Split | None, rows: int) -> Split | None:
+  """`split` with blocks of a whole number of `rows`-row FP8 blocks, so each row block quantizes on its own."""
+  if split is None:
+    return None
+  step = math.lcm(split.hf_rows_per_unit, rows) // split.hf_rows_per_unit
+  return dataclasses.replace(split, units_per_block=max(step, split.units_per_block // step * step))
 
 
 def _shards(tensors: list[TensorTask], max_bytes: int, output: str) -> tuple[ShardTask, ...]:

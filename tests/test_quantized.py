@@ -460,3 +460,17 @@ def test_quantized_sources_in_row_blocks_convert_like_whole_ones(tmp_path):
     assert totals["read-bytes"] == plan.source_bytes
     _, whole, _ = to_maxtext(twin, tmp_path / f"{kind}-whole")
     goldens.assert_same_checkpoint(goldens.restore(split), goldens.restore(whole))
+
+
+def test_fp8_blocks_written_in_row_blocks_are_the_same_file(tmp_path):
+  """Row blocks of whole 16-row FP8 blocks quantize on their own; the scales follow the weight."""
+  fp8, _ = deepseek_fp8_pair(tmp_path)
+  _, items, _ = to_maxtext(fp8, tmp_path / "mt", "--save_dtype=float32")
+  whole, _ = to_hf(items, tmp_path / "whole", "--quantize_fp8_blocks", hf_model_path=fp8)
+  split, _ = to_hf(items, tmp_path / "split", "--quantize_fp8_blocks", "--max_element_size=3000", hf_model_path=fp8)
+  fp8_tasks = [t for s in split.shards for t in s.tensors if t.fp8_block and t.split is not None]
+  assert any(len(t.blocks) > 1 for t in fp8_tasks)
+  assert all(b.rows[0] % t.fp8_block[0] == 0 for t in fp8_tasks for b in t.blocks)
+  for name in os.listdir(tmp_path / "whole"):
+    if name.endswith(".safetensors"):
+      assert (tmp_path / "split" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name

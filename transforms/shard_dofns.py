@@ -65,9 +65,16 @@ class WriteShardFn(CheckpointReadingFn):
   def _write(self, shard, path: str, checksums: dict[str, int]) -> None:
     entries = [o for t in shard.tensors for o in t.outputs]
     with SafetensorsWriter(path, entries, HF_FILE_METADATA) as writer:
+      scales: list[np.ndarray] = []
       for task, rows, read, last in hf_blocks(self.reader, shard.tensors, self.param_of, self.sizes):
-        outputs = quantize_fp8_blocks(rows, task.fp8_block) if task.fp8_block else (rows,)
-        for (name, _, _), value in zip(task.outputs, outputs):
+        if task.fp8_block:  # the scales follow the whole weight in the file: held (they are small) until then
+          rows, block_scales = quantize_fp8_blocks(rows, task.fp8_block)
+          scales.append(block_scales)
+        pending = [(task.name, rows)]
+        if last and scales:
+          pending.append((task.outputs[1][0], np.concatenate(scales)))
+          scales = []
+        for name, value in pending:
           writer.write(name, value)
           checksums[name] = zlib.crc32(value.reshape(-1).view(np.uint8), checksums.get(name, 0))
         if last:
