@@ -60,11 +60,10 @@ class SliceTask:
 
   @property
   def written_nbytes(self) -> int:
-    shape = [n for a, n in enumerate(self.array.shape) if a not in dict(self.index)]
-    if self.block is not None:
-      free = [a for a in range(len(self.array.shape)) if a not in dict(self.index)]
-      shape[free.index(self.block_axis)] = self.block.positions[1] - self.block.positions[0]
-    return math.prod(shape) * orbax_layout.NUMPY_DTYPES[self.array.dtype].itemsize
+    shape = self.array.shape
+    expr = orbax_layout.region(len(shape), self.index, self.window)
+    return (math.prod(len(range(*e.indices(n))) for e, n in zip(expr, shape) if isinstance(e, slice))
+            * orbax_layout.NUMPY_DTYPES[self.array.dtype].itemsize)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -59,6 +59,12 @@ class TensorTask:
     """Its row blocks in file order (rows only MaxText has, its vocabulary padding, are not written)."""
     return [None] if self.split is None else [b for b in self.split.blocks() if b.rows[1] > b.rows[0]]
 
+  def block_nbytes(self, block: RowBlock | None) -> int:
+    """Bytes written for `block`'s rows (the whole tensor for None)."""
+    if block is None or not self.shape:
+      return self.nbytes
+    return self.nbytes * (block.rows[1] - block.rows[0]) // max(self.shape[0], 1)
+
   @property
   def value_dtype(self) -> str:
     """The dtype the converted value is cast to before writing (FP8 quantizes from float32)."""

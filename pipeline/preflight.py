@@ -110,8 +110,7 @@ def to_huggingface_preflight(plan: HfPlan, stored_itemsize: dict[str, int]) -> P
   for shard in plan.shards:
     for task in shard.tensors:
       for block in task.blocks:
-        rows = task.shape[0] if block is None else block.rows[1] - block.rows[0]
-        out = task.nbytes * rows // max(task.shape[0], 1) if task.shape else task.nbytes
+        out = task.block_nbytes(block)
         itemsize = max(stored_itemsize.get(s.array, 4) for s in task.sources)
         read = out // DTYPES[task.dtype].itemsize * itemsize
         pieces.append((task.name, block, read, out))

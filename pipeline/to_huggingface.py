@@ -126,11 +126,11 @@ def main(argv: list[str]) -> int:
   flags = cli.start(argv, "python -m pipeline.to_huggingface", __doc__, MAXTEXT_KEYS)
   if flags is None:
     return 0
-  if is_dry_run(PipelineOptions(flags)):
-    preflight.print_report(PipelineOptions(flags).view_as(ConversionOptions))
+  options = PipelineOptions(flags)
+  if is_dry_run(options):
+    preflight.print_report(options.view_as(ConversionOptions))
     return 0
   start = time.monotonic()
-  options = PipelineOptions(flags)
   plan, totals = convert(options, flags)
   destination = options.view_as(ConversionOptions).base_output_directory
   if not runner.waits(options):

@@ -93,7 +93,10 @@ def hf_blocks(reader: CheckpointReader, tasks: Sequence, param_of: Callable[[int
   A small next piece's read (tensorstore decompresses on its own threads) overlaps this one's
   conversion; a large one waits, so a worker holds at most 2 x the largest piece + PREFETCH_BYTES.
   """
-  pieces = [(task, block, i == len(task.blocks) - 1) for task in tasks for i, block in enumerate(task.blocks)]
+  pieces = []
+  for task in tasks:
+    blocks = task.blocks
+    pieces += [(task, block, i == len(blocks) - 1) for i, block in enumerate(blocks)]
 
   def start(piece):
     task, block, _ = piece
@@ -105,7 +108,7 @@ def hf_blocks(reader: CheckpointReader, tasks: Sequence, param_of: Callable[[int
     task, block, last = piece
     values = [_result(f, reader, s) for f, s in zip(pending or start(piece), task.sources)]
     following = pieces[i + 1] if i + 1 < len(pieces) else None
-    pending = start(following) if following and _piece_bytes(following) <= PREFETCH_BYTES else None
+    pending = start(following) if following and following[0].block_nbytes(following[1]) <= PREFETCH_BYTES else None
     read += sum(v.nbytes for v in values)
     params = [param_of(s.param) for s in task.sources]
     rows = contiguous(maxtext_to_hf(values, params, sizes if block is None else block.with_sizes(sizes)),
@@ -125,13 +128,6 @@ def hf_tensors(reader: CheckpointReader, tasks: Sequence, param_of: Callable[[in
     if last:
       yield task, parts[0] if len(parts) == 1 else np.concatenate(parts), read
       parts = []
-
-
-def _piece_bytes(piece) -> int:
-  task, block, _ = piece
-  if block is None:
-    return task.nbytes
-  return task.nbytes * (block.rows[1] - block.rows[0]) // max(task.shape[0], 1)
 
 
 def _result(future, reader: CheckpointReader, source) -> np.ndarray:
