@@ -1,4 +1,4 @@
-"""Benchmark both directions against `cp` of the same files, with ../shared/bench's tools.
+"""Benchmark both directions against `cp` of the same files, with bench/make_model.py and bench/measure.py.
 
   .venv/bin/python bench/convert.py [--layers 4 8] [--workers N] [--data bench-data]
 
@@ -19,14 +19,14 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_BENCH = os.path.join(os.path.dirname(ROOT), "shared", "bench")
+BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)
 
 from transforms.safetensors_io import list_checkpoint  # pylint: disable=wrong-import-position
 
 
 def measure(label: str, cmd: list[str], results: str) -> dict:
-  subprocess.run([sys.executable, os.path.join(SHARED_BENCH, "measure.py"), "--label", label, "--json", results,
+  subprocess.run([sys.executable, os.path.join(BENCH, "measure.py"), "--label", label, "--json", results,
                   "--", *cmd], check=True, cwd=ROOT, stderr=subprocess.DEVNULL)
   with open(results) as f:
     return json.loads(f.read().strip().splitlines()[-1])
@@ -44,7 +44,7 @@ def main() -> int:
   for layers in a.layers:
     model = os.path.join(a.data, f"{a.preset}-{layers}l")
     if not os.path.exists(os.path.join(model, "config.json")):
-      subprocess.run([sys.executable, os.path.join(SHARED_BENCH, "make_model.py"), "--preset", a.preset,
+      subprocess.run([sys.executable, os.path.join(BENCH, "make_model.py"), "--preset", a.preset,
                       "--layers", str(layers), "--out", model], check=True)
     tensors = list_checkpoint(model)
     largest = max(t.nbytes for t in tensors.values())

@@ -25,10 +25,10 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.convert import SHARED_BENCH, measure  # pylint: disable=wrong-import-position
+from bench.convert import BENCH, measure  # pylint: disable=wrong-import-position
 from transforms.orbax_layout import NUMPY_DTYPES  # pylint: disable=wrong-import-position
 from transforms.orbax_reader import CheckpointReader  # pylint: disable=wrong-import-position
-from pipeline.plan import plan_to_maxtext  # pylint: disable=wrong-import-position
+from pipeline.planner import plan_to_maxtext  # pylint: disable=wrong-import-position
 
 
 def same_checkpoint(a: str, b: str) -> bool:
@@ -87,7 +87,7 @@ def main() -> int:
     layers, experts = (int(x) for x in size.split("x"))
     model = os.path.join(a.data, f"ds3-{size}")
     if not os.path.exists(os.path.join(model, "config.json")):
-      subprocess.run([sys.executable, os.path.join(SHARED_BENCH, "make_model.py"), "--preset", "deepseek3-671b",
+      subprocess.run([sys.executable, os.path.join(BENCH, "make_model.py"), "--preset", "deepseek3-671b",
                       "--layers", str(layers), "--experts", str(experts), "--out", model], check=True)
     plan = plan_to_maxtext(model)
     total, largest = plan.source_bytes, max(r.nbytes for t in plan.tasks for r in t.sources)

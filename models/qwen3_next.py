@@ -14,7 +14,7 @@ from typing import Any
 
 from models.decoder import BLOCK, EMBEDDING, FINAL_NORM, LAYER, LM_HEAD, decoder_sizes, routed_experts
 from models.spec import Config, Family, Param, Stack
-from pipeline.errors import ConversionError
+from transforms.errors import ConversionError
 
 # MaxText's qwen3-next scan block (inhomogeneous_layer_cycle_interval): three linear-attention
 # layers then one full-attention layer, as in every released Qwen3-Next.

@@ -4,7 +4,7 @@ A family lists its parameters once. Each `Param` names the HF tensor (a pattern 
 decoder layers and `{expert}` for routed experts), the MaxText array (`{layers}` marks the layer
 container, which the layout decides), the named axes on each side, and the few value ops that
 axes cannot say. Which HF layers MaxText scans together, and how it names them, is the family's
-`stacks`. The generic planner (`pipeline.plan`) expands layers, experts, stacking and direction;
+`stacks`. The generic planner (`pipeline.planner`) expands layers, experts, stacking and direction;
 families never branch on them.
 """
 from __future__ import annotations

@@ -34,14 +34,14 @@ from typing import Any, Sequence
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import cli, runner, to_huggingface, to_maxtext
-from pipeline.errors import ConversionError
+from pipeline import cli, runner, to_huggingface_job, to_maxtext_job
+from transforms.errors import ConversionError
 from pipeline.options import ConversionOptions
 from pipeline.plan_hf import INDEX_FILE
 from transforms import orbax_layout, storage
 from transforms.manifest import MANIFEST
 
-COMMANDS = {"to_maxtext": to_maxtext, "to_huggingface": to_huggingface}
+COMMANDS = {"to_maxtext": to_maxtext_job, "to_huggingface": to_huggingface_job}
 SOURCE_OPTION = {"to_maxtext": "hf_model_path", "to_huggingface": "load_parameters_path"}
 # Manifest options that say how a run went, not what the output is.
 RUN_ONLY_OPTIONS = ("resume", "overwrite")
@@ -121,14 +121,14 @@ def load_jobs(path: str, extra_flags: Sequence[str] = ()) -> list[Job]:
 
 def manifest_path(job: Job) -> str:
   if job.direction == "to_maxtext":
-    return storage.join(job.destination, to_maxtext.STEP, MANIFEST)
+    return storage.join(job.destination, to_maxtext_job.STEP, MANIFEST)
   return storage.join(job.destination, MANIFEST)
 
 
 def output_state(job: Job) -> str:
   """'committed', 'incomplete' or 'missing'."""
   if job.direction == "to_maxtext":
-    step = storage.join(job.destination, to_maxtext.STEP)
+    step = storage.join(job.destination, to_maxtext_job.STEP)
     if storage.exists(storage.join(step, orbax_layout.COMMIT_MARKER)):
       return "committed"
     return "incomplete" if storage.exists(step) else "missing"

@@ -5,7 +5,9 @@ import time
 
 import apache_beam as beam
 
-from pipeline.plan import Plan
+import models
+
+from pipeline.planner import Plan
 from pipeline.plan_hf import HfPlan
 from transforms.hub_io import HubAccess
 from transforms.dofns import CollectWriters, CommitFn, CreateArraysFn, WriteSliceFn
@@ -26,7 +28,7 @@ def add_to_maxtext(pipeline: beam.Pipeline, plan: Plan, target: CheckpointTarget
   written = (pipeline
              | "Plan" >> beam.Create(plan.tasks, reshuffle=False)
              | "Distribute" >> beam.Reshuffle()
-             | "WriteSlices" >> beam.ParDo(WriteSliceFn(target, plan.family, plan.sizes, progress_path, hub)))
+             | "WriteSlices" >> beam.ParDo(WriteSliceFn(target, models.BY_NAME[plan.family], plan.sizes, progress_path, hub)))
   return ((created, written)
           | "AllWrites" >> beam.Flatten()
           | "Barrier" >> beam.CombineGlobally(CollectWriters())
@@ -45,7 +47,7 @@ def add_to_huggingface(pipeline: beam.Pipeline, plan: HfPlan, hf_model_path: str
   return (pipeline
           | "PlanShards" >> beam.Create(plan.shards, reshuffle=False)
           | "DistributeShards" >> beam.Reshuffle()
-          | "WriteShards" >> beam.ParDo(WriteShardFn(plan.items, plan.family, plan.sizes, progress_path, hub))
+          | "WriteShards" >> beam.ParDo(WriteShardFn(plan.items, models.BY_NAME[plan.family], plan.sizes, progress_path, hub))
           | "ShardBarrier" >> beam.CombineGlobally(CountTensors())
           | "Finalize" >> beam.ParDo(FinalizeFn(plan.output, plan.tensor_count,
                                                 plan.index() if index is None else index, plan.config,

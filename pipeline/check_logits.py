@@ -30,7 +30,7 @@ import numpy as np
 
 import models
 from pipeline import cli
-from pipeline.errors import ConversionError
+from transforms.errors import ConversionError
 from pipeline.options import str2bool
 from pipeline.plan_hf import plan_to_huggingface, target_config
 from transforms import storage

@@ -12,7 +12,7 @@ import re
 import sys
 from typing import Callable, Sequence
 
-from pipeline.errors import ConversionError
+from transforms.errors import ConversionError
 from pipeline.options import ConversionOptions
 
 BEAM_OPTIONS_HELP = """\

@@ -16,8 +16,8 @@ import ml_dtypes
 import numpy as np
 
 import models
-from pipeline import cli, to_huggingface, to_maxtext
-from pipeline.plan import plan_to_maxtext
+from pipeline import cli, to_huggingface_job, to_maxtext_job
+from pipeline.planner import plan_to_maxtext
 from transforms.dofns import convert_slice
 from transforms.orbax_reader import CheckpointReader
 from transforms.orbax_layout import NUMPY_DTYPES, region
@@ -95,14 +95,14 @@ def main(argv: list[str]) -> int:
   for scan in (True, False):
     out = os.path.join(args.workdir, "maxtext_scan" if scan else "maxtext_unscan")
     start = time.monotonic()
-    to_maxtext.main([f"base_output_directory={out}", f"scan_layers={scan}", f"--hf_model_path={hf_dir}",
+    to_maxtext_job.main([f"base_output_directory={out}", f"scan_layers={scan}", f"--hf_model_path={hf_dir}",
                      "--overwrite"])
     items = os.path.join(out, "0", "items")
     checked = verify(hf_dir, items, scan)
     print(f"scan_layers={scan}: {checked} slices bit-exact in {items} ({time.monotonic() - start:.1f}s)")
     back = os.path.join(args.workdir, "hf_from_scan" if scan else "hf_from_unscan")
     start = time.monotonic()
-    to_huggingface.main([f"load_parameters_path={items}", f"base_output_directory={back}",
+    to_huggingface_job.main([f"load_parameters_path={items}", f"base_output_directory={back}",
                          f"--hf_model_path={hf_dir}", "--overwrite"])
     same, rounded = compare_models(hf_dir, back)
     print(f"back to HF: {same} tensors bit-identical to the original, {rounded} within one bf16 rounding "

@@ -12,7 +12,7 @@ import os
 import re
 
 from models.known_configs import hub_repo
-from pipeline.errors import ConversionError
+from transforms.errors import ConversionError
 from transforms.manifest import MANIFEST
 from transforms import hub_io, hub_upload, storage
 from transforms.hub_io import HubAccess, is_hub

@@ -12,9 +12,9 @@ import math
 from typing import Any
 
 from models.known_configs import known_config
-from pipeline.errors import ConversionError
+from transforms.errors import ConversionError
 from pipeline.row_blocks import SPLIT_BYTES, RowBlock, Split, find_split
-from pipeline.plan import (detect_family, family_sizes, mt_shape, parse_size, placements, read_config, with_options,
+from pipeline.planner import (detect_family, family_sizes, mt_shape, parse_size, placements, read_config, with_options,
                            without_options)
 from transforms import quantized, storage
 from transforms.orbax_layout import NUMPY_DTYPES

@@ -8,15 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
-from typing import Sequence
-
-from apache_beam.options.pipeline_options import PipelineOptions
 
 import models
-from pipeline import cli
 from pipeline.options import ConversionOptions
-from pipeline.plan import Plan
+from pipeline.planner import Plan
 from pipeline.plan_hf import HfPlan
 from pipeline.runner import human_bytes
 from transforms.orbax_layout import NUMPY_DTYPES
@@ -121,32 +116,6 @@ def to_huggingface_preflight(plan: HfPlan, stored_itemsize: dict[str, int]) -> P
                    plan.total_size, label, max(read, out), memory, len(plan.shards), 0)
 
 
-def report(conv: ConversionOptions) -> Preflight:
-  """The pre-flight of the conversion these options describe: MaxText -> HF when
-  load_parameters_path is given, else HF -> MaxText."""
-  # Imported here: both entry points import this module for --dry_run.
-  from pipeline import to_huggingface, to_maxtext  # pylint: disable=import-outside-toplevel
-  if conv.load_parameters_path:
-    plan = to_huggingface.plan_from_options(conv, conv.base_output_directory or ".")
-    return to_huggingface_preflight(plan, to_huggingface.stored_itemsizes(plan))
-  return to_maxtext_preflight(to_maxtext.plan_from_options(conv))
-
-
-def print_report(conv: ConversionOptions) -> None:
+def print_report(report: Preflight, conv: ConversionOptions) -> None:
   workers = tuple(int(n) for n in str(conv.workers).split(",") if n.strip())
-  print("\n".join(report(conv).lines(workers, conv.worker_mbps)))
-
-
-def main(argv: Sequence[str]) -> int:
-  """python -m pipeline.plan <the arguments of to_maxtext or to_huggingface>."""
-  from pipeline import to_huggingface, to_maxtext  # pylint: disable=import-outside-toplevel
-  keys = tuple(dict.fromkeys(to_maxtext.MAXTEXT_KEYS + to_huggingface.MAXTEXT_KEYS))
-  flags = cli.start(argv, "python -m pipeline.plan", __doc__, keys)
-  if flags is None:
-    return 0
-  print_report(PipelineOptions(flags).view_as(ConversionOptions))
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(cli.run_main(main))
+  print("\n".join(report.lines(workers, conv.worker_mbps)))

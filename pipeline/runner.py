@@ -14,7 +14,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions, SetupOptions,
                                                   StandardOptions, WorkerOptions)
 
-from pipeline.errors import ConversionError
+from transforms.errors import ConversionError
 from pipeline.options import ConversionOptions
 from transforms import hub_io, storage
 from transforms.dofns import METRICS_NAMESPACE

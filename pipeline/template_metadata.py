@@ -14,11 +14,11 @@ import os
 import re
 from typing import Any
 
-from pipeline import to_huggingface, to_maxtext
+from pipeline import to_huggingface_job, to_maxtext_job
 from pipeline.options import ConversionOptions, str2bool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DIRECTIONS = {"to_maxtext": to_maxtext, "to_huggingface": to_huggingface}
+DIRECTIONS = {"to_maxtext": to_maxtext_job, "to_huggingface": to_huggingface_job}
 TITLES = {
     "to_maxtext": ("ckptflow: Hugging Face safetensors to MaxText Orbax",
                    "Converts an HF checkpoint (config.json + *.safetensors on gs://) into a MaxText checkpoint at "

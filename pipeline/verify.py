@@ -18,14 +18,16 @@ import time
 from typing import Iterator
 
 import apache_beam as beam
+
+import models
 import ml_dtypes
 import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import cli, hub, runner
-from pipeline.errors import ConversionError
+from transforms.errors import ConversionError
 from pipeline.options import ConversionOptions
-from pipeline.plan import Plan, plan_to_maxtext
+from pipeline.planner import Plan, plan_to_maxtext
 from transforms import storage
 from transforms.dofns import convert_slice
 from transforms.hub_io import HubAccess
@@ -68,7 +70,7 @@ def add_verify(pipeline: beam.Pipeline, plan: Plan, items: str, progress_path: s
   return (pipeline
           | "PlanSlices" >> beam.Create(plan.tasks, reshuffle=False)
           | "DistributeSlices" >> beam.Reshuffle()
-          | "Verify" >> beam.ParDo(VerifySliceFn(items, plan.family, plan.sizes, progress_path, hub_access))
+          | "Verify" >> beam.ParDo(VerifySliceFn(items, models.BY_NAME[plan.family], plan.sizes, progress_path, hub_access))
           | "Summarise" >> beam.combiners.Count.PerElement()
           | "Report" >> beam.combiners.ToList())
 

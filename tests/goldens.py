@@ -1,4 +1,10 @@
-"""Access to ../shared/goldens (read-only; tests copy what they convert) and Orbax restores."""
+"""The golden checkpoints the tests use (read-only; tests copy what they convert) and Orbax restores.
+
+They live in tests/data/ (copied from ../shared/, where new ones arrive), so the suite passes in a
+fresh clone with nothing beside it. CKPTFLOW_GOLDENS=<dir laid out like tests/data/goldens> points
+the tests at another set (e.g. ../shared/goldens with hidden seeds); the newer families and the
+training checkpoints are read from its sibling folders goldens_newer/ and goldens_train/ when it has them.
+"""
 from __future__ import annotations
 
 import json
@@ -8,7 +14,11 @@ import shutil
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GOLDENS = os.environ.get("CKPTFLOW_GOLDENS", os.path.join(os.path.dirname(REPO), "shared", "goldens"))
+DATA = os.path.join(REPO, "tests", "data")
+GOLDENS = os.environ.get("CKPTFLOW_GOLDENS", os.path.join(DATA, "goldens"))
+GOLDENS_NEWER = os.path.join(os.path.dirname(GOLDENS), "goldens_newer")
+GOLDENS_TRAIN = os.path.join(os.path.dirname(GOLDENS), "goldens_train")
+MAKE_MODEL = os.path.join(REPO, "bench", "make_model.py")
 # Families whose goldens run through every generic test (others have a tests/test_family_*.py).
 FAMILIES = ("llama3.1", "qwen3", "qwen2.5", "qwen3-moe", "mixtral")
 

@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from pipeline.errors import ConversionError
-from pipeline.plan import plan_to_maxtext
+from transforms.errors import ConversionError
+from pipeline.planner import plan_to_maxtext
 from tests import goldens
 from tests.test_to_huggingface import to_hf
 from tests.test_to_maxtext import convert as to_maxtext

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from pipeline import batch, cli
-from pipeline.errors import ConversionError
+from transforms.errors import ConversionError
 from tests import goldens
 from tests.gcs_emulator import upload_dir
 from tests.test_dataflow import DATAFLOW, submitted  # noqa: F401  (a fixture) pylint: disable=unused-import

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from pipeline import cli
-from pipeline.errors import ConversionError
+from transforms.errors import ConversionError
 from tests import goldens
 
 
@@ -70,7 +70,7 @@ def test_translate_maps_maxtext_keys_and_notes_the_rest():
 
 
 def test_worker_error_is_found_in_a_runner_failure():
-  wrapped = RuntimeError("Traceback ...\npipeline.errors.ConversionError: f.safetensors: truncated\n [while running]")
+  wrapped = RuntimeError("Traceback ...\ntransforms.errors.ConversionError: f.safetensors: truncated\n [while running]")
   assert cli.worker_error(wrapped) == "f.safetensors: truncated"
   assert cli.worker_error(RuntimeError("other")) is None
 
@@ -107,7 +107,7 @@ def test_to_huggingface_command_line(tmp_path):
 
 
 def test_tensors_the_model_does_not_use_are_reported_in_one_line(tmp_path, capsys):
-  from pipeline import to_maxtext  # pylint: disable=import-outside-toplevel
+  from pipeline import to_maxtext_job  # pylint: disable=import-outside-toplevel
   from transforms.safetensors_io import read_header, read_tensor, write_safetensors  # pylint: disable=import-outside-toplevel
   hf = goldens.copy_hf("qwen3", str(tmp_path / "hf"))
   shard = os.path.join(hf, "model.safetensors")
@@ -115,7 +115,7 @@ def test_tensors_the_model_does_not_use_are_reported_in_one_line(tmp_path, capsy
   tensors["mtp.head.weight"] = tensors["model.norm.weight"]
   tensors["model.layers.0.self_attn.extra_bias"] = tensors["model.norm.weight"]
   write_safetensors(shard, tensors)
-  assert to_maxtext.main([f"base_output_directory={tmp_path / 'out'}", f"--hf_model_path={hf}",
+  assert to_maxtext_job.main([f"base_output_directory={tmp_path / 'out'}", f"--hf_model_path={hf}",
                           "--direct_running_mode=in_memory", "--progress=false"]) == 0
   ignored = [l for l in capsys.readouterr().err.splitlines() if l.startswith("ignored:")]
   assert ignored == ["ignored: 2 tensors a MaxText qwen3 model does not use: "

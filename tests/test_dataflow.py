@@ -10,7 +10,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from pipeline import cli, runner, to_huggingface, to_maxtext
+from pipeline import cli, runner, to_huggingface_job, to_maxtext_job
 from tests import goldens
 from tests.gcs_emulator import upload_dir
 from tests.test_to_huggingface import assert_same_model, tensors
@@ -29,7 +29,7 @@ DATAFLOW = ("--runner=DataflowRunner", "--project=my-project", "--region=europe-
 def beams_dry_run_builds_the_job(monkeypatch):
   """ckptflow's CLIs read a bare --dry_run as "print the pre-flight plan and stop"; here Beam's
   meaning is wanted (build the Dataflow job, do not send it), so the CLIs go on to convert."""
-  for module in (to_maxtext, to_huggingface):
+  for module in (to_maxtext_job, to_huggingface_job):
     monkeypatch.setattr(module, "is_dry_run", lambda options: False)
 
 
@@ -107,7 +107,7 @@ def test_to_maxtext_submits_and_returns_and_its_graph_commits_after_every_write(
   hf = f"gs://{gcs_bucket}/hf"
   upload_dir(goldens.path("llama3.1", "hf"), hf)
   out = f"gs://{gcs_bucket}/out"
-  assert cli.run_main(to_maxtext.main, [*DATAFLOW, f"--hf_model_path={hf}",
+  assert cli.run_main(to_maxtext_job.main, [*DATAFLOW, f"--hf_model_path={hf}",
                                         f"base_output_directory={out}", "scan_layers=true"]) == 0
   printed = capsys.readouterr().out
   assert "to_maxtext: submitted job (no id)" in printed and f"the job writes {out}/0/items" in printed
@@ -136,7 +136,7 @@ def test_to_huggingface_submits_and_returns_and_finalizes_after_every_shard(tmp_
   config = f"gs://{gcs_bucket}/config"
   upload_dir(goldens.path("qwen3", "hf"), config)
   out = f"gs://{gcs_bucket}/hf-out"
-  assert cli.run_main(to_huggingface.main, [*DATAFLOW, f"load_parameters_path={ckpt}/0/items",
+  assert cli.run_main(to_huggingface_job.main, [*DATAFLOW, f"load_parameters_path={ckpt}/0/items",
                                             f"base_output_directory={out}", f"--hf_model_path={config}",
                                             "--max_shard_size=100KB"]) == 0
   printed = capsys.readouterr().out
@@ -169,24 +169,24 @@ def one_line_error(capsys, main, argv):
 def test_dataflow_without_project_or_temp_location_fails_in_one_line_before_any_work(submitted, capsys):
   # The source does not exist: the runner options are checked before it is even looked at.
   base = ["--hf_model_path=gs://no-such-bucket/hf", "base_output_directory=gs://no-such-bucket/out"]
-  line = one_line_error(capsys, to_maxtext.main, ["--runner=DataflowRunner", "--region=us-central1", *base])
+  line = one_line_error(capsys, to_maxtext_job.main, ["--runner=DataflowRunner", "--region=us-central1", *base])
   assert line == ("error: --runner=DataflowRunner needs --project --temp_location (e.g. --project=my-project "
                   "--region=us-central1 --temp_location=gs://my-bucket/tmp)")
-  line = one_line_error(capsys, to_maxtext.main, [*DATAFLOW[:3], "--temp_location=/tmp/x", *DATAFLOW[4:], *base])
+  line = one_line_error(capsys, to_maxtext_job.main, [*DATAFLOW[:3], "--temp_location=/tmp/x", *DATAFLOW[4:], *base])
   assert line == "error: --temp_location=/tmp/x: Dataflow needs a gs:// location"
-  line = one_line_error(capsys, to_maxtext.main, [*DATAFLOW[:4], *base])
+  line = one_line_error(capsys, to_maxtext_job.main, [*DATAFLOW[:4], *base])
   assert "--sdk_container_image=<the flex template image>" in line and "--setup_file=./setup.py" in line
   assert not submitted
 
 
 @pytest.mark.parametrize("main, argv, named", [
-    (to_maxtext.main, ["--hf_model_path=/data/Llama", "base_output_directory=gs://b/out"],
+    (to_maxtext_job.main, ["--hf_model_path=/data/Llama", "base_output_directory=gs://b/out"],
      "--hf_model_path=/data/Llama"),
-    (to_maxtext.main, ["--hf_model_path=gs://b/hf", "base_output_directory=/tmp/out"],
+    (to_maxtext_job.main, ["--hf_model_path=gs://b/hf", "base_output_directory=/tmp/out"],
      "--base_output_directory=/tmp/out"),
-    (to_huggingface.main, ["load_parameters_path=/ckpt/0/items", "base_output_directory=gs://b/o"],
+    (to_huggingface_job.main, ["load_parameters_path=/ckpt/0/items", "base_output_directory=gs://b/o"],
      "--load_parameters_path=/ckpt/0/items"),
-    (to_huggingface.main, ["load_parameters_path=gs://b/0/items", "base_output_directory=gs://b/o",
+    (to_huggingface_job.main, ["load_parameters_path=gs://b/0/items", "base_output_directory=gs://b/o",
                            "--hf_model_path=./Qwen3"], "--hf_model_path=./Qwen3"),
 ])
 def test_dataflow_refuses_paths_on_the_drivers_disk(submitted, capsys, main, argv, named):
@@ -198,7 +198,7 @@ def test_dataflow_refuses_paths_on_the_drivers_disk(submitted, capsys, main, arg
 def test_dataflow_accepts_hub_outputs_which_the_workers_upload(submitted, capsys):
   """hf:// outputs are uploaded shard by shard by the workers, so the driver-disk check lets them
   through; this run stops at the next check instead (no config.json to write)."""
-  line = one_line_error(capsys, to_huggingface.main, [*DATAFLOW, "load_parameters_path=gs://b/0/items",
+  line = one_line_error(capsys, to_huggingface_job.main, [*DATAFLOW, "load_parameters_path=gs://b/0/items",
                                                        "base_output_directory=hf://me/model"])
   assert line == "error: give --hf_model_path (a directory with config.json) or model_name=... of a released model"
   assert not submitted

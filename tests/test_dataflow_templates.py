@@ -10,7 +10,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from packaging.requirements import Requirement
 
 from pipeline import options as options_module
-from pipeline import template_metadata, to_huggingface, to_maxtext, verify
+from pipeline import template_metadata, to_huggingface_job, to_maxtext_job, verify
 from pipeline.options import ConversionOptions, str2bool
 from pipeline.plan_hf import parse_size
 from tests.goldens import REPO
@@ -57,7 +57,7 @@ def test_parameters_are_exactly_the_commands_options(direction):
     assert p["label"] and p["regexes"] and p["helpText"].startswith(" ".join(actions[name].help.split()))
 
 
-@pytest.mark.parametrize("command", [to_maxtext, to_huggingface, verify])
+@pytest.mark.parametrize("command", [to_maxtext_job, to_huggingface_job, verify])
 def test_each_command_declares_every_option_it_reads(command):
   with open(command.__file__, encoding="utf-8") as f:
     source = f.read()
@@ -66,7 +66,7 @@ def test_each_command_declares_every_option_it_reads(command):
 
 
 def test_every_option_belongs_to_a_command():
-  claimed = set(to_maxtext.OPTIONS) | set(to_huggingface.OPTIONS) | set(verify.OPTIONS)
+  claimed = set(to_maxtext_job.OPTIONS) | set(to_huggingface_job.OPTIONS) | set(verify.OPTIONS)
   assert set(template_metadata.actions()) == claimed | set(options_module.MAXTEXT_COMPATIBILITY)
 
 

@@ -20,7 +20,7 @@ def test_verify_catches_a_wrong_array(tmp_path):
   demo.make_model(str(tmp_path / "hf"), {**demo.DEMO_CONFIG, "num_hidden_layers": 1})
   other = tmp_path / "other"
   demo.make_model(str(other), {**demo.DEMO_CONFIG, "num_hidden_layers": 1}, seed=1)
-  demo.to_maxtext.main([f"base_output_directory={tmp_path / 'ckpt'}", f"--hf_model_path={other}",
+  demo.to_maxtext_job.main([f"base_output_directory={tmp_path / 'ckpt'}", f"--hf_model_path={other}",
                         "--direct_running_mode=in_memory", "--progress=false"])
   try:
     demo.verify(str(tmp_path / "hf"), str(tmp_path / "ckpt" / "0" / "items"), True)

@@ -8,7 +8,7 @@ import pytest
 
 import models
 from pipeline import check_logits
-from pipeline.plan import detect_family, family_of_model_name, plan_to_maxtext
+from pipeline.planner import detect_family, family_of_model_name, plan_to_maxtext
 from tests import goldens
 from tests.test_to_huggingface import assert_same_model, tensors, to_hf
 from tests.test_to_maxtext import convert as to_maxtext

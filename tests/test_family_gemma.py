@@ -10,7 +10,7 @@ import pytest
 
 import models
 from pipeline import check_logits
-from pipeline.plan import detect_family, family_of_model_name, placements, plan_to_maxtext, read_config, with_options
+from pipeline.planner import detect_family, family_of_model_name, placements, plan_to_maxtext, read_config, with_options
 from tests import goldens
 from tests.test_to_huggingface import assert_same_model, tensors, to_hf
 from tests.test_to_maxtext import convert as to_maxtext
@@ -201,7 +201,7 @@ def test_embedding_is_resized_to_maxtexts_vocabulary_and_back(tmp_path, vocab):
 
 
 def test_model_name_brings_maxtexts_vocabulary():
-  from pipeline.plan import family_sizes, with_options  # pylint: disable=import-outside-toplevel
+  from pipeline.planner import family_sizes, with_options  # pylint: disable=import-outside-toplevel
   import models  # pylint: disable=import-outside-toplevel
   config = {**json.load(open(goldens.path("gemma2", "hf", "config.json")))}
   sizes = family_sizes(models.BY_NAME["gemma2"], with_options(config, False, "gemma2-2b"), "config.json")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import models
-from pipeline.errors import ConversionError
-from pipeline.plan import detect_family, plan_to_maxtext, read_config
+from transforms.errors import ConversionError
+from pipeline.planner import detect_family, plan_to_maxtext, read_config
 from tests import goldens
 from tests.test_check_logits import check
 from tests.test_to_huggingface import assert_same_model, tensors, to_hf

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline import check_logits
-from pipeline.errors import ConversionError
-from pipeline.plan import detect_family, family_of_model_name, placements, plan_to_maxtext, read_config
+from transforms.errors import ConversionError
+from pipeline.planner import detect_family, family_of_model_name, placements, plan_to_maxtext, read_config
 from tests import goldens
 from tests.test_to_huggingface import assert_same_model, tensors, to_hf
 from tests.test_to_maxtext import convert as to_maxtext

@@ -31,7 +31,7 @@ def test_gcs_source_and_destination(tmp_path, gcs_bucket, ocdbt):
 def test_worker_reads_only_its_tensor_bytes(gcs_server, gcs_bucket):
   hf = f"gs://{gcs_bucket}/models/llama"
   upload_dir(goldens.path("llama3.1", "hf"), hf)
-  from pipeline.plan import plan_to_maxtext  # pylint: disable=import-outside-toplevel
+  from pipeline.planner import plan_to_maxtext  # pylint: disable=import-outside-toplevel
   from transforms.safetensors_io import read_tensor  # pylint: disable=import-outside-toplevel
   task = plan_to_maxtext(hf).tasks[5]
   (ref,) = task.sources

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from pipeline import cli, hub, to_maxtext
-from pipeline.errors import ConversionError
+from pipeline import cli, hub, to_maxtext_job
+from transforms.errors import ConversionError
 from tests import goldens
 from tests.hub_server import HubServer
 from tests.test_to_huggingface import assert_same_model, tensors, to_hf
@@ -79,7 +79,7 @@ def test_model_name_alone_reads_its_registry_repo_at_the_given_revision(tmp_path
   repo.refs.update(main="f" * 40, v1=old)
   args = ["--model_name=qwen3-0.6b", "--revision=v1", f"--base_output_directory={tmp_path}", "--progress=false",
           *IN_PROCESS]
-  _, items, _ = to_maxtext.convert(to_maxtext.PipelineOptions(args), args)
+  _, items, _ = to_maxtext_job.convert(to_maxtext_job.PipelineOptions(args), args)
   goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("qwen3", "scan")))
   assert all(f"/resolve/{old}/" in r.path for r in server.requests("/resolve/"))  # pinned to v1's commit
 
@@ -104,7 +104,7 @@ def test_hub_errors_are_one_line_saying_what_to_do(tmp_path, server, monkeypatch
   server.add_repo("me/empty", files={"README.md": b"hi"})
   for k, v in env.items():
     monkeypatch.setenv(k, v)
-  assert cli.run_main(to_maxtext.main, [*flags, f"base_output_directory={tmp_path}", "--progress=false",
+  assert cli.run_main(to_maxtext_job.main, [*flags, f"base_output_directory={tmp_path}", "--progress=false",
                                         "--direct_running_mode=in_memory"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and re.fullmatch(expected + ".*", err[0]), err
@@ -185,8 +185,8 @@ def test_manifest_masks_credentials_in_urls_and_the_token(tmp_path, server, monk
   hub.access(None)
   plan, _, _ = convert("me/gated", tmp_path)
   args = [f"--hf_model_path=https://user:{TOKEN}@mirror.example/me/gated", f"--base_output_directory={tmp_path}"]
-  conv = to_maxtext.PipelineOptions(args).view_as(to_maxtext.ConversionOptions)
-  manifest = json.dumps(to_maxtext.build_manifest(plan, conv, source=f"hf://me/gated?token={TOKEN}"))
+  conv = to_maxtext_job.PipelineOptions(args).view_as(to_maxtext_job.ConversionOptions)
+  manifest = json.dumps(to_maxtext_job.build_manifest(plan, conv, source=f"hf://me/gated?token={TOKEN}"))
   assert TOKEN not in manifest and "user:" not in manifest and "https://<credentials>@mirror.example" in manifest
 
 

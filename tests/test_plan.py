@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from pipeline import plan as plan_mod
-from pipeline.errors import ConversionError
-from pipeline.plan import plan_to_maxtext
+from pipeline import planner as plan_mod
+from transforms.errors import ConversionError
+from pipeline.planner import plan_to_maxtext
 from tests import goldens
 from transforms import safetensors_io, storage
 from transforms.safetensors_io import read_header, write_safetensors
@@ -177,7 +177,7 @@ def test_plan_is_deterministic():
 
 def test_every_known_model_name_resolves_to_a_family_that_can_size_it():
   from models.known_configs import known_config, known_model_names  # pylint: disable=import-outside-toplevel
-  from pipeline.plan import family_of_model_name  # pylint: disable=import-outside-toplevel
+  from pipeline.planner import family_of_model_name  # pylint: disable=import-outside-toplevel
   names = known_model_names()
   assert {"llama3.1-8b", "qwen3-30b-a3b", "deepseek3-671b", "gpt-oss-120b", "mixtral-8x7b", "qwen3-next-80b-a3b",
           "gemma3-27b"} <= set(names)

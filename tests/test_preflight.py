@@ -3,13 +3,13 @@ import os
 import subprocess
 import sys
 
-from pipeline.plan import plan_to_maxtext
+from pipeline.planner import plan_to_maxtext
 from pipeline.preflight import to_maxtext_preflight
 from pipeline.runner import human_bytes
 from tests import goldens
 from transforms.safetensors_io import list_checkpoint
 
-MAKE_MODEL = os.path.join(os.path.dirname(goldens.GOLDENS), "bench", "make_model.py")
+MAKE_MODEL = goldens.MAKE_MODEL
 
 
 def run(*args):

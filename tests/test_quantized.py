@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from pipeline import verify
-from pipeline.errors import ConversionError
-from pipeline.plan import plan_to_maxtext
+from transforms.errors import ConversionError
+from pipeline.planner import plan_to_maxtext
 from tests import goldens
 from tests.test_to_huggingface import tensors, to_hf
 from tests.test_to_maxtext import IN_PROCESS
@@ -23,7 +23,7 @@ from transforms import quantized as qz
 from transforms import storage
 from transforms.safetensors_io import list_checkpoint, read_header, read_tensor, write_safetensors
 
-MAKE_MODEL = os.path.join(os.path.dirname(goldens.GOLDENS), "bench", "make_model.py")
+MAKE_MODEL = goldens.MAKE_MODEL
 
 
 # --- the formats, from their definitions ---------------------------------------------------------

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from pipeline.plan import plan_to_maxtext
+from pipeline.planner import plan_to_maxtext
 from tests import goldens
 from tests.test_to_maxtext import convert
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from pipeline.errors import ConversionError
+from transforms.errors import ConversionError
 from transforms import safetensors_io as sio
 from transforms import storage
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorstore as ts
 
-from pipeline.errors import ConversionError
+from transforms.errors import ConversionError
 from tests import gcs_emulator
 from transforms import storage
 

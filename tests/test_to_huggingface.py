@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import to_huggingface
-from pipeline.errors import ConversionError
-from pipeline.plan import parse_size
+from pipeline import to_huggingface_job
+from transforms.errors import ConversionError
+from pipeline.planner import parse_size
 from tests import goldens
 from tests.test_to_maxtext import IN_PROCESS
 from tests.test_to_maxtext import convert as to_maxtext
@@ -25,7 +25,7 @@ def to_hf(items, out, *flags, hf_model_path=None, runner_flags=IN_PROCESS):
           *runner_flags, *flags]
   if hf_model_path:
     args.append(f"--hf_model_path={hf_model_path}")
-  return to_huggingface.convert(PipelineOptions(args), args)
+  return to_huggingface_job.convert(PipelineOptions(args), args)
 
 
 def tensors(model_dir):

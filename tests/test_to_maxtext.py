@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import to_maxtext
-from pipeline.errors import ConversionError
+from pipeline import to_maxtext_job
+from transforms.errors import ConversionError
 from tests import goldens
 from transforms import dofns
 
@@ -18,7 +18,7 @@ IN_PROCESS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
 def convert(hf_dir, out, *flags, runner_flags=IN_PROCESS):
   args = [f"--hf_model_path={hf_dir}", f"--base_output_directory={out}", "--progress=false", *runner_flags,
           *flags]
-  plan, items, totals = to_maxtext.convert(PipelineOptions(args), args)
+  plan, items, totals = to_maxtext_job.convert(PipelineOptions(args), args)
   return plan, items, totals
 
 
@@ -178,7 +178,7 @@ def test_kill_9_then_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, o
 def test_duplicated_elements_are_harmless(tmp_path):
   """Dataflow may run a bundle twice: the same slices land in two writers' sub-databases."""
   import models  # pylint: disable=import-outside-toplevel
-  from pipeline.plan import plan_to_maxtext  # pylint: disable=import-outside-toplevel
+  from pipeline.planner import plan_to_maxtext  # pylint: disable=import-outside-toplevel
   from transforms import orbax_writer  # pylint: disable=import-outside-toplevel
   from transforms.convert import hf_to_maxtext  # pylint: disable=import-outside-toplevel
   plan = plan_to_maxtext(goldens.path("qwen2.5", "hf"))

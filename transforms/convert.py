@@ -1,15 +1,17 @@
-"""One parameter's tensor math in both directions, as pure functions of the source values."""
+"""One parameter's tensor math in both directions, as pure functions of the source values.
+
+`param` is a family's models.spec.Param: its axes, value ops and `part`.
+"""
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from models.spec import Param
 from transforms.tensor_ops import rearrange
 
 
-def hf_to_maxtext(sources: Sequence[np.ndarray], param: Param, sizes: Mapping[str, Any]) -> np.ndarray:
+def hf_to_maxtext(sources: Sequence[np.ndarray], param: Any, sizes: Mapping[str, Any]) -> np.ndarray:
   """The MaxText value (one layer's slice when stacked) of `param`, often a view of the source.
 
   A `part` parameter takes its index along the named axis of a fused HF tensor. Value ops run
@@ -27,7 +29,7 @@ def hf_to_maxtext(sources: Sequence[np.ndarray], param: Param, sizes: Mapping[st
   return value
 
 
-def maxtext_to_hf(values: Sequence[np.ndarray], params: Sequence[Param], sizes: Mapping[str, Any]) -> np.ndarray:
+def maxtext_to_hf(values: Sequence[np.ndarray], params: Sequence[Any], sizes: Mapping[str, Any]) -> np.ndarray:
   """The HF tensor from its MaxText value(s): one, or every part of a fused tensor.
 
   Undoes the value ops in reverse order, joins the parts, then undoes the layout; the result is

@@ -9,8 +9,7 @@ from typing import Any, Iterator
 import apache_beam as beam
 import numpy as np
 
-import models
-from pipeline.errors import ConversionError
+from transforms.errors import ConversionError
 from transforms import hub_io, manifest, orbax_writer
 from transforms.convert import hf_to_maxtext
 from transforms.orbax_layout import ArraySpec
@@ -44,10 +43,11 @@ class CreateArraysFn(beam.DoFn):
 class TensorCountingFn(beam.DoFn):
   """Per-tensor metrics (tensors, read-bytes, write-bytes) and the local runner's progress dots.
 
+  `family` is the model family (models.spec.Family) whose `param(i)` names each task's transforms.
   `hub` is installed in each worker process: how it reaches the Hub (see hub_io.HubAccess).
   """
 
-  def __init__(self, family: str, sizes: dict[str, Any], progress_path: str | None,
+  def __init__(self, family: Any, sizes: dict[str, Any], progress_path: str | None,
                hub: hub_io.HubAccess | None = None):
     self.family = family
     self.sizes = sizes
@@ -59,7 +59,7 @@ class TensorCountingFn(beam.DoFn):
     self.msec = beam.metrics.Metrics.distribution(METRICS_NAMESPACE, "write-msec")
 
   def setup(self) -> None:
-    self.param_of = models.BY_NAME[self.family].param
+    self.param_of = self.family.param
     if self.hub is not None:
       hub_io.configure(self.hub)
 
@@ -75,7 +75,7 @@ class TensorCountingFn(beam.DoFn):
 class WriteSliceFn(TensorCountingFn):
   """Reads one HF tensor, transforms it and writes it into its slice; yields (writer id, 1)."""
 
-  def __init__(self, target: CheckpointTarget, family: str, sizes: dict[str, Any],
+  def __init__(self, target: CheckpointTarget, family: Any, sizes: dict[str, Any],
                progress_path: str | None = None, hub: hub_io.HubAccess | None = None):
     super().__init__(family, sizes, progress_path, hub)
     self.target = target

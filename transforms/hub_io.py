@@ -17,8 +17,8 @@ import threading
 import time
 from typing import Any, Callable, TypeVar
 
-from pipeline.errors import ConversionError
-from transforms import storage
+from transforms.errors import ConversionError
+from transforms import files
 
 PREFIX = "hf://"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -292,8 +292,8 @@ def read_bytes(path: str, start: int | None = None, end: int | None = None) -> b
   if start is not None and end is not None and end <= start:
     return b""
   cached = _cache_path(path, start, end)
-  if cached is not None and storage.exists(cached):
-    return storage.read_bytes(cached)
+  if cached is not None and files.exists(cached):
+    return files.read_bytes(cached)
 
   def get() -> bytes:
     try:
@@ -304,7 +304,7 @@ def read_bytes(path: str, start: int | None = None, end: int | None = None) -> b
       raise
   data = call(path, get)
   if cached is not None:
-    storage.write_bytes(cached, data)
+    files.write_bytes(cached, data)
   return data
 
 
@@ -316,4 +316,4 @@ def _cache_path(path: str, start: int | None, end: int | None) -> str | None:
   if not _COMMIT.fullmatch(p.revision):
     return None
   span = "all" if start is None and end is None else f"{start or 0}-{'end' if end is None else end}"
-  return storage.join(_access.cache_dir, p.repo, p.revision, p.file, span)
+  return files.join(_access.cache_dir, p.repo, p.revision, p.file, span)

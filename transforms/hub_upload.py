@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from pipeline.errors import ConversionError
+from transforms.errors import ConversionError
 from transforms import hub_io
 
 # Concurrent commits to one branch may meet 409/412 on the Hub; retrying re-applies on the new head.

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorstore as ts
 
-from pipeline.errors import ConversionError
+from transforms.errors import ConversionError
 from transforms import orbax_layout, storage
 from transforms.orbax_writer import ts_context
 

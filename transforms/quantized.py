@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import ml_dtypes
 import numpy as np
 
-from pipeline.errors import ConversionError
+from transforms.errors import ConversionError
 from transforms.safetensors_io import TensorRef, read_tensor
 
 FP8 = "fp8"

@@ -16,7 +16,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from pipeline.errors import ConversionError
+from transforms.errors import ConversionError
 from transforms import storage
 
 DTYPES: dict[str, np.dtype] = {

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 import apache_beam as beam
 import numpy as np
 
-from pipeline.errors import ConversionError
+from transforms.errors import ConversionError
 from transforms import hub_io, hub_upload, manifest, storage
 from transforms.convert import maxtext_to_hf
 from transforms.dofns import TensorCountingFn
@@ -35,7 +35,7 @@ AUX_FILES = ("generation_config.json", "tokenizer.json", "tokenizer_config.json"
 class CheckpointReadingFn(TensorCountingFn):
   """A step that reads a MaxText checkpoint: one reader (and its open arrays) per DoFn instance."""
 
-  def __init__(self, items: str, family: str, sizes: dict[str, Any], progress_path: str | None = None,
+  def __init__(self, items: str, family: Any, sizes: dict[str, Any], progress_path: str | None = None,
                hub: hub_io.HubAccess | None = None):
     super().__init__(family, sizes, progress_path, hub)
     self.items = items

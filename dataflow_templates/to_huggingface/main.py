@@ -5,7 +5,7 @@ The launcher passes the template's parameters and Dataflow's options (--runner, 
 """
 import sys
 
-from pipeline import cli, to_huggingface
+from pipeline import cli, to_huggingface_job
 
 if __name__ == "__main__":
-  sys.exit(cli.run_main(to_huggingface.main))
+  sys.exit(cli.run_main(to_huggingface_job.main))

@@ -1,0 +1,315 @@
+"""The driver-side plan: config.json + safetensors headers in, target tree + one task per slice out.
+
+Reads no tensor bytes. Everything a worker needs travels in the task (addresses, not arrays), so
+the plan is deterministic and the same for 1 or N workers.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import re
+from typing import Any
+
+import models
+from models.known_configs import known_config, maxtext_vocab
+from models.spec import Family, Param
+from transforms.errors import ConversionError
+from pipeline.row_blocks import SPLIT_BYTES, RowBlock, find_split
+from transforms import orbax_layout, storage
+from transforms.orbax_layout import ArraySpec
+from transforms.quantized import QuantizedRef, dequantized_nbytes, logical_tensors
+from transforms.safetensors_io import TensorRef, list_checkpoint
+from transforms.tensor_ops import axes_shape
+
+PARAMS_PREFIX = "params/params/"
+# MaxText stacks scanned layers on this axis (its `param_scan_axis`).
+SCAN_AXIS = 1
+SAVE_DTYPES = ("bfloat16", "float32")
+SOURCE_DTYPES = {"BF16", "F16", "F32"}
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceTask:
+  """Write `sources` (one HF tensor, transformed by the family's `param`-th Param) into `array` at `index`.
+
+  `index` holds (axis, position) pairs for the stacked axes; empty when the task fills the array.
+  A tensor too big for one element is split: `block` says which rows of the source it reads and
+  where they go along the array's axis `block_axis` (see pipeline.row_blocks).
+  """
+  array: ArraySpec
+  param: int
+  index: tuple[tuple[int, int], ...]
+  sources: tuple[TensorRef | QuantizedRef, ...]
+  block: RowBlock | None = None
+  block_axis: int | None = None
+
+  @property
+  def rows(self) -> tuple[int, int] | None:
+    return None if self.block is None else self.block.rows
+
+  @property
+  def window(self) -> tuple[int, int, int] | None:
+    return None if self.block is None else (self.block_axis, *self.block.positions)
+
+  @property
+  def nbytes(self) -> int:
+    """Bytes read from the source."""
+    return sum(s.rows_nbytes(self.rows) for s in self.sources)
+
+  @property
+  def written_nbytes(self) -> int:
+    shape = self.array.shape
+    expr = orbax_layout.region(len(shape), self.index, self.window)
+    return (math.prod(len(range(*e.indices(n))) for e, n in zip(expr, shape) if isinstance(e, slice))
+            * orbax_layout.NUMPY_DTYPES[self.array.dtype].itemsize)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  family: str
+  sizes: dict[str, Any]
+  scan_layers: bool
+  save_dtype: str
+  arrays: tuple[ArraySpec, ...]
+  tasks: tuple[SliceTask, ...]
+  unused: tuple[str, ...]
+
+  @property
+  def source_bytes(self) -> int:
+    return sum(t.nbytes for t in self.tasks)
+
+  @property
+  def dequantized_bytes(self) -> int:
+    """What the sources hold once dequantized (float32 for quantized ones); source_bytes otherwise."""
+    return sum(dequantized_nbytes(s) for s in {s.name: s for t in self.tasks for s in t.sources}.values())
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)?\s*$", re.IGNORECASE)
+_UNITS = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
+          "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(text: str | int, flag: str = "--max_shard_size") -> int:
+  """'5GB' -> 5 * 10**9 (as transformers reads max_shard_size); '500MiB' and plain bytes work too."""
+  if isinstance(text, int):
+    return text
+  match = _SIZE.match(str(text))
+  if not match:
+    raise ConversionError(f"{flag}={text} is not a size like 5GB, 500MB or 2GiB")
+  return int(float(match.group(1)) * _UNITS[match.group(2).upper() if match.group(2) else None])
+
+
+def read_config(model_dir: str) -> dict[str, Any]:
+  path = storage.join(model_dir, "config.json")
+  if not storage.exists(path):
+    raise ConversionError(f"{path}: no such file; --hf_model_path must be a Hugging Face model directory")
+  try:
+    return json.loads(storage.read_text(path))
+  except json.JSONDecodeError as e:
+    raise ConversionError(f"{path}: not valid JSON ({e})") from None
+
+
+def detect_family(config: dict[str, Any], model_name: str | None = None, where: str = "config.json") -> Family:
+  """The family from config.json's architecture; `model_name`, when given, must agree with it."""
+  archs = config.get("architectures") or []
+  family = next((models.BY_ARCHITECTURE[a] for a in archs if a in models.BY_ARCHITECTURE), None)
+  if family is None:
+    supported = ", ".join(sorted(models.BY_ARCHITECTURE))
+    raise ConversionError(f"{where}: unsupported architecture {archs or '(none given)'}; supported: {supported}")
+  if model_name:
+    named = family_of_model_name(model_name)
+    if named is not family:
+      raise ConversionError(f"model_name={model_name} is a {named.name} model but {where} describes "
+                            f"{archs[0]} ({family.name}); fix model_name or omit it to auto-detect")
+  return family
+
+
+def family_of_model_name(model_name: str) -> Family:
+  """The family of a MaxText model name: exact for released models, else by name prefix."""
+  config = known_config(model_name)
+  if config is not None:
+    return models.BY_ARCHITECTURE[config["architectures"][0]]
+  matches = [f for f in models.FAMILIES for p in f.model_name_prefixes if model_name.startswith(p)]
+  if not matches:
+    known = ", ".join(p + "*" for f in models.FAMILIES for p in f.model_name_prefixes)
+    raise ConversionError(f"model_name={model_name} is not a known model (known: {known})")
+  return max(matches, key=lambda f: max(len(p) for p in f.model_name_prefixes if model_name.startswith(p)))
+
+
+OPTION_KEYS = ("use_multimodal", "maxtext_vocab_size")
+
+
+def without_options(config: dict[str, Any]) -> dict[str, Any]:
+  """The config as config.json holds it: `with_options`' keys taken out."""
+  return {k: v for k, v in config.items() if k not in OPTION_KEYS}
+
+
+def with_options(config: dict[str, Any], use_multimodal: bool, model_name: str | None = None,
+                 vocab_size: int | None = None) -> dict[str, Any]:
+  """The config as specs see it: plus the conversion's own switches (`Param.when` may read them)
+  and MaxText's vocabulary size (vocab_size=, else MaxText's own for model_name, else HF's)."""
+  return {**config, "use_multimodal": use_multimodal,
+          "maxtext_vocab_size": vocab_size or maxtext_vocab(model_name)}
+
+
+def family_sizes(family: Family, config: dict[str, Any], where: str) -> dict[str, Any]:
+  try:
+    sizes = family.sizes(config)
+  except KeyError as e:
+    raise ConversionError(f"{where}: missing {e.args[0]!r}, which {family.name} needs") from None
+  if "vocab" in sizes:
+    sizes["maxtext_vocab"] = config.get("maxtext_vocab_size") or sizes["vocab"]
+  return sizes
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Where one HF tensor (or one part of it) lives in MaxText: the array, its shape, the slice."""
+  param: Param
+  hf_name: str
+  array_path: str
+  array_shape: tuple[int, ...]
+  index: tuple[tuple[int, int], ...]
+
+  @property
+  def stacked_axes(self) -> tuple[int, ...]:
+    return tuple(axis for axis, _ in self.index)
+
+  @property
+  def free_axes(self) -> tuple[int, ...]:
+    """The array's axes a slice spans: MaxText's per-layer parameter axes."""
+    return tuple(a for a in range(len(self.array_shape)) if a not in self.stacked_axes)
+
+
+def placements(family: Family, config: dict[str, Any], sizes: dict[str, Any],
+               scan_layers: bool) -> list[Placement]:
+  """Every parameter of the model in HF module order: the family's list, with each run of layered
+  parameters expanded layer by layer (a run of per-expert ones expert by expert). That is the
+  order transformers shards a checkpoint in; a model with two towers (vision, then text) has
+  two runs, each between its own unlayered parameters."""
+  params = [p for p in family.params if p.applies(config)]
+  order: list[tuple[Param, int | None, int | None]] = []
+  for layered, run in itertools.groupby(params, key=lambda p: p.layered):
+    order += _by_layer(family, list(run), config, sizes) if layered else [(p, None, None) for p in run]
+  return [_place(family, p, layer, expert, scan_layers, config, sizes) for p, layer, expert in order]
+
+
+def _by_layer(family: Family, layered: list[Param], config: dict[str, Any],
+              sizes: dict[str, Any]) -> list[tuple[Param, int | None, int | None]]:
+  order: list[tuple[Param, int | None, int | None]] = []
+  # A stack may end past the decoder's last layer (a vision tower with more layers than the text model).
+  count = max(family.stack(p.stack).bounds(config, sizes["layers"])[1] for p in layered)
+  for layer in range(count):
+    present = [p for p in layered if _in_stack(family, p, config, sizes, layer) and p.on_layer(config, layer)]
+    i = 0
+    while i < len(present):
+      run = [present[i]]
+      while present[i].per_expert and i + len(run) < len(present) and present[i + len(run)].per_expert:
+        run.append(present[i + len(run)])
+      experts = range(sizes["experts"]) if run[0].per_expert else [None]
+      order += [(p, layer, e) for e in experts for p in run]
+      i += len(run)
+  return order
+
+
+def mt_shape(param: Param, sizes: dict[str, Any]) -> list[int]:
+  """The MaxText slice's shape: its axes, then what ops that resize an axis make of it."""
+  shape = axes_shape(param.mt_axes, sizes)
+  for op in param.ops:
+    if hasattr(op, "shape"):
+      shape = op.shape(shape, sizes)
+  return list(shape)
+
+
+def _in_stack(family: Family, param: Param, config: dict[str, Any], sizes: dict[str, Any], layer: int) -> bool:
+  start, stop = family.stack(param.stack).bounds(config, sizes["layers"])
+  return start <= layer < stop
+
+
+def _place(family: Family, param: Param, layer: int | None, expert: int | None, scan_layers: bool,
+           config: dict[str, Any], sizes: dict[str, Any]) -> Placement:
+  """MaxText's layout: experts lead (axis 0), scanned layers stack on axis 1 (param_scan_axis)."""
+  shape = mt_shape(param, sizes)
+  index: list[tuple[int, int]] = []
+  if expert is not None:
+    shape.insert(0, sizes["experts"])
+    index.append((0, expert))
+  path = param.mt
+  if layer is not None:
+    stack = family.stack(param.stack)
+    start, stop = stack.bounds(config, sizes["layers"])
+    step, member = divmod(layer - start, stack.block)
+    if not scan_layers:
+      container = stack.unscanned.format(i=layer - start if stack.member else step)
+    elif step < (stop - start) // stack.block:
+      container = stack.scanned + ("/" + stack.member.format(j=member) if stack.member else "")
+      shape.insert(SCAN_AXIS, (stop - start) // stack.block)
+      index.append((SCAN_AXIS, step))
+    else:
+      container = f"{stack.remainder}/{stack.member.format(j=member)}"
+    path = param.mt.format(layers=container)
+  return Placement(param, param.hf.format(layer=layer, expert=expert), PARAMS_PREFIX + path, tuple(shape),
+                   tuple(index))
+
+
+def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: str = "bfloat16",
+                    model_name: str | None = None, chunk_split: int = orbax_layout.DEFAULT_SPLIT,
+                    use_multimodal: bool = False, vocab_size: int | None = None,
+                    split_bytes: int = SPLIT_BYTES) -> Plan:
+  """Plans HF -> MaxText from headers only; raises ConversionError on any mismatch.
+
+  Tensors above `split_bytes` become several tasks, one per row block."""
+  if save_dtype not in SAVE_DTYPES:
+    raise ConversionError(f"--save_dtype={save_dtype} is not supported; use one of {list(SAVE_DTYPES)}")
+  config_path = storage.join(hf_model_path, "config.json")
+  config = with_options(read_config(hf_model_path), use_multimodal, model_name, vocab_size)
+  family = detect_family(config, model_name, config_path)
+  sizes = family_sizes(family, config, config_path)
+  tensors = logical_tensors(list_checkpoint(hf_model_path), config)
+
+  arrays: dict[str, ArraySpec] = {}
+  tasks: list[SliceTask] = []
+  for place in placements(family, config, sizes, scan_layers):
+    source = _source(place, tensors, sizes, hf_model_path)
+    dtype = place.param.dtype or save_dtype
+    itemsize = orbax_layout.NUMPY_DTYPES[dtype].itemsize
+    split = find_split(place.param, sizes, tuple(mt_shape(place.param, sizes)), source.nbytes // max(
+        math.prod(source.shape), 1), itemsize, split_bytes)
+    key = family.key(place.param)
+    if split is None:
+      chunks = orbax_layout.choose_chunks(place.array_shape, itemsize, place.stacked_axes, chunk_split)
+      array = arrays.setdefault(place.array_path, ArraySpec(place.array_path, place.array_shape, dtype, chunks))
+      tasks.append(SliceTask(array=array, param=key, index=place.index, sources=(source,)))
+      continue
+    axis = place.free_axes[split.slice_axis]
+    chunks = tuple(1 if a in place.stacked_axes else split.chunk if a == axis else n
+                   for a, n in enumerate(place.array_shape))
+    array = arrays.setdefault(place.array_path, ArraySpec(place.array_path, place.array_shape, dtype, chunks))
+    tasks += [SliceTask(array=array, param=key, index=place.index, sources=(source,), block=block, block_axis=axis)
+              for block in split.blocks() if block.positions[1] > block.positions[0]]
+
+  used = {s.name for t in tasks for s in t.sources}
+  ignored = [re.compile(p) for p in family.ignored]
+  unused = sorted(n for n in tensors if n not in used and not any(p.fullmatch(n) for p in ignored))
+  return Plan(family=family.name, sizes=sizes, scan_layers=scan_layers, save_dtype=save_dtype,
+              arrays=tuple(arrays[k] for k in sorted(arrays)), tasks=tuple(tasks), unused=tuple(unused))
+
+
+def _source(place: Placement, tensors: dict[str, TensorRef | QuantizedRef], sizes: dict[str, Any],
+            model_dir: str) -> TensorRef | QuantizedRef:
+  name, param = place.hf_name, place.param
+  ref = tensors.get(name)
+  if ref is None:
+    raise ConversionError(f"{model_dir}: tensor {name} is missing from the checkpoint; config.json says the "
+                          f"model has it (re-download the shards or fix config.json)")
+  expected = axes_shape(param.hf_axes, sizes)
+  if tuple(ref.shape) != expected:
+    raise ConversionError(f"{ref.file}: tensor {name} has shape {list(ref.shape)} but config.json implies "
+                          f"{list(expected)} ({param.hf_axes}); the shards and config.json disagree")
+  if ref.dtype not in SOURCE_DTYPES:
+    raise ConversionError(f"{ref.file}: tensor {name} has dtype {ref.dtype}; only {sorted(SOURCE_DTYPES)} "
+                          f"sources are supported")
+  return ref
+

@@ -1,0 +1,149 @@
+"""MaxText Orbax checkpoint -> HF safetensors, as a Beam pipeline.
+
+  python -m pipeline.to_huggingface model_name=qwen3-4b load_parameters_path=gs://b/ckpt/0/items \\
+      base_output_directory=gs://b/hf-out scan_layers=false weight_dtype=bfloat16 [--hf_model_path=DIR]
+
+writes sharded safetensors (model-0000i-of-0000N.safetensors + model.safetensors.index.json, or
+model.safetensors), config.json and the tokenizer files of --hf_model_path to base_output_directory
+(local, gs://, or hf://user/repo).
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from typing import Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import cli, hub, preflight, runner
+from pipeline.build import add_to_huggingface
+from transforms.errors import ConversionError
+from pipeline.options import ConversionOptions, is_dry_run
+from pipeline.planner import parse_size
+from pipeline.plan_hf import INDEX_FILE, HfPlan, plan_to_huggingface, target_config
+from transforms import manifest, storage
+from transforms.orbax_layout import NUMPY_DTYPES
+from transforms.orbax_reader import CheckpointReader
+from transforms.shard_dofns import AUX_FILES
+
+MAXTEXT_KEYS = ("model_name", "load_parameters_path", "base_output_directory", "scan_layers", "weight_dtype",
+                "hf_model_path", "hf_access_token", "max_shard_size", "use_multimodal", "vocab_size",
+                "quantize_fp8_blocks", "revision")
+
+# Every ConversionOptions field this command reads; its flex template's parameters are these minus
+# template_metadata.NOT_TEMPLATE_PARAMETERS.
+OPTIONS = ("load_parameters_path", "base_output_directory", "model_name", "scan_layers", "weight_dtype",
+           "hf_model_path", "hf_access_token", "max_shard_size", "use_multimodal", "vocab_size", "max_element_size",
+           "quantize_fp8_blocks", "revision", "hf_cache_dir", "workers", "worker_mbps", "overwrite", "resume",
+           "progress", "wait")
+REQUIRED = ("load_parameters_path", "base_output_directory")
+
+
+def prepare_output(output: str, overwrite: bool, resume: bool = False) -> None:
+  """Refuses to mix with an existing model directory unless `overwrite` (then removes only our
+  files) or `resume` of an unfinished one (no config.json yet: it is written last)."""
+  ours = [n for n in storage.list_names(output)
+          if n.endswith(".safetensors") or n in (INDEX_FILE, "config.json", manifest.MANIFEST, *AUX_FILES)]
+  if ours and resume and "config.json" not in ours:
+    return
+  if ours and not overwrite:
+    raise ConversionError(f"{output} already holds a model ({', '.join(ours[:3])}...); pass --overwrite to "
+                          "replace it" + ("" if "config.json" in ours else ", or --resume to finish it"))
+  for name in ours:
+    storage.remove_tree(storage.join(output, name))
+  storage.check_writable(output)
+
+
+def build_manifest(plan: HfPlan, conv: ConversionOptions, hf_model_path: str | None) -> dict:
+  """The provenance written beside the model (ckptflow_manifest.json), before config.json. Never the token."""
+  options = {k: getattr(conv, k) for k in ("load_parameters_path", "model_name", "scan_layers", "weight_dtype",
+                                            "hf_model_path", "max_shard_size", "use_multimodal", "vocab_size",
+                                            "max_element_size", "quantize_fp8_blocks", "resume", "revision")}
+  sources = manifest.orbax_source_files(plan.items)
+  if hf_model_path:
+    sources.append(storage.join(hf_model_path, "config.json"))
+  return manifest.build("to_huggingface", plan.family, options, sources,
+                        (o[0] for shard in plan.shards for t in shard.tensors for o in t.outputs), plan.items)
+
+
+def config_source(conv: ConversionOptions) -> str | None:
+  """Where config.json and the tokenizer files come from (--hf_model_path, possibly on the Hub)."""
+  return conv.hf_model_path and hub.resolve_source(conv.hf_model_path, None, conv.revision)
+
+
+def plan_from_options(conv: ConversionOptions, output: str, hf_model_path: str | None = None) -> HfPlan:
+  if not conv.load_parameters_path:
+    raise ConversionError("load_parameters_path=<dir>/0/items is required")
+  config, where = target_config(hf_model_path or config_source(conv), conv.model_name)
+  return plan_to_huggingface(conv.load_parameters_path, output, config, where, conv.model_name,
+                             conv.scan_layers, conv.weight_dtype, conv.max_shard_size, conv.use_multimodal,
+                             conv.vocab_size, parse_size(conv.max_element_size, "--max_element_size"),
+                             conv.quantize_fp8_blocks)
+
+
+def stored_itemsizes(plan: HfPlan) -> dict[str, int]:
+  """Each source array's stored bytes per element (from its metadata)."""
+  reader = CheckpointReader(plan.items)
+  arrays = {s.array for shard in plan.shards for t in shard.tensors for s in t.sources}
+  return {a: NUMPY_DTYPES.get(reader.spec(a)[1], NUMPY_DTYPES["float32"]).itemsize for a in arrays}
+
+
+def preflight_report(conv: ConversionOptions) -> preflight.Preflight:
+  plan = plan_from_options(conv, conv.base_output_directory or ".")
+  return preflight.to_huggingface_preflight(plan, stored_itemsizes(plan))
+
+
+def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[HfPlan, dict[str, int]]:
+  """Plans, writes every shard, then the index and config; returns the plan and the run's counters.
+
+  An hf://user/repo destination gets each shard uploaded by the worker that wrote it, as soon as
+  it is whole, and the index and config.json in one commit after every shard is in.
+  """
+  conv = options.view_as(ConversionOptions)
+  if not conv.base_output_directory:
+    raise ConversionError("base_output_directory=... is required")
+  access = hub.access(conv.hf_access_token, conv.hf_cache_dir)
+  hf_model_path = config_source(conv)
+  output = conv.base_output_directory
+  runner.check_dataflow(options, {"load_parameters_path": conv.load_parameters_path,
+                                  "base_output_directory": output, "hf_model_path": hf_model_path})
+  plan = plan_from_options(conv, output, hf_model_path)
+  if hub.is_hub(output):
+    hub.prepare_destination(output, conv.overwrite, conv.resume)
+  else:
+    prepare_output(output, conv.overwrite, conv.resume)
+  todo = plan
+  if conv.resume:  # a shard exists only once it is whole (written to a temp name, then renamed or committed)
+    left = tuple(s for s in plan.shards if not (storage.exists(s.file) and storage.size(s.file) == s.size))
+    print(f"resuming {output}: {len(plan.shards) - len(left)} of {len(plan.shards)} shards already written",
+          file=sys.stderr)
+    todo = dataclasses.replace(plan, shards=left)
+  provenance = build_manifest(plan, conv, hf_model_path)
+  totals = runner.run(lambda p, progress: add_to_huggingface(p, todo, hf_model_path, progress, index=plan.index(),
+                                                             provenance=provenance, hub=access),
+                      runner.with_local_defaults(options, flags), todo.tensor_count, "to_huggingface",
+                      conv.progress)
+  return plan, totals
+
+
+def main(argv: list[str]) -> int:
+  flags = cli.start(argv, "python -m pipeline.to_huggingface", __doc__, MAXTEXT_KEYS)
+  if flags is None:
+    return 0
+  options = PipelineOptions(flags)
+  if is_dry_run(options):
+    conv = options.view_as(ConversionOptions)
+    preflight.print_report(preflight_report(conv), conv)
+    return 0
+  start = time.monotonic()
+  plan, totals = convert(options, flags)
+  destination = options.view_as(ConversionOptions).base_output_directory
+  if not runner.waits(options):
+    print(f"the job writes {len(plan.shards)} shard(s) to {destination}, then the index and config.json (last)")
+    return 0
+  layout = "scanned" if plan.scan_layers else "unscanned"
+  print(f"{plan.family} ({layout}): {runner.summary(totals, time.monotonic() - start)}", file=sys.stderr)
+  print(f"wrote {len(plan.shards)} shard(s) and config.json to {destination}")
+  return 0
+
