@@ -5,6 +5,7 @@ norms, final norm, lm_head): the HF writer shards tensors in this order, as tran
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -65,6 +66,30 @@ def routed_experts(hf_block: str, mt_block: str, names: tuple[str, str, str] = (
       Param(f"{experts}{up}.weight", mt + "wi_1", "moe_mlp embed", "embed moe_mlp"),
       Param(f"{experts}{down}.weight", mt + "wo", "embed moe_mlp", "moe_mlp embed"),
   )
+
+
+def fused_experts(hf_block: str, mt_block: str, gate_up_axes: str, down_axes: str,
+                  router: str = "gate") -> tuple[Param, ...]:
+  """A router and every expert in three HF tensors (`experts.gate_up_proj`, `experts.down_proj`)
+  <-> MaxText's per-array experts wi_0/wi_1/wo (experts on axis 0). `gate_up_axes` says how the
+  checkpoint lays out the fused pair, its `two` axis holding gate then up: the Hub's
+  "experts embed (two moe_mlp)" (Qwen3-VL-MoE) or transformers' "experts (two moe_mlp) embed"
+  (Qwen3.5); `down_axes` likewise. Sizes need `two` = 2."""
+  experts, mt = f"{LAYER}{hf_block}.experts.", f"{BLOCK}{mt_block}/"
+  return (
+      Param(f"{LAYER}{hf_block}.{router}.weight", mt + "gate/kernel", "experts embed", "embed experts"),
+      Param(experts + "gate_up_proj", mt + "wi_0", gate_up_axes, "experts embed moe_mlp", part=("two", 0)),
+      Param(experts + "gate_up_proj", mt + "wi_1", gate_up_axes, "experts embed moe_mlp", part=("two", 1)),
+      Param(experts + "down_proj", mt + "wo", down_axes, "experts moe_mlp embed"),
+  )
+
+
+def renamed(params: tuple[Param, ...], prefixes: dict[str, str], **changes: Any) -> tuple[Param, ...]:
+  """The same parameters under other HF prefixes (a text model nested in a multimodal one:
+  "model." -> "model.language_model."), with `changes` (e.g. `when`) applied to each."""
+  def rename(hf: str) -> str:
+    return next((new + hf[len(old):] for old, new in prefixes.items() if hf.startswith(old)), hf)
+  return tuple(dataclasses.replace(p, hf=rename(p.hf), **changes) for p in params)
 
 
 def moe_sizes(config: Config) -> dict[str, Any]:

@@ -55,7 +55,11 @@ class Param:
   `on(config, layer)` limits a layered parameter to some layers (local vs global attention, dense
   vs MoE). `dtype` pins the saved dtype (float32 scales next to bf16 weights). `part` = (axis, i)
   says the HF tensor holds several MaxText arrays along the named elementary axis and this one
-  is index i of it (a fused gate_up split into wi_0 and wi_1).
+  is index i of it (a fused gate_up split into wi_0 and wi_1). `piece` = (i, widths) is the
+  converse: MaxText concatenates several HF tensors, each rearranged to `mt_axes` with its last axis
+  cut to its own width, along that last axis (segments of the named `widths`, in order), and this one
+  is segment i; `ops` then act on the whole array (Qwen3.5's in_proj_qkv and in_proj_z regrouped per
+  key head into one in_proj_qkvz). Every piece of an array lists the same ops.
   """
   hf: str
   mt: str
@@ -67,6 +71,7 @@ class Param:
   on: Callable[[Config, int], bool] | None = None
   dtype: str | None = None
   part: tuple[str, int] | None = None
+  piece: tuple[int, tuple[str, ...]] | None = None
 
   @property
   def layered(self) -> bool:
@@ -97,10 +102,16 @@ class Family:
   # MaxText -> HF: the config.json to write, from the given one (which carries use_multimodal);
   # e.g. Gemma3's text-only model when the vision tower was not converted. None: as given.
   hf_config: Callable[[Config], dict[str, Any]] | None = None
+  # Why MaxText's model cannot run this config with scan_layers=true (None: it can); both
+  # directions refuse the scanned layout with that reason.
+  scan_refused: Callable[[Config], str | None] | None = None
 
-  def param(self, key: int | str) -> Param:
+  def param(self, key: int | str | tuple[int, ...]) -> Any:
     """By position in `params` (what plans carry: unique even where two stacks share a path), or
-    by MaxText path when only one parameter has it."""
+    by MaxText path when only one parameter has it. A tuple of positions (the pieces one array
+    joins) gives a tuple of parameters."""
+    if isinstance(key, tuple):
+      return tuple(self.params[k] for k in key)
     if isinstance(key, int):
       return self.params[key]
     found = [p for p in self.params if p.mt == key]

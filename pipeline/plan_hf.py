@@ -151,11 +151,11 @@ def plan_to_huggingface(items: str, output: str, config: dict[str, Any], where: 
 
   Tensors above `split_bytes` are read and converted in row blocks."""
   out_config = dict(config)
-  config = with_options(config, use_multimodal, model_name, vocab_size)
+  config = with_options(config, use_multimodal, model_name, vocab_size, "to_huggingface")
   family = detect_family(config, model_name, where)
   if family.hf_config is not None:
     out_config = without_options(family.hf_config(config))
-    config = with_options(out_config, use_multimodal, model_name, vocab_size)
+    config = with_options(out_config, use_multimodal, model_name, vocab_size, "to_huggingface")
   sizes = family_sizes(family, config, where)
   weight_dtype = weight_dtype or default_weight_dtype(config)
   if weight_dtype not in WEIGHT_DTYPES:

@@ -36,10 +36,12 @@ class SliceTask:
 
   `index` holds (axis, position) pairs for the stacked axes; empty when the task fills the array.
   A tensor too big for one element is split: `block` says which rows of the source it reads and
-  where they go along the array's axis `block_axis` (see pipeline.row_blocks).
+  where they go along the array's axis `block_axis` (see pipeline.row_blocks). An array that joins
+  several HF tensors (`Param.piece`) is one task: `param` is then the tuple of its pieces' positions,
+  one per source.
   """
   array: ArraySpec
-  param: int
+  param: int | tuple[int, ...]
   index: tuple[tuple[int, int], ...]
   sources: tuple[TensorRef | QuantizedRef, ...]
   block: RowBlock | None = None
@@ -138,7 +140,7 @@ def family_of_model_name(model_name: str) -> Family:
   return max(matches, key=lambda f: max(len(p) for p in f.model_name_prefixes if model_name.startswith(p)))
 
 
-OPTION_KEYS = ("use_multimodal", "maxtext_vocab_size")
+OPTION_KEYS = ("use_multimodal", "maxtext_vocab_size", "direction")
 
 
 def without_options(config: dict[str, Any]) -> dict[str, Any]:
@@ -147,11 +149,12 @@ def without_options(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def with_options(config: dict[str, Any], use_multimodal: bool, model_name: str | None = None,
-                 vocab_size: int | None = None) -> dict[str, Any]:
-  """The config as specs see it: plus the conversion's own switches (`Param.when` may read them)
-  and MaxText's vocabulary size (vocab_size=, else MaxText's own for model_name, else HF's)."""
+                 vocab_size: int | None = None, direction: str = "to_maxtext") -> dict[str, Any]:
+  """The config as specs see it: plus the conversion's own switches (`Param.when` may read them:
+  `direction` is "to_maxtext" or "to_huggingface") and MaxText's vocabulary size (vocab_size=,
+  else MaxText's own for model_name, else HF's)."""
   return {**config, "use_multimodal": use_multimodal,
-          "maxtext_vocab_size": vocab_size or maxtext_vocab(model_name)}
+          "maxtext_vocab_size": vocab_size or maxtext_vocab(model_name), "direction": direction}
 
 
 def family_sizes(family: Family, config: dict[str, Any], where: str) -> dict[str, Any]:
@@ -189,6 +192,10 @@ def placements(family: Family, config: dict[str, Any], sizes: dict[str, Any],
   parameters expanded layer by layer (a run of per-expert ones expert by expert). That is the
   order transformers shards a checkpoint in; a model with two towers (vision, then text) has
   two runs, each between its own unlayered parameters."""
+  reason = scan_layers and family.scan_refused and family.scan_refused(config)
+  if reason:
+    raise ConversionError(f"scan_layers=true: MaxText's {family.name} model cannot run scanned layers ({reason}); "
+                          "convert with scan_layers=false")
   params = [p for p in family.params if p.applies(config)]
   order: list[tuple[Param, int | None, int | None]] = []
   for layered, run in itertools.groupby(params, key=lambda p: p.layered):
@@ -271,10 +278,20 @@ def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: st
 
   arrays: dict[str, ArraySpec] = {}
   tasks: list[SliceTask] = []
+  pieces: dict[tuple[str, tuple[tuple[int, int], ...]], list[Placement]] = {}
   for place in placements(family, config, sizes, scan_layers):
     source = _source(place, tensors, sizes, hf_model_path)
     dtype = place.param.dtype or save_dtype
     itemsize = orbax_layout.NUMPY_DTYPES[dtype].itemsize
+    if place.param.piece is not None:  # one task once every HF tensor the array joins is placed
+      group = pieces.setdefault((place.array_path, place.index), [])
+      group.append(place)
+      if len(group) == len(place.param.piece[1]):
+        chunks = orbax_layout.choose_chunks(place.array_shape, itemsize, place.stacked_axes, chunk_split)
+        array = arrays.setdefault(place.array_path, ArraySpec(place.array_path, place.array_shape, dtype, chunks))
+        tasks.append(SliceTask(array=array, param=tuple(family.key(p.param) for p in group), index=place.index,
+                               sources=tuple(_source(p, tensors, sizes, hf_model_path) for p in group)))
+      continue
     split = find_split(place.param, sizes, tuple(mt_shape(place.param, sizes)), source.nbytes // max(
         math.prod(source.shape), 1), itemsize, split_bytes)
     key = family.key(place.param)

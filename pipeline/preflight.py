@@ -96,7 +96,8 @@ def to_maxtext_preflight(plan: Plan) -> Preflight:
 
 
 def _ops(plan: Plan, task) -> tuple:
-  return models.BY_NAME[plan.family].param(task.param).ops
+  param = models.BY_NAME[plan.family].param(task.param)
+  return tuple(op for p in (param if isinstance(param, tuple) else (param,)) for op in p.ops)
 
 
 def to_huggingface_preflight(plan: HfPlan, stored_itemsize: dict[str, int]) -> Preflight:

@@ -184,3 +184,27 @@ def _resize(x: np.ndarray, axis: int, size: int) -> np.ndarray:
   pad = [(0, 0)] * x.ndim
   pad[axis] = (0, size - x.shape[axis])
   return np.pad(x, pad)
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupByHead:
+  """Segments laid end to end on the last axis, each head-major ([q of every head | k of every
+  head | ...]) <-> the same values grouped per head ([q k ... of head 0 | of head 1 | ...]).
+
+  How MaxText's gated DeltaNet holds the projections HF keeps apart (Qwen3.5's in_proj_qkv + in_proj_z
+  -> in_proj_qkvz, in_proj_b + in_proj_a -> in_proj_ba). `segments` name each segment's width per
+  head, `heads` the number of heads. A permutation: exact both ways in any dtype.
+  """
+  heads: str
+  segments: tuple[str, ...]
+
+  def forward(self, x: np.ndarray, sizes: Sizes) -> np.ndarray:
+    heads, widths = sizes[self.heads], [sizes[s] for s in self.segments]
+    parts = np.split(x, np.cumsum([heads * w for w in widths])[:-1], axis=-1)
+    grouped = [p.reshape(*x.shape[:-1], heads, w) for p, w in zip(parts, widths)]
+    return np.concatenate(grouped, axis=-1).reshape(x.shape)
+
+  def inverse(self, x: np.ndarray, sizes: Sizes) -> np.ndarray:
+    heads, widths = sizes[self.heads], [sizes[s] for s in self.segments]
+    grouped = np.split(x.reshape(*x.shape[:-1], heads, sum(widths)), np.cumsum(widths)[:-1], axis=-1)
+    return np.concatenate([p.reshape(*x.shape[:-1], heads * w) for p, w in zip(grouped, widths)], axis=-1)
