@@ -42,10 +42,14 @@ def audio_stack() -> Stack:
   return tower_stack("audio", ENCODER, "layers", lambda c: audio_config(c)["encoder_layers"])
 
 
-def _linear(hf: str, mt: str, hf_axes: str, mt_axes: str, bias: str | None, **kw: Any) -> list[Param]:
-  """A torch Linear: its weight, and its bias (axes `bias`) unless None."""
+def _linear(hf: str, mt: str, hf_axes: str, mt_axes: str, bias: str | tuple[str, str] | None,
+            **kw: Any) -> list[Param]:
+  """A torch Linear: its weight, and its bias unless None (axes on both sides, or (HF, MaxText))."""
   out = [Param(hf + ".weight", mt + "/kernel", hf_axes, mt_axes, **kw)]
-  return out + ([Param(hf + ".bias", mt + "/bias", bias, bias, **kw)] if bias else [])
+  if bias is None:
+    return out
+  hf_bias, mt_bias = (bias, bias) if isinstance(bias, str) else bias
+  return out + [Param(hf + ".bias", mt + "/bias", hf_bias, mt_bias, **kw)]
 
 
 def _layer_norm(hf: str, mt: str, **kw: Any) -> list[Param]:
@@ -60,7 +64,7 @@ def audio_params(hf: str) -> tuple[Param, ...]:
   params = []
   for proj, name in (("k", "key"), ("v", "value"), ("q", "query")):
     params += _linear(f"{layer}self_attn.{proj}_proj", f"{mt}self_attention_audio/{name}", f"{head} audio",
-                      "audio audio_heads audio_head_dim", "audio_heads audio_head_dim", **kw)
+                      "audio audio_heads audio_head_dim", (head, "audio_heads audio_head_dim"), **kw)
   params += [*_linear(layer + "self_attn.out_proj", mt + "self_attention_audio/out", f"audio {head}",
                       "audio_heads audio_head_dim audio", "audio", **kw),
              *_layer_norm(layer + "self_attn_layer_norm", mt + "input_layer_norm", **kw),
