@@ -40,7 +40,7 @@ def linear_attention(config: Config, layer: int) -> bool:
 def hybrid_sizes(config: Config, name: str) -> dict[str, Any]:
   """Axis sizes of the text config; refuses layer patterns MaxText's fixed cycle cannot hold, rather
   than misplace them."""
-  sizes = decoder_sizes(config)
+  sizes = decoder_sizes({"intermediate_size": None, **config})  # Qwen3.5's configs name no dense MLP width
   layers = sizes["layers"]
   if layers % CYCLE or any(full_attention(config, i) != (i % CYCLE == CYCLE - 1) for i in range(layers)):
     raise ConversionError(f"config.json: MaxText's {name} needs a full-attention layer exactly every "
