@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+import sys
+from typing import Any, Callable
 
-from models.spec import Config, Param, ValueOp, untied
+from models.spec import Config, Param, Stack, ValueOp, untied
 
 LAYER = "model.layers.{layer}."
 BLOCK = "decoder/{layers}/"
@@ -130,3 +131,20 @@ def decoder_params(query_ops: tuple[ValueOp, ...] = (), key_ops: tuple[ValueOp, 
       FINAL_NORM,
       LM_HEAD,
   )
+
+
+def linear(hf: str, mt: str, hf_axes: str, mt_axes: str, bias: str | tuple[str, str] | None,
+           **kw: Any) -> list[Param]:
+  """A torch Linear: its weight, and its bias unless None (axes on both sides, or (HF, MaxText))."""
+  out = [Param(hf + ".weight", mt + "/kernel", hf_axes, mt_axes, **kw)]
+  if bias is None:
+    return out
+  hf_bias, mt_bias = (bias, bias) if isinstance(bias, str) else bias
+  return out + [Param(hf + ".bias", mt + "/bias", hf_bias, mt_bias, **kw)]
+
+
+def tower_stack(name: str, container: str, member: str, count: Callable[[Config], int]) -> Stack:
+  """A vision or audio tower's `count(config)` layers, which MaxText never scans: `container/member_{i}`
+  in both layouts (a scan block longer than any tower leaves every layer a remainder)."""
+  return Stack(name=name, unscanned=f"{container}/{member}_{{i}}", block=sys.maxsize, member=member + "_{j}",
+               remainder=container, stop=count)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.qwen_vision import tower_stack
+from models.decoder import linear, tower_stack
 from models.spec import Config, Param, Stack
 
 ENCODER, PROJECTOR = "Qwen3OmniAudioEncoder_0", "Qwen3OmniAudioProjector_0"
@@ -35,21 +35,12 @@ def audio_sizes(config: Config) -> dict[str, Any]:
   channels = audio["downsample_hidden_size"]
   return {"audio": width, "audio_in": width, "audio_heads": heads, "audio_head_dim": width // heads,
           "audio_mlp": audio["encoder_ffn_dim"], "audio_out": audio["output_dim"], "conv_ch": channels,
-          "conv_ch_in": channels, "conv_flat": channels * freq, "kernel_h": CONV_KERNEL, "kernel_w": CONV_KERNEL, "one": 1}
+          "conv_ch_in": channels, "conv_flat": channels * freq, "kernel_h": CONV_KERNEL, "kernel_w": CONV_KERNEL,
+          "one": 1}
 
 
 def audio_stack() -> Stack:
   return tower_stack("audio", ENCODER, "layers", lambda c: audio_config(c)["encoder_layers"])
-
-
-def _linear(hf: str, mt: str, hf_axes: str, mt_axes: str, bias: str | tuple[str, str] | None,
-            **kw: Any) -> list[Param]:
-  """A torch Linear: its weight, and its bias unless None (axes on both sides, or (HF, MaxText))."""
-  out = [Param(hf + ".weight", mt + "/kernel", hf_axes, mt_axes, **kw)]
-  if bias is None:
-    return out
-  hf_bias, mt_bias = (bias, bias) if isinstance(bias, str) else bias
-  return out + [Param(hf + ".bias", mt + "/bias", hf_bias, mt_bias, **kw)]
 
 
 def _layer_norm(hf: str, mt: str, **kw: Any) -> list[Param]:
@@ -63,21 +54,21 @@ def audio_params(hf: str) -> tuple[Param, ...]:
   kw, head = dict(when=with_audio, stack="audio"), "(audio_heads audio_head_dim)"
   params = []
   for proj, name in (("k", "key"), ("v", "value"), ("q", "query")):
-    params += _linear(f"{layer}self_attn.{proj}_proj", f"{mt}self_attention_audio/{name}", f"{head} audio",
+    params += linear(f"{layer}self_attn.{proj}_proj", f"{mt}self_attention_audio/{name}", f"{head} audio",
                       "audio audio_heads audio_head_dim", (head, "audio_heads audio_head_dim"), **kw)
-  params += [*_linear(layer + "self_attn.out_proj", mt + "self_attention_audio/out", f"audio {head}",
+  params += [*linear(layer + "self_attn.out_proj", mt + "self_attention_audio/out", f"audio {head}",
                       "audio_heads audio_head_dim audio", "audio", **kw),
              *_layer_norm(layer + "self_attn_layer_norm", mt + "input_layer_norm", **kw),
-             *_linear(layer + "fc1", mt + "AudioMLP/wi", "audio_mlp audio", "audio audio_mlp", "audio_mlp", **kw),
-             *_linear(layer + "fc2", mt + "AudioMLP/wo", "audio audio_mlp", "audio_mlp audio", "audio", **kw),
+             *linear(layer + "fc1", mt + "AudioMLP/wi", "audio_mlp audio", "audio audio_mlp", "audio_mlp", **kw),
+             *linear(layer + "fc2", mt + "AudioMLP/wo", "audio audio_mlp", "audio_mlp audio", "audio", **kw),
              *_layer_norm(layer + "final_layer_norm", mt + "post_attention_layer_norm", **kw),
              *_layer_norm(hf + "ln_post", enc + "layernorm_post", when=with_audio)]
   for i, inputs in ((1, "one"), (2, "conv_ch_in"), (3, "conv_ch_in")):
-    params += _linear(f"{hf}conv2d{i}", f"{enc}conv2d{i}", f"conv_ch {inputs} kernel_h kernel_w",
+    params += linear(f"{hf}conv2d{i}", f"{enc}conv2d{i}", f"conv_ch {inputs} kernel_h kernel_w",
                       f"kernel_h kernel_w {inputs} conv_ch", "conv_ch", when=with_audio)
   projector = f"audio_encoder/{PROJECTOR}/"
   return (*params,
-          *_linear(hf + "conv_out", enc + "conv_out", "audio conv_flat", "conv_flat audio", None, when=with_audio),
-          *_linear(hf + "proj1", projector + "proj1", "audio audio_in", "audio_in audio", "audio", when=with_audio),
-          *_linear(hf + "proj2", projector + "proj2", "audio_out audio", "audio audio_out", "audio_out",
+          *linear(hf + "conv_out", enc + "conv_out", "audio conv_flat", "conv_flat audio", None, when=with_audio),
+          *linear(hf + "proj1", projector + "proj1", "audio audio_in", "audio_in audio", "audio", when=with_audio),
+          *linear(hf + "proj2", projector + "proj2", "audio_out audio", "audio audio_out", "audio_out",
                    when=with_audio))

@@ -10,9 +10,9 @@ into query/key/value with heads split out, linear kernels transpose.
 """
 from __future__ import annotations
 
-import sys
 from typing import Any
 
+from models.decoder import linear, tower_stack
 from models.spec import Config, Param, Stack
 
 # A patch merger's HF names: its LayerNorm, its two linears, and the list of deepstack mergers.
@@ -47,12 +47,6 @@ def vision_sizes(config: Config) -> dict[str, Any]:
           "vit_out": vision["out_hidden_size"]}
 
 
-def tower_stack(name: str, container: str, member: str, count) -> Stack:
-  """A tower's layers: `container/member_{i}` in both layouts (a block longer than any tower)."""
-  return Stack(name=name, unscanned=f"{container}/{member}_{{i}}", block=sys.maxsize, member=member + "_{j}",
-               remainder=container, stop=count)
-
-
 def vision_stacks(encoder: str) -> tuple[Stack, ...]:
   return (tower_stack("vision", encoder, "blocks", lambda c: vision_config(c)["depth"]),
           tower_stack("deepstack", encoder, "merger", lambda c: len(vision_config(c)["deepstack_visual_indexes"])))
@@ -64,10 +58,8 @@ def _merger(hf: str, mt: str, names: tuple[str, ...], norm: str, **kw: Any) -> l
   ln, fc1, fc2 = names[:3]
   return [Param(f"{hf}{ln}.weight", mt + "ln_q/scale", norm, norm, **kw),
           Param(f"{hf}{ln}.bias", mt + "ln_q/bias", norm, norm, **kw),
-          Param(f"{hf}{fc1}.weight", mt + "mlp_0/kernel", "merged merged_in", "merged_in merged", **kw),
-          Param(f"{hf}{fc1}.bias", mt + "mlp_0/bias", "merged", "merged", **kw),
-          Param(f"{hf}{fc2}.weight", mt + "mlp_2/kernel", "vit_out merged", "merged vit_out", **kw),
-          Param(f"{hf}{fc2}.bias", mt + "mlp_2/bias", "vit_out", "vit_out", **kw)]
+          *linear(hf + fc1, mt + "mlp_0", "merged merged_in", "merged_in merged", "merged", **kw),
+          *linear(hf + fc2, mt + "mlp_2", "vit_out merged", "merged vit_out", "vit_out", **kw)]
 
 
 def vision_params(hf: str, encoder: str, projector: str, names: tuple[str, ...] = VL_MERGER,
@@ -75,25 +67,17 @@ def vision_params(hf: str, encoder: str, projector: str, names: tuple[str, ...] 
   """The tower under the HF prefix `hf` ("model.visual."), in its module order (Omni registers the
   deepstack mergers first); every parameter applies with use_multimodal only."""
   mt, block, kw = f"vision_encoder/{encoder}/", hf + "blocks.{layer}.", dict(when=multimodal, stack="vision")
-  qkv, blocks = block + "attn.qkv.", "vision_encoder/{layers}/"
-  params = [Param(block + "norm1.weight", blocks + "ln1/scale", "vit", "vit", **kw),
-            Param(block + "norm1.bias", blocks + "ln1/bias", "vit", "vit", **kw),
-            Param(block + "norm2.weight", blocks + "ln2/scale", "vit", "vit", **kw),
-            Param(block + "norm2.bias", blocks + "ln2/bias", "vit", "vit", **kw)]
-  for i, name in enumerate(("query", "key", "value")):
-    params += [Param(qkv + "weight", f"{blocks}attn/attn/{name}/kernel", "(three vit_heads vit_head_dim) vit",
-                     "vit vit_heads vit_head_dim", part=("three", i), **kw),
-               Param(qkv + "bias", f"{blocks}attn/attn/{name}/bias", "(three vit_heads vit_head_dim)",
-                     "vit_heads vit_head_dim", part=("three", i), **kw)]
-  params += [Param(block + "attn.proj.weight", blocks + "attn/attn/out/kernel", "vit (vit_heads vit_head_dim)",
-                   "vit_heads vit_head_dim vit", **kw),
-             Param(block + "attn.proj.bias", blocks + "attn/attn/out/bias", "vit", "vit", **kw),
-             Param(block + "mlp.linear_fc1.weight", blocks + "mlp/kernel", "vit_mlp vit", "vit vit_mlp", **kw),
-             Param(block + "mlp.linear_fc1.bias", blocks + "mlp/bias", "vit_mlp", "vit_mlp", **kw),
-             Param(block + "mlp.linear_fc2.weight", blocks + "mlp_out/kernel", "vit vit_mlp", "vit_mlp vit", **kw),
-             Param(block + "mlp.linear_fc2.bias", blocks + "mlp_out/bias", "vit", "vit", **kw)]
-  embed = [Param(hf + "patch_embed.proj.weight", mt + "patch_embed/proj/kernel", "vit channels temporal patch_h patch_w",
-                 "temporal patch_h patch_w channels vit", when=multimodal),
+  blocks, heads = "vision_encoder/{layers}/", "vit_heads vit_head_dim"
+  params = [Param(block + f"norm{i}.{hf_name}", f"{blocks}ln{i}/{name}", "vit", "vit", **kw)
+            for i in (1, 2) for hf_name, name in (("weight", "scale"), ("bias", "bias"))]
+  for i, name in enumerate(("query", "key", "value")):  # one fused qkv: part i of its leading `three`
+    params += linear(block + "attn.qkv", f"{blocks}attn/attn/{name}", f"(three {heads}) vit", f"vit {heads}",
+                     (f"(three {heads})", heads), part=("three", i), **kw)
+  params += [*linear(block + "attn.proj", blocks + "attn/attn/out", f"vit ({heads})", f"{heads} vit", "vit", **kw),
+             *linear(block + "mlp.linear_fc1", blocks + "mlp", "vit_mlp vit", "vit vit_mlp", "vit_mlp", **kw),
+             *linear(block + "mlp.linear_fc2", blocks + "mlp_out", "vit vit_mlp", "vit_mlp vit", "vit", **kw)]
+  embed = [Param(hf + "patch_embed.proj.weight", mt + "patch_embed/proj/kernel",
+                 "vit channels temporal patch_h patch_w", "temporal patch_h patch_w channels vit", when=multimodal),
            Param(hf + "patch_embed.proj.bias", mt + "patch_embed/proj/bias", "vit", "vit", when=multimodal),
            Param(hf + "pos_embed.weight", mt + "pos_embed_interpolate/pos_embed", "positions vit", "positions vit",
                  when=multimodal)]
