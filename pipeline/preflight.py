@@ -85,8 +85,8 @@ def to_maxtext_preflight(plan: Plan) -> Preflight:
   chunks = sum(math.prod(-(-n // c) for n, c in zip(a.shape, a.chunks)) for a in plan.arrays)
   name = largest.sources[0].name + (f" rows {largest.rows[0]}:{largest.rows[1]}" if largest.rows else "")
   extra = ()
-  if plan.dequantized_bytes != plan.source_bytes:
-    quantized = sum(1 for s in {s.name: s for t in plan.tasks for s in t.sources}.values() if isinstance(s, QuantizedRef))
+  quantized = sum(1 for s in {s.name: s for t in plan.tasks for s in t.sources}.values() if isinstance(s, QuantizedRef))
+  if quantized:  # (a fused tensor read once per array it splits into also makes the two differ)
     extra = (("dequantized", f"{human_bytes(plan.dequantized_bytes)} in float32 from {quantized:,} quantized "
                              "tensors (read above: their data and scales)"),)
   return Preflight("to_maxtext", plan.family, len({s.name for t in plan.tasks for s in t.sources}), len(plan.tasks),

@@ -2,14 +2,17 @@
 against MaxText's goldens in both layouts and directions; the DeltaNet projections joined per key
 head and cut out again; gate_up_proj back whole (MaxText's own way back scrambles it)."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from pipeline.planner import detect_family, family_of_model_name, plan_to_maxtext, read_config
-from tests import qwen_checks as qc
+from tests import goldens, qwen_checks as qc
 from tests.test_to_huggingface import tensors
 from transforms.errors import ConversionError
+from transforms.safetensors_io import list_checkpoint
 from transforms.tensor_ops import GroupByHead
 
 CASES = qc.cases("qwen3.5-moe")
@@ -96,3 +99,25 @@ def test_layer_pattern_maxtext_cannot_hold_is_refused(tmp_path):
     json.dump(config, f)
   with pytest.raises(ConversionError, match="MaxText's qwen3.5-moe needs a full-attention layer exactly every 4th"):
     plan_to_maxtext(src)
+
+
+def test_real_size_plan_accounts_for_every_byte_of_the_checkpoint(tmp_path):
+  """Qwen3.5-35B-A3B's real config and tensor list (bench/make_model.py, headers only): the plan reads
+  every text and vision tensor, reports the MTP layer as ignored, and nothing else is left over."""
+  src = str(tmp_path / "q35")
+  subprocess.run([sys.executable, goldens.MAKE_MODEL, "--preset", "qwen3.5-35b-a3b", "--sparse", "--out", src],
+                 check=True, capture_output=True)
+  with open(f"{src}/model.safetensors.index.json") as f:
+    index = json.load(f)
+  sizes = {name: ref.nbytes for name, ref in list_checkpoint(src).items()}
+  assert sum(sizes.values()) == index["metadata"]["total_size"] == 71_903_645_408  # 35.95B bf16 parameters
+  mtp = {n for n in sizes if n.startswith("mtp.")}
+  for multimodal in (True, False):
+    plan = plan_to_maxtext(src, scan_layers=True, use_multimodal=multimodal)
+    read = {s.name for t in plan.tasks for s in t.sources}
+    assert read | set(plan.unused) | mtp == set(sizes) and not read & mtp
+    assert plan.dequantized_bytes == sum(sizes[n] for n in read)  # each distinct source tensor once
+    assert {n.split(".")[1] for n in plan.unused} == (set() if multimodal else {"visual"})
+  assert len(mtp) == 785 and sum(n.startswith("model.visual.") for n in sizes) == 333
+  scanned = [a for a in plan.arrays if "/decoder/layers/layer_" in a.path]
+  assert len(scanned) == 3 * 17 + 16 and all(a.shape[1] == 10 for a in scanned)  # 10 cycles of 4 layers
