@@ -278,19 +278,19 @@ def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: st
 
   arrays: dict[str, ArraySpec] = {}
   tasks: list[SliceTask] = []
-  pieces: dict[tuple[str, tuple[tuple[int, int], ...]], list[Placement]] = {}
+  pieces: dict[tuple[str, tuple[tuple[int, int], ...]], list[tuple[Param, TensorRef | QuantizedRef]]] = {}
   for place in placements(family, config, sizes, scan_layers):
     source = _source(place, tensors, sizes, hf_model_path)
     dtype = place.param.dtype or save_dtype
     itemsize = orbax_layout.NUMPY_DTYPES[dtype].itemsize
     if place.param.piece is not None:  # one task once every HF tensor the array joins is placed
       group = pieces.setdefault((place.array_path, place.index), [])
-      group.append(place)
+      group.append((place.param, source))
       if len(group) == len(place.param.piece[1]):
         chunks = orbax_layout.choose_chunks(place.array_shape, itemsize, place.stacked_axes, chunk_split)
         array = arrays.setdefault(place.array_path, ArraySpec(place.array_path, place.array_shape, dtype, chunks))
-        tasks.append(SliceTask(array=array, param=tuple(family.key(p.param) for p in group), index=place.index,
-                               sources=tuple(_source(p, tensors, sizes, hf_model_path) for p in group)))
+        tasks.append(SliceTask(array=array, param=tuple(family.key(p) for p, _ in group), index=place.index,
+                               sources=tuple(s for _, s in group)))
       continue
     split = find_split(place.param, sizes, tuple(mt_shape(place.param, sizes)), source.nbytes // max(
         math.prod(source.shape), 1), itemsize, split_bytes)

@@ -4,7 +4,10 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from transforms.tensor_ops import Offset, RopeInterleave, Scale, axes_shape, contiguous, parse_axes, rearrange
+from models.spec import Param
+from transforms.convert import hf_to_maxtext, maxtext_to_hf
+from transforms.tensor_ops import (GroupByHead, Offset, RopeInterleave, Scale, axes_shape, contiguous, parse_axes,
+                                  rearrange)
 
 SIZES = {"embed": 6, "heads": 3, "head_dim": 4, "vocab": 5}
 
@@ -106,3 +109,29 @@ def test_resize_axis_pads_and_truncates_like_maxtext():
   cut = {"vocab": 6, "maxtext_vocab": 4}
   np.testing.assert_array_equal(pad.forward(x, cut), x[:4])
   np.testing.assert_array_equal(pad.inverse(pad.forward(x, cut), cut), np.concatenate([x[:4], np.zeros((2, 2))]))
+
+
+def test_group_by_head_interleaves_segments_per_head_and_inverts():
+  sizes = {"heads": 2, "a": 1, "b": 3}
+  x = np.arange(2 * 8).reshape(2, 8)  # rows: [a0 a1 | b0 b0 b0 b1 b1 b1] for heads 0, 1
+  op = GroupByHead("heads", ("a", "b"))
+  y = op.forward(x, sizes)
+  np.testing.assert_array_equal(y[0], [0, 2, 3, 4, 1, 5, 6, 7])  # head 0: a0 b0, then head 1: a1 b1
+  np.testing.assert_array_equal(op.inverse(y, sizes), x)
+  bf16 = np.random.default_rng(0).standard_normal((3, 16)).astype(ml_dtypes.bfloat16)
+  assert op.inverse(op.forward(bf16, {**sizes, "b": 7}), {**sizes, "b": 7}).tobytes() == bf16.tobytes()
+
+
+def test_joined_pieces_round_trip_through_both_directions():
+  """Two HF tensors joined into one MaxText array (Param.piece), then each cut out again."""
+  sizes = {"heads": 2, "a": 2, "b": 3, "embed": 5, "wa": 4, "wb": 6, "all": 10}
+  ops = (GroupByHead("heads", ("a", "b")),)
+  first = Param("x.a", "k", "wa embed", "embed all", ops, piece=(0, ("wa", "wb")))
+  second = Param("x.b", "k", "wb embed", "embed all", ops, piece=(1, ("wa", "wb")))
+  rng = np.random.default_rng(1)
+  a, b = rng.standard_normal((4, 5)), rng.standard_normal((6, 5))
+  joined = hf_to_maxtext([b, a], (second, first), sizes)
+  assert joined.shape == (5, 10)
+  np.testing.assert_array_equal(joined[:, :5], np.concatenate([a[:2], b[:3]]).T)  # head 0: its a rows, its b rows
+  np.testing.assert_array_equal(maxtext_to_hf([joined], [first], sizes), a)
+  np.testing.assert_array_equal(maxtext_to_hf([joined], [second], sizes), b)
