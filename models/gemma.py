@@ -48,10 +48,16 @@ def layer_params(hf: str, mt: str, suffix: str = "", query_ops: tuple[ValueOp, .
   return tuple(params)
 
 
+def scaled_embedding(hf: str, in_float32: bool = False, **kw: Any) -> Param:
+  """The token embedding MaxText stores times `embed_scale` (sqrt(hidden), as each family rounds it)
+  and sized to its vocabulary; `in_float32` as for tensor_ops.Scale (Gemma 4)."""
+  return Param(hf, "token_embedder/embedding", "vocab embed", "vocab embed",
+               ops=(Scale("embed_scale", in_float32), ResizeAxis(0)), **kw)
+
+
 def text_params(hf: str, layers: tuple[Param, ...], norm_dtype: str | None = None, **kw: Any) -> tuple[Param, ...]:
   """Scaled embedding, the layers, final norm (+1)."""
-  return (Param(hf + "embed_tokens.weight", "token_embedder/embedding", "vocab embed", "vocab embed",
-                ops=(Scale("embed_scale"), ResizeAxis(0)), **kw),
+  return (scaled_embedding(hf + "embed_tokens.weight", **kw),
           *layers,
           Param(hf + "norm.weight", "decoder/decoder_norm/scale", "embed", "embed", ops=PLUS_ONE, dtype=norm_dtype,
                 **kw))
