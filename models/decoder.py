@@ -74,6 +74,32 @@ def moe_sizes(config: Config) -> dict[str, Any]:
           "moe_mlp": config.get("moe_intermediate_size") or config["intermediate_size"]}
 
 
+def attention_params(mt: str = "self_attention", query_ops: tuple[ValueOp, ...] = (),
+                     key_ops: tuple[ValueOp, ...] = (), attention_bias: bool = False,
+                     qk_norm: str | None = None) -> tuple[Param, ...]:
+  """q/k/v/o projections of a decoder layer, MaxText's under BLOCK + `mt`.
+
+  `attention_bias`: q/k/v carry biases (Qwen2.5). `qk_norm`: RMSNorm on q and k, "head" (one scale
+  per head_dim, Qwen3) or "flat" (over the whole projection, heads * head_dim: OLMo 3)."""
+  attn, mt_attn = LAYER + "self_attn.", f"{BLOCK}{mt}/"
+  projections = (("q", "query", "heads", query_ops), ("k", "key", "kv_heads", key_ops),
+                 ("v", "value", "kv_heads", ()))
+  attention: list[Param] = []
+  for hf, name, heads, ops in projections:
+    attention.append(Param(f"{attn}{hf}_proj.weight", f"{mt_attn}{name}/kernel", f"({heads} head_dim) embed",
+                           f"embed {heads} head_dim", ops=ops))
+    if attention_bias:
+      attention.append(Param(f"{attn}{hf}_proj.bias", f"{mt_attn}{name}/bias", f"({heads} head_dim)",
+                             f"{heads} head_dim"))
+  attention.append(Param(attn + "o_proj.weight", mt_attn + "out/kernel", "embed (heads head_dim)",
+                         "heads head_dim embed"))
+  if qk_norm:
+    q, k = ("head_dim", "head_dim") if qk_norm == "head" else ("(heads head_dim)", "(kv_heads head_dim)")
+    attention += [Param(attn + "q_norm.weight", mt_attn + "query_norm/scale", q, q),
+                  Param(attn + "k_norm.weight", mt_attn + "key_norm/scale", k, k)]
+  return tuple(attention)
+
+
 def decoder_params(query_ops: tuple[ValueOp, ...] = (), key_ops: tuple[ValueOp, ...] = (),
                    attention_bias: bool = False, qk_norm: bool = False,
                    mlp: tuple[Param, ...] | None = None) -> tuple[Param, ...]:
@@ -82,24 +108,10 @@ def decoder_params(query_ops: tuple[ValueOp, ...] = (), key_ops: tuple[ValueOp, 
   `attention_bias`: q/k/v projections carry biases (Qwen2.5). `qk_norm`: per-head RMSNorm on q
   and k (Qwen3). `mlp`: the block's MLP parameters (default: the gated MLP).
   """
-  attn, mt_attn = LAYER + "self_attn.", BLOCK + "self_attention/"
-  projections = (("q", "query", "heads", query_ops), ("k", "key", "kv_heads", key_ops),
-                 ("v", "value", "kv_heads", ()))
-  attention: list[Param] = []
-  for hf, mt, heads, ops in projections:
-    attention.append(Param(f"{attn}{hf}_proj.weight", f"{mt_attn}{mt}/kernel", f"({heads} head_dim) embed",
-                           f"embed {heads} head_dim", ops=ops))
-    if attention_bias:
-      attention.append(Param(f"{attn}{hf}_proj.bias", f"{mt_attn}{mt}/bias", f"({heads} head_dim)",
-                             f"{heads} head_dim"))
-  attention.append(Param(attn + "o_proj.weight", mt_attn + "out/kernel", "embed (heads head_dim)",
-                         "heads head_dim embed"))
-  if qk_norm:
-    attention += [Param(attn + "q_norm.weight", mt_attn + "query_norm/scale", "head_dim", "head_dim"),
-                  Param(attn + "k_norm.weight", mt_attn + "key_norm/scale", "head_dim", "head_dim")]
   return (
       EMBEDDING,
-      *attention,
+      *attention_params(query_ops=query_ops, key_ops=key_ops, attention_bias=attention_bias,
+                        qk_norm="head" if qk_norm else None),
       *(gated_mlp() if mlp is None else mlp),
       *layer_norms(),
       FINAL_NORM,

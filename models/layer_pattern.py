@@ -22,11 +22,10 @@ def text_config(config: Config) -> Config:
 
 
 def layer_types(config: Config, period: int) -> list[str]:
-  """`layer_types`, or transformers' default when absent: every `period`-th layer and the last global."""
+  """`layer_types`, or when absent every `period`-th layer global (transformers' default)."""
   text = text_config(config)
   layers = text["num_hidden_layers"]
-  types = text.get("layer_types") or [GLOBAL if (i + 1) % period == 0 or i == layers - 1 else SLIDING
-                                      for i in range(layers)]
+  types = text.get("layer_types") or [GLOBAL if (i + 1) % period == 0 else SLIDING for i in range(layers)]
   if len(types) != layers:
     raise ConversionError(f"config.json: layer_types lists {len(types)} layers but num_hidden_layers is {layers}")
   return list(types)
