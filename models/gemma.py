@@ -48,11 +48,11 @@ def layer_params(hf: str, mt: str, suffix: str = "", query_ops: tuple[ValueOp, .
   return tuple(params)
 
 
-def scaled_embedding(hf: str, in_float32: bool = False, **kw: Any) -> Param:
+def scaled_embedding(hf: str, **kw: Any) -> Param:
   """The token embedding MaxText stores times `embed_scale` (sqrt(hidden), as each family rounds it)
-  and sized to its vocabulary; `in_float32` as for tensor_ops.Scale (Gemma 4)."""
+  and sized to its vocabulary."""
   return Param(hf, "token_embedder/embedding", "vocab embed", "vocab embed",
-               ops=(Scale("embed_scale", in_float32), ResizeAxis(0)), **kw)
+               ops=(Scale("embed_scale"), ResizeAxis(0)), **kw)
 
 
 def text_params(hf: str, layers: tuple[Param, ...], norm_dtype: str | None = None, **kw: Any) -> tuple[Param, ...]:

@@ -4,7 +4,7 @@ vision tower under use_multimodal=true (models/gemma4_vision.py).
 
 Facts from MaxText's converter (GEMMA4*_MAXTEXT_TO_HF_PARAM_* at e591f30) and transformers' modeling:
 - Values are copied as they are (norms carry no offset, the query no scale) but for the embedding,
-  stored as bf16(f32(E) * f32(sqrt(hidden))), computed in float32 even from float32 sources.
+  stored as bf16(f32(E) * f32(sqrt(hidden))) (not Gemma 3's bf16-rounded sqrt).
 - Global layers (every 6th; E2B every 5th) take head_dim / kv heads from `per_layer_config` (one
   value for all, MaxText's global_head_dim); with attention_k_eq_v they have no v_proj (K = V).
 - Scanned, a block of 6 is decoder/scanned_blocks/local_layers (5 layers on axes 1, 2) and
@@ -129,7 +129,7 @@ def _text(hf: str, when: Callable[[Config], bool]) -> tuple[Param, ...]:
   params += [Param(f"{layer}{norm}.weight", f"{mt}mlp/{norm}/scale", "embed", "embed", when=moe)
              for norm in ("post_feedforward_layernorm_1", "post_feedforward_layernorm_2", "pre_feedforward_layernorm_2")]
   per_layer = "decoder/per_layer_embedder/"
-  return (scaled_embedding(hf + "embed_tokens.weight", in_float32=True, when=when), *params,
+  return (scaled_embedding(hf + "embed_tokens.weight", when=when), *params,
           Param(hf + "norm.weight", "decoder/decoder_norm/scale", "embed", "embed", when=when),
           Param(hf + "embed_tokens_per_layer.weight", per_layer + "embed_tokens_per_layer", "ple_vocab ple_all",
                 "ple_vocab ple_all", when=ple),

@@ -44,13 +44,13 @@ def is_global(config: Config, layer: int, period: int) -> bool:
 def check_pattern(config: Config, periods: tuple[int, ...], model: str) -> int:
   """The period of a config whose layers follow MaxText's fixed pattern (period - 1 sliding layers,
   then one global, repeated; a shorter tail all sliding), for one of the `periods` MaxText knows."""
-  period = global_period(config, periods[0])
+  period = global_period(config, periods[-1])
+  period = period if period in periods else periods[-1]
   types = layer_types(config, period)
   wrong = next((i for i, t in enumerate(types) if (t == GLOBAL) != (i % period == period - 1)), None)
-  if period not in periods or wrong is not None:
-    at = wrong if wrong is not None else period - 1
+  if wrong is not None:
     raise ConversionError(
-        f"config.json: layer_types has {types[at]} at layer {at}, but MaxText's {model} runs "
+        f"config.json: layer_types has {types[wrong]} at layer {wrong}, but MaxText's {model} runs "
         f"{' or '.join(str(p - 1) for p in periods)} sliding-window layers then one global layer, repeating; "
         "its model would attend differently from this checkpoint's")
   return period

@@ -85,17 +85,10 @@ class Scale:
   16-bit inputs are computed in float32, exactly as MaxText's converter does (so bf16 results are
   bit-identical to its output); float32 inputs in float64, so a float32 round trip rounds once
   each way. The result stays wide: the single rounding to the save dtype happens at the write.
-  `in_float32`: float32 inputs are scaled in float32 as well, for a tensor MaxText's converter
-  multiplies as float32 * float32(factor) whatever the source (Gemma 4's embedding): a bf16 save then
-  rounds twice (to float32, then bf16) exactly as it does; a float32 save of a float32-valued factor
-  is the same either way.
   """
   factor: str
-  in_float32: bool = False
 
   def forward(self, x: np.ndarray, sizes: Sizes) -> np.ndarray:
-    if self.in_float32 and x.dtype == np.float32:
-      return x * np.float32(sizes[self.factor])
     return _scaled(x, sizes[self.factor])
 
   def inverse(self, x: np.ndarray, sizes: Sizes) -> np.ndarray:
