@@ -185,3 +185,29 @@ def test_float32_moe_round_trip_is_exact_and_logits_agree(tmp_path, capsys):
   assert check_logits.main([f"load_parameters_path={items}", f"--hf_model_path={src}", "--backend=ckptflow",
                             "--max_kl_div=1e-9", "--max_prefill_predict_length=48", "--prompt=I love to"]) == 0
   assert "PASS: max per-token KL" in capsys.readouterr().out
+
+
+# google/gemma-4-31b-it in bf16: 31,273,088,876 parameters (text 30,697,345,340: embedding 262144 x 5376,
+# 50 sliding layers of 478,959,105 and 10 global of 534,009,857, final norm; vision tower 575,743,536),
+# derived from its config.json (models/known_configs.json); the total_size of its safetensors index.
+GEMMA4_31B_BYTES = 62_546_177_752
+
+
+def test_real_size_31b_header_set_plans_to_the_released_size(tmp_path):
+  """bench/make_model.py's gemma4-31b preset: the released config and tensor list, headers only."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  subprocess.run([sys.executable, goldens.MAKE_MODEL, "--preset", "gemma4-31b", "--sparse", "--out", str(tmp_path)],
+                 check=True, capture_output=True)
+  with open(tmp_path / "model.safetensors.index.json") as f:
+    assert json.load(f)["metadata"]["total_size"] == GEMMA4_31B_BYTES
+  plan = plan_to_maxtext(str(tmp_path), use_multimodal=True)
+  assert plan.source_bytes == GEMMA4_31B_BYTES and plan.unused == ()
+  shapes = {a.path.removeprefix("params/params/"): a.shape for a in plan.arrays}
+  blocks = "decoder/scanned_blocks/"
+  assert shapes[blocks + "local_layers/self_attention/value/kernel"] == (5376, 10, 5, 16, 256)
+  assert shapes[blocks + "global_layer/self_attention/key/kernel"] == (5376, 10, 4, 512)
+  assert blocks + "global_layer/self_attention/value/kernel" not in shapes  # K = V
+  assert shapes["vision_encoder/Gemma4VisionEncoderLayer_0/layer_26/mlp/wo/kernel"] == (4304, 1152)
+  text = plan_to_maxtext(str(tmp_path))
+  assert text.source_bytes == GEMMA4_31B_BYTES - 2 * 575_743_536 and len(text.unused) == 4 + 27 * 13 + 1
