@@ -1,15 +1,12 @@
-"""Gemma 4: 31B (dense), 26B (experts beside the dense MLP, which MaxText calls shared_experts), and the
-small E2B/E4B (per-layer embeddings, last layers reusing earlier layers' keys and values), with the
-vision tower under use_multimodal=true (models/gemma4_vision.py).
-
-Facts from MaxText's converter (GEMMA4*_MAXTEXT_TO_HF_PARAM_* at e591f30) and transformers' modeling:
+"""Gemma 4: 31B (dense), 26B (experts beside the dense MLP, which MaxText calls shared_experts), the small
+E2B/E4B (per-layer embeddings, last layers reusing earlier layers' keys and values); the vision tower with
+use_multimodal=true (models/gemma4_vision.py). From MaxText's GEMMA4*_MAXTEXT_TO_HF_PARAM_* (e591f30):
 - Values are copied as they are (norms carry no offset, the query no scale) but for the embedding,
   stored as bf16(f32(E) * f32(sqrt(hidden))) (not Gemma 3's bf16-rounded sqrt).
 - Global layers (every 6th; E2B every 5th) take head_dim / kv heads from `per_layer_config` (one
   value for all, MaxText's global_head_dim); with attention_k_eq_v they have no v_proj (K = V).
-- Scanned, a block of 6 is decoder/scanned_blocks/local_layers (5 layers on axes 1, 2) and
-  global_layer (axis 1); leftover layers go unstacked under layers_remainder. The small models'
-  decoder threads per-layer state through its loop: MaxText cannot scan them, so neither do we.
+- Scanned, a block of 6 is decoder/scanned_blocks/local_layers (5 layers on axes 1, 2) and global_layer
+  (axis 1), the rest under layers_remainder. MaxText cannot scan the small models' decoder; nor do we.
 """
 from __future__ import annotations
 
@@ -20,10 +17,11 @@ import numpy as np
 
 from models.decoder import decoder_sizes
 from models.experts import fused_experts
-from models.gemma import scaled_embedding
+from models.gemma import sandwich_norms, scaled_embedding
 from models.gemma4_vision import PROJECTOR, STACK as VISION, vision_sizes, vision_tower
-from models.layer_pattern import check_pattern, is_global, kv_shared, text_config, uniform
+from models.layer_pattern import all_of, check_pattern, is_global, kv_shared, negated, text_config, uniform
 from models.multimodal import multimodal, nested, text_only_hf_config
+from models.per_layer_embeddings import ple_layer, ple_model, ple_sizes
 from models.spec import Config, Family, Param, Stack
 from transforms.errors import ConversionError
 
@@ -55,23 +53,13 @@ def gemma4_sizes(config: Config) -> dict[str, Any]:
   if text.get("enable_moe_block"):
     sizes.update(experts=text["num_experts"], moe_mlp=text["moe_intermediate_size"])
   if text.get("hidden_size_per_layer_input"):
-    ple = text["hidden_size_per_layer_input"]
-    sizes.update(ple=ple, ple_vocab=text["vocab_size_per_layer_input"], ple_all=sizes["layers"] * ple)
+    sizes.update(ple_sizes(text))
   if multimodal(config):
     sizes.update(vision_sizes(config["vision_config"]))
   return sizes
 
 
-def _global(config: Config, layer: int) -> bool:
-  return is_global(config, layer, PERIOD)
-
-
-def _on(*tests: Callable[[Config, int], bool]) -> Callable[[Config, int], bool]:
-  return lambda c, layer: all(t(c, layer) for t in tests)
-
-
-def _not(test: Callable[[Config, int], bool]) -> Callable[[Config, int], bool]:
-  return lambda c, layer: not test(c, layer)
+_global = lambda config, layer: is_global(config, layer, PERIOD)
 
 
 def _has_value(config: Config, layer: int) -> bool:
@@ -90,53 +78,37 @@ def _text(hf: str, when: Callable[[Config], bool]) -> tuple[Param, ...]:
   moe = lambda c: when(c) and bool(text_config(c).get("enable_moe_block"))
   ple = lambda c: when(c) and bool(text_config(c).get("hidden_size_per_layer_input"))
   a, m = layer + "self_attn.", mt + "self_attention/"
-  own_kv = _not(kv_shared)
+  own_kv = negated(kv_shared)
   params = [Param(layer + "layer_scalar", mt + "layer_scalar", "one", "one", when=when)]
-  for kind, on in (("", _not(_global)), ("global_", _global)):
+  for kind, on in (("", negated(_global)), ("global_", _global)):
     heads, kv, dim = "heads", f"{kind}kv_heads", f"{kind}head_dim"
     params += [Param(a + "q_proj.weight", m + "query/kernel", f"({heads} {dim}) embed", f"embed {heads} {dim}",
                      when=when, on=on),
                Param(a + "q_norm.weight", m + "query_norm/scale", dim, dim, when=when, on=on),
-               Param(a + "k_norm.weight", m + "key_norm/scale", dim, dim, when=when, on=_on(on, own_kv)),
+               Param(a + "k_norm.weight", m + "key_norm/scale", dim, dim, when=when, on=all_of(on, own_kv)),
                Param(a + "k_proj.weight", m + "key/kernel", f"({kv} {dim}) embed", f"embed {kv} {dim}", when=when,
-                     on=_on(on, own_kv)),
+                     on=all_of(on, own_kv)),
                Param(a + "v_proj.weight", m + "value/kernel", f"({kv} {dim}) embed", f"embed {kv} {dim}", when=when,
-                     on=_on(on, own_kv, _has_value)),
+                     on=all_of(on, own_kv, _has_value)),
                Param(a + "o_proj.weight", m + "out/kernel", f"embed ({heads} {dim})", f"{heads} {dim} embed",
                      when=when, on=on)]
-  for width, on in (("mlp", _not(_wide)), ("wide_mlp", _wide)):
+  for width, on in (("mlp", negated(_wide)), ("wide_mlp", _wide)):
     for name, kernel, hf_axes, mt_axes in (("gate_proj", "wi_0", "W embed", "embed W"),
                                            ("up_proj", "wi_1", "W embed", "embed W"),
                                            ("down_proj", "wo", "embed W", "W embed")):
       for dense, where in ((lambda c: when(c) and not moe(c), "mlp/"), (moe, "mlp/moe_block/shared_experts/")):
-        params.append(Param(f"{layer}mlp.{name}.weight", f"{mt}{where}{kernel}/kernel", hf_axes.replace("W", width),
-                            mt_axes.replace("W", width), when=dense, on=on))
-  for hf_norm, mt_norm in (("input_layernorm", "pre_self_attention_norm"),
-                           ("post_attention_layernorm", "post_self_attention_norm"),
-                           ("pre_feedforward_layernorm", "pre_ffw_norm"), ("post_feedforward_layernorm", "post_ffw_norm")):
-    params.append(Param(f"{layer}{hf_norm}.weight", f"{mt}{mt_norm}/scale", "embed", "embed", when=when))
-  params += [Param(layer + "per_layer_input_gate.weight", mt + "per_layer_input_gate/kernel", "ple embed", "embed ple",
-                   when=ple),
-             Param(layer + "per_layer_projection.weight", mt + "per_layer_projection/kernel", "embed ple", "ple embed",
-                   when=ple),
-             Param(layer + "post_per_layer_input_norm.weight", mt + "post_per_layer_input_norm/scale", "embed", "embed",
-                   when=ple)]
+        params.append(Param(f"{layer}mlp.{name}.weight", f"{mt}{where}{kernel}/kernel",
+                            hf_axes.replace("W", width), mt_axes.replace("W", width), when=dense, on=on))
+  params += [*sandwich_norms(layer, mt, when=when), *ple_layer(layer, mt, ple)]
   block = mt + "mlp/moe_block/MoeBlock_0/"
   params += [Param(layer + "router.scale", mt + "mlp/pre_forward_scale_2", "embed", "embed", when=moe),
              Param(layer + "router.per_expert_scale", block + "per_expert_scale", "experts", "experts", when=moe),
              Param(layer + "router.proj.weight", block + "gate/kernel", "experts embed", "embed experts", when=moe),
              *fused_experts(layer + "experts.", block, when=moe)]
-  params += [Param(f"{layer}{norm}.weight", f"{mt}mlp/{norm}/scale", "embed", "embed", when=moe)
-             for norm in ("post_feedforward_layernorm_1", "post_feedforward_layernorm_2", "pre_feedforward_layernorm_2")]
-  per_layer = "decoder/per_layer_embedder/"
+  params += [Param(f"{layer}{norm}.weight", f"{mt}mlp/{norm}/scale", "embed", "embed", when=moe) for norm in
+             ("post_feedforward_layernorm_1", "post_feedforward_layernorm_2", "pre_feedforward_layernorm_2")]
   return (scaled_embedding(hf + "embed_tokens.weight", when=when), *params,
-          Param(hf + "norm.weight", "decoder/decoder_norm/scale", "embed", "embed", when=when),
-          Param(hf + "embed_tokens_per_layer.weight", per_layer + "embed_tokens_per_layer", "ple_vocab ple_all",
-                "ple_vocab ple_all", when=ple),
-          Param(hf + "per_layer_model_projection.weight", per_layer + "per_layer_model_projection/kernel",
-                "ple_all embed", "embed ple_all", when=ple),
-          Param(hf + "per_layer_projection_norm.weight", per_layer + "per_layer_projection_norm/scale", "ple", "ple",
-                when=ple))
+          Param(hf + "norm.weight", "decoder/decoder_norm/scale", "embed", "embed", when=when), *ple_model(hf, ple))
 
 
 GEMMA4 = Family(
@@ -149,6 +121,7 @@ GEMMA4 = Family(
     stacks=(Stack(scanned="scanned_blocks", block=PERIOD, member="layers_{j}", remainder="layers_remainder",
                   nested=(("local_layers", PERIOD - 1), ("global_layer", 1))), VISION),
     hf_config=text_only_hf_config("Gemma4ForCausalLM", "gemma4_text"),
-    unscannable=lambda c: ("MaxText's gemma4 E2B/E4B decoder (gemma4_small) threads per-layer embeddings and KV "
-                           "sharing through its layer loop, which is incompatible with nn.scan") if _small(c) else None,
+    unscannable=lambda c: _small(c) and ("MaxText's gemma4 E2B/E4B decoder (gemma4_small) threads per-layer "
+                                         "embeddings and KV sharing through its layer loop, which is incompatible "
+                                         "with nn.scan") or None,
 )

@@ -36,17 +36,21 @@ def vision_tower() -> tuple[Param, ...]:
                   "two positions vit", "positions two vit", when=multimodal),
             Param(vt + "patch_embedder.input_proj.weight", ENCODER + "vision_entry/input_projection/kernel",
                   "vit patch", "patch vit", when=multimodal)]
-  for proj, name, heads in (("q", "query", "vit_heads"), ("k", "key", "vit_kv_heads"), ("v", "value", "vit_kv_heads")):
+  for proj, name, heads in (("q", "query", "vit_heads"), ("k", "key", "vit_kv_heads"),
+                            ("v", "value", "vit_kv_heads")):
     params.append(Param(f"{hf}self_attn.{proj}_proj.linear.weight", f"{mt}attention/{name}/kernel",
                         f"({heads} vit_head_dim) vit", f"vit {heads} vit_head_dim", **kw))
   params += [Param(hf + "self_attn.o_proj.linear.weight", mt + "attention/out/kernel", "vit (vit_heads vit_head_dim)",
                    "vit_heads vit_head_dim vit", **kw),
-             Param(hf + "self_attn.q_norm.weight", mt + "attention/query_norm/scale", "vit_head_dim", "vit_head_dim", **kw),
-             Param(hf + "self_attn.k_norm.weight", mt + "attention/key_norm/scale", "vit_head_dim", "vit_head_dim", **kw),
+             Param(hf + "self_attn.q_norm.weight", mt + "attention/query_norm/scale", "vit_head_dim",
+                   "vit_head_dim", **kw),
+             Param(hf + "self_attn.k_norm.weight", mt + "attention/key_norm/scale", "vit_head_dim", "vit_head_dim",
+                   **kw),
              Param(hf + "mlp.gate_proj.linear.weight", mt + "mlp/wi_0/kernel", "vit_mlp vit", "vit vit_mlp", **kw),
              Param(hf + "mlp.up_proj.linear.weight", mt + "mlp/wi_1/kernel", "vit_mlp vit", "vit vit_mlp", **kw),
              Param(hf + "mlp.down_proj.linear.weight", mt + "mlp/wo/kernel", "vit vit_mlp", "vit_mlp vit", **kw)]
-  for hf_norm, mt_norm in (("input_layernorm", "pre_attention_norm"), ("post_attention_layernorm", "post_attention_norm"),
+  for hf_norm, mt_norm in (("input_layernorm", "pre_attention_norm"),
+                           ("post_attention_layernorm", "post_attention_norm"),
                            ("pre_feedforward_layernorm", "pre_ffw_norm"),
                            ("post_feedforward_layernorm", "post_ffw_norm")):
     params.append(Param(f"{hf}{hf_norm}.weight", f"{mt}{mt_norm}/scale", "vit", "vit", **kw))

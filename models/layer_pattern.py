@@ -8,7 +8,7 @@ rather than converted into a checkpoint MaxText would run with the wrong attenti
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from models.spec import Config
 from transforms.errors import ConversionError
@@ -87,3 +87,15 @@ def first_kv_shared(config: Config) -> int:
 def kv_shared(config: Config, layer: int) -> bool:
   """The layer has no key/value projections of its own (transformers' kv_sharing_modes "reuse")."""
   return layer >= first_kv_shared(config)
+
+
+LayerTest = Callable[[Config, int], bool]
+
+
+def all_of(*tests: LayerTest) -> LayerTest:
+  """A `Param.on` that holds where every test does."""
+  return lambda config, layer: all(t(config, layer) for t in tests)
+
+
+def negated(test: LayerTest) -> LayerTest:
+  return lambda config, layer: not test(config, layer)

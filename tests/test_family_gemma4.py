@@ -37,7 +37,8 @@ def mm_flags(golden):
 
 def text_only(hf_tensors):
   """The language model's tensors under the text-only Gemma4ForCausalLM's names."""
-  return {n.replace("model.language_model.", "model.", 1): v for n, v in hf_tensors.items() if not n.startswith(TOWERS)}
+  return {n.replace("model.language_model.", "model.", 1): v for n, v in hf_tensors.items()
+          if not n.startswith(TOWERS)}
 
 
 @pytest.mark.parametrize("golden,layout", CASES)
@@ -59,7 +60,8 @@ def test_planned_tree_equals_maxtext_tree(golden, layout):
 @pytest.mark.parametrize("golden,layout", CASES)
 def test_bit_identical_to_maxtext(tmp_path, golden, layout):
   _, items, _ = to_maxtext(path(golden, "hf"), tmp_path, f"--scan_layers={layout == 'scan'}", *mm_flags(golden))
-  goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(path(golden, f"maxtext_{layout}", "0", "items")))
+  theirs = goldens.restore(path(golden, f"maxtext_{layout}", "0", "items"))
+  goldens.assert_same_checkpoint(goldens.restore(items), theirs)
 
 
 @pytest.mark.parametrize("golden,layout", CASES)
