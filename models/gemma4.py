@@ -3,8 +3,8 @@ E2B/E4B (per-layer embeddings, last layers reusing earlier layers' keys and valu
 use_multimodal=true (models/gemma4_vision.py). From MaxText's GEMMA4*_MAXTEXT_TO_HF_PARAM_* (e591f30):
 - Values are copied as they are (norms carry no offset, the query no scale) but for the embedding,
   stored as bf16(f32(E) * f32(sqrt(hidden))) (not Gemma 3's bf16-rounded sqrt).
-- Global layers (every 6th; E2B every 5th) take head_dim / kv heads from `per_layer_config` (one
-  value for all, MaxText's global_head_dim); with attention_k_eq_v they have no v_proj (K = V).
+- Global layers (every 6th; E2B every 5th) take head_dim / kv heads from `per_layer_config` (or the
+  Hub's global_head_dim / num_global_key_value_heads); with attention_k_eq_v they have no v_proj (K = V).
 - Scanned, a block of 6 is decoder/scanned_blocks/local_layers (5 layers on axes 1, 2) and global_layer
   (axis 1), the rest under layers_remainder. MaxText cannot scan the small models' decoder; nor do we.
 """
@@ -45,11 +45,14 @@ def gemma4_sizes(config: Config) -> dict[str, Any]:
     raise ConversionError("use_multimodal=true: MaxText's gemma4 E2B/E4B decoder (gemma4_small) has no vision "
                           "encoder yet; convert the text model with use_multimodal=false")
   sizes = decoder_sizes(text)
-  globals_ = [i for i in range(sizes["layers"]) if is_global(config, i, period)]
-  embed = sizes["embed"]
-  sizes.update(global_head_dim=uniform(config, globals_, "head_dim", model), one=1, two=2,
-               global_kv_heads=uniform(config, globals_, "num_key_value_heads", model), wide_mlp=2 * sizes["mlp"],
-               embed_scale=float(np.float32(math.sqrt(embed))))
+  sizes.update(one=1, two=2, wide_mlp=2 * sizes["mlp"], embed_scale=float(np.float32(math.sqrt(sizes["embed"]))))
+  if "per_layer_config" in text:
+    globals_ = [i for i in range(sizes["layers"]) if is_global(config, i, period)]
+    sizes.update(global_head_dim=uniform(config, globals_, "head_dim", model),
+                 global_kv_heads=uniform(config, globals_, "num_key_value_heads", model))
+  else:  # the released config.json: transformers derives per_layer_config from these
+    kv = text.get("num_global_key_value_heads") if text.get("attention_k_eq_v") else None
+    sizes.update(global_head_dim=text.get("global_head_dim", 512), global_kv_heads=kv or sizes["kv_heads"])
   if text.get("enable_moe_block"):
     sizes.update(experts=text["num_experts"], moe_mlp=text["moe_intermediate_size"])
   if text.get("hidden_size_per_layer_input"):
@@ -62,14 +65,10 @@ def gemma4_sizes(config: Config) -> dict[str, Any]:
 _global = lambda config, layer: is_global(config, layer, PERIOD)
 
 
-def _has_value(config: Config, layer: int) -> bool:
-  """K = V on global layers of attention_k_eq_v models: no v_proj there (MaxText's share_kv_projections)."""
-  return not (_global(config, layer) and text_config(config).get("attention_k_eq_v"))
-
-
-def _wide(config: Config, layer: int) -> bool:
-  """E2B's KV-shared layers have a double-width MLP."""
-  return bool(text_config(config).get("use_double_wide_mlp")) and kv_shared(config, layer)
+# K = V on global layers of attention_k_eq_v models: no v_proj there (MaxText's share_kv_projections).
+_has_value = lambda config, layer: not (_global(config, layer) and text_config(config).get("attention_k_eq_v"))
+# E2B's KV-shared layers have a double-width MLP.
+_wide = lambda config, layer: bool(text_config(config).get("use_double_wide_mlp")) and kv_shared(config, layer)
 
 
 def _text(hf: str, when: Callable[[Config], bool]) -> tuple[Param, ...]:

@@ -240,3 +240,20 @@ def test_text_only_way_back_converts_again_to_the_same_checkpoint(tmp_path):
   _, items, _ = to_maxtext(tmp_path / "hf", tmp_path / "mt", "--scan_layers=false")
   theirs = goldens.restore(path("gemma4-e2b", "maxtext_unscan", "0", "items"))
   goldens.assert_same_checkpoint(goldens.restore(items), theirs)
+
+
+@pytest.mark.parametrize("golden", ["gemma4-moe", "gemma4-e2b"])
+def test_released_config_without_per_layer_config_plans_the_same(tmp_path, golden):
+  """The Hub's config.json names the global layers' sizes global_head_dim / num_global_key_value_heads
+  (transformers turns them into per_layer_config when it loads, and writes that when it saves)."""
+  text = read_config(path(golden, "hf"))["text_config"]
+  hub = {k: v for k, v in text.items() if k != "per_layer_config"}
+  overrides = next(iter(text["per_layer_config"].values()))
+  hub.update(global_head_dim=overrides["head_dim"], num_global_key_value_heads=overrides.get("num_key_value_heads"))
+  src = _edited(tmp_path, golden)
+  config = read_config(src)
+  config["text_config"] = hub
+  with open(os.path.join(src, "config.json"), "w") as f:
+    json.dump(config, f)
+  layout = meta(golden)["layouts"][0] == "scan"
+  assert plan_to_maxtext(src, scan_layers=layout).arrays == plan_to_maxtext(path(golden, "hf"), scan_layers=layout).arrays
