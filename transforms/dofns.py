@@ -26,7 +26,7 @@ def convert_slice(task, param, sizes: dict[str, Any]) -> tuple[np.ndarray, tuple
   checksums = tuple((manifest.checksum_key(ref.name, task.rows), zlib.crc32(np.ascontiguousarray(s).view(np.uint8)))
                     for ref, s in zip(task.sources, sources))
   if task.source_dtype is not None:
-    sources = [s.astype(NUMPY_DTYPES[task.source_dtype]) for s in sources]
+    sources = [s.astype(NUMPY_DTYPES[task.source_dtype], copy=False) for s in sources]
   value = hf_to_maxtext(sources, param, sizes if task.block is None else task.block.with_sizes(sizes))
   return value, checksums
 
