@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from typing import Any, Callable
 
+from models.experts import fused_experts
 from models.spec import Config, Param, Stack, ValueOp, untied
 
 LAYER = "model.layers.{layer}."
@@ -69,20 +69,13 @@ def routed_experts(hf_block: str, mt_block: str, names: tuple[str, str, str] = (
   )
 
 
-def fused_experts(hf_block: str, mt_block: str, gate_up_axes: str, down_axes: str,
-                  router: str = "gate") -> tuple[Param, ...]:
-  """A router and every expert in three HF tensors (`experts.gate_up_proj`, `experts.down_proj`)
-  <-> MaxText's per-array experts wi_0/wi_1/wo (experts on axis 0). `gate_up_axes` says how the
-  checkpoint lays out the fused pair, its `two` axis holding gate then up: the Hub's
-  "experts embed (two moe_mlp)" (Qwen3-VL-MoE) or transformers' "experts (two moe_mlp) embed"
-  (Qwen3.5); `down_axes` likewise. Sizes need `two` = 2."""
-  experts, mt = f"{LAYER}{hf_block}.experts.", f"{BLOCK}{mt_block}/"
-  return (
-      Param(f"{LAYER}{hf_block}.{router}.weight", mt + "gate/kernel", "experts embed", "embed experts"),
-      Param(experts + "gate_up_proj", mt + "wi_0", gate_up_axes, "experts embed moe_mlp", part=("two", 0)),
-      Param(experts + "gate_up_proj", mt + "wi_1", gate_up_axes, "experts embed moe_mlp", part=("two", 1)),
-      Param(experts + "down_proj", mt + "wo", down_axes, "experts moe_mlp embed"),
-  )
+def fused_moe(hf_block: str, mt_block: str, gate_up_axes: str, down_axes: str,
+              router: str = "gate") -> tuple[Param, ...]:
+  """A router and every expert in two fused HF tensors (models/experts.py) <-> MaxText's router and
+  per-array experts wi_0/wi_1/wo (experts on axis 0)."""
+  mt = f"{BLOCK}{mt_block}/"
+  return (Param(f"{LAYER}{hf_block}.{router}.weight", mt + "gate/kernel", "experts embed", "embed experts"),
+          *fused_experts(f"{LAYER}{hf_block}.experts.", mt, gate_up_axes, down_axes))
 
 
 def renamed(params: tuple[Param, ...], prefixes: dict[str, str], **changes: Any) -> tuple[Param, ...]:
@@ -100,6 +93,32 @@ def moe_sizes(config: Config) -> dict[str, Any]:
           "moe_mlp": config.get("moe_intermediate_size") or config["intermediate_size"]}
 
 
+def attention_params(mt: str = "self_attention", query_ops: tuple[ValueOp, ...] = (),
+                     key_ops: tuple[ValueOp, ...] = (), attention_bias: bool = False,
+                     qk_norm: str | None = None) -> tuple[Param, ...]:
+  """q/k/v/o projections of a decoder layer, MaxText's under BLOCK + `mt`.
+
+  `attention_bias`: q/k/v carry biases (Qwen2.5). `qk_norm`: RMSNorm on q and k, "head" (one scale
+  per head_dim, Qwen3) or "flat" (over the whole projection, heads * head_dim: OLMo 3)."""
+  attn, mt_attn = LAYER + "self_attn.", f"{BLOCK}{mt}/"
+  projections = (("q", "query", "heads", query_ops), ("k", "key", "kv_heads", key_ops),
+                 ("v", "value", "kv_heads", ()))
+  attention: list[Param] = []
+  for hf, name, heads, ops in projections:
+    attention.append(Param(f"{attn}{hf}_proj.weight", f"{mt_attn}{name}/kernel", f"({heads} head_dim) embed",
+                           f"embed {heads} head_dim", ops=ops))
+    if attention_bias:
+      attention.append(Param(f"{attn}{hf}_proj.bias", f"{mt_attn}{name}/bias", f"({heads} head_dim)",
+                             f"{heads} head_dim"))
+  attention.append(Param(attn + "o_proj.weight", mt_attn + "out/kernel", "embed (heads head_dim)",
+                         "heads head_dim embed"))
+  if qk_norm:
+    q, k = ("head_dim", "head_dim") if qk_norm == "head" else ("(heads head_dim)", "(kv_heads head_dim)")
+    attention += [Param(attn + "q_norm.weight", mt_attn + "query_norm/scale", q, q),
+                  Param(attn + "k_norm.weight", mt_attn + "key_norm/scale", k, k)]
+  return tuple(attention)
+
+
 def decoder_params(query_ops: tuple[ValueOp, ...] = (), key_ops: tuple[ValueOp, ...] = (),
                    attention_bias: bool = False, qk_norm: bool = False,
                    mlp: tuple[Param, ...] | None = None) -> tuple[Param, ...]:
@@ -108,24 +127,10 @@ def decoder_params(query_ops: tuple[ValueOp, ...] = (), key_ops: tuple[ValueOp, 
   `attention_bias`: q/k/v projections carry biases (Qwen2.5). `qk_norm`: per-head RMSNorm on q
   and k (Qwen3). `mlp`: the block's MLP parameters (default: the gated MLP).
   """
-  attn, mt_attn = LAYER + "self_attn.", BLOCK + "self_attention/"
-  projections = (("q", "query", "heads", query_ops), ("k", "key", "kv_heads", key_ops),
-                 ("v", "value", "kv_heads", ()))
-  attention: list[Param] = []
-  for hf, mt, heads, ops in projections:
-    attention.append(Param(f"{attn}{hf}_proj.weight", f"{mt_attn}{mt}/kernel", f"({heads} head_dim) embed",
-                           f"embed {heads} head_dim", ops=ops))
-    if attention_bias:
-      attention.append(Param(f"{attn}{hf}_proj.bias", f"{mt_attn}{mt}/bias", f"({heads} head_dim)",
-                             f"{heads} head_dim"))
-  attention.append(Param(attn + "o_proj.weight", mt_attn + "out/kernel", "embed (heads head_dim)",
-                         "heads head_dim embed"))
-  if qk_norm:
-    attention += [Param(attn + "q_norm.weight", mt_attn + "query_norm/scale", "head_dim", "head_dim"),
-                  Param(attn + "k_norm.weight", mt_attn + "key_norm/scale", "head_dim", "head_dim")]
   return (
       EMBEDDING,
-      *attention,
+      *attention_params(query_ops=query_ops, key_ops=key_ops, attention_bias=attention_bias,
+                        qk_norm="head" if qk_norm else None),
       *(gated_mlp() if mlp is None else mlp),
       *layer_norms(),
       FINAL_NORM,
@@ -145,6 +150,5 @@ def linear(hf: str, mt: str, hf_axes: str, mt_axes: str, bias: str | tuple[str, 
 
 def tower_stack(name: str, container: str, member: str, count: Callable[[Config], int]) -> Stack:
   """A vision or audio tower's `count(config)` layers, which MaxText never scans: `container/member_{i}`
-  in both layouts (a scan block longer than any tower leaves every layer a remainder)."""
-  return Stack(name=name, unscanned=f"{container}/{member}_{{i}}", block=sys.maxsize, member=member + "_{j}",
-               remainder=container, stop=count)
+  in both layouts."""
+  return Stack(name=name, unscanned=f"{container}/{member}_{{i}}", scans=False, stop=count)

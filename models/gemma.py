@@ -40,18 +40,29 @@ def layer_params(hf: str, mt: str, suffix: str = "", query_ops: tuple[ValueOp, .
       Param(hf + "mlp.up_proj.weight", mlp + "wi_1/kernel", "mlp embed", "embed mlp", **kw),
       Param(hf + "mlp.down_proj.weight", mlp + "wo/kernel", "embed mlp", "mlp embed", **kw),
   ]
-  for hf_norm, mt_norm in (("input_layernorm", "pre_self_attention_norm"),
-                           ("post_attention_layernorm", "post_self_attention_norm"),
-                           ("pre_feedforward_layernorm", "pre_ffw_norm"),
-                           ("post_feedforward_layernorm", "post_ffw_norm")):
-    params.append(Param(f"{hf}{hf_norm}.weight", f"{mt}{mt_norm}{suffix}/scale", "embed", "embed", **norm))
-  return tuple(params)
+  return (*params, *sandwich_norms(hf, mt, suffix, **norm))
+
+
+def sandwich_norms(hf: str, mt: str, suffix: str = "", **kw: Any) -> tuple[Param, ...]:
+  """The four RMSNorms around attention and MLP (pre and post each) that Gemma 2, 3 and 4 layers share;
+  `kw` says how the family stores them (Gemma 2/3: +1, Gemma 4: as they are)."""
+  return tuple(Param(f"{hf}{hf_norm}.weight", f"{mt}{mt_norm}{suffix}/scale", "embed", "embed", **kw)
+               for hf_norm, mt_norm in (("input_layernorm", "pre_self_attention_norm"),
+                                        ("post_attention_layernorm", "post_self_attention_norm"),
+                                        ("pre_feedforward_layernorm", "pre_ffw_norm"),
+                                        ("post_feedforward_layernorm", "post_ffw_norm")))
+
+
+def scaled_embedding(hf: str, **kw: Any) -> Param:
+  """The token embedding MaxText stores times `embed_scale` (sqrt(hidden), as each family rounds it)
+  and sized to its vocabulary."""
+  return Param(hf, "token_embedder/embedding", "vocab embed", "vocab embed",
+               ops=(Scale("embed_scale"), ResizeAxis(0)), **kw)
 
 
 def text_params(hf: str, layers: tuple[Param, ...], norm_dtype: str | None = None, **kw: Any) -> tuple[Param, ...]:
   """Scaled embedding, the layers, final norm (+1)."""
-  return (Param(hf + "embed_tokens.weight", "token_embedder/embedding", "vocab embed", "vocab embed",
-                ops=(Scale("embed_scale"), ResizeAxis(0)), **kw),
+  return (scaled_embedding(hf + "embed_tokens.weight", **kw),
           *layers,
           Param(hf + "norm.weight", "decoder/decoder_norm/scale", "embed", "embed", ops=PLUS_ONE, dtype=norm_dtype,
                 **kw))

@@ -14,16 +14,8 @@ import ml_dtypes
 
 from models.decoder import decoder_sizes
 from models.gemma import PLUS_ONE, layer_params, text_params
+from models.multimodal import multimodal, nested, text_only_hf_config
 from models.spec import Config, Family, Param, Stack
-
-
-def _nested(config: Config) -> bool:
-  """Gemma3ForConditionalGeneration keeps the text model under text_config (and language_model.)."""
-  return "text_config" in config
-
-
-def _multimodal(config: Config) -> bool:
-  return _nested(config) and bool(config.get("use_multimodal"))
 
 
 def gemma3_sizes(config: Config) -> dict[str, Any]:
@@ -50,12 +42,12 @@ def _vision() -> tuple[Param, ...]:
   vt, enc = "vision_tower.", "vision_encoder/Gemma3VisionEncoderLayer_0/"
   hf, mt = vt + "encoder.layers.{layer}.", enc + "{layers}/"
   att, mat = hf + "self_attn.", mt + "MultiHeadDotProductAttention_0/"
-  kw = dict(when=_multimodal, stack="vision")
+  kw = dict(when=multimodal, stack="vision")
   params = [Param(vt + "embeddings.patch_embedding.weight", enc + "embedding/kernel", "vit channels patch_h patch_w",
-                  "patch_h patch_w channels vit", when=_multimodal),
-            Param(vt + "embeddings.patch_embedding.bias", enc + "embedding/bias", "vit", "vit", when=_multimodal),
+                  "patch_h patch_w channels vit", when=multimodal),
+            Param(vt + "embeddings.patch_embedding.bias", enc + "embedding/bias", "vit", "vit", when=multimodal),
             Param(vt + "embeddings.position_embedding.weight", enc + "pos_embedding", "(one positions) vit",
-                  "one positions vit", when=_multimodal),
+                  "one positions vit", when=multimodal),
             Param(hf + "layer_norm1.weight", mt + "LayerNorm_0/scale", "vit", "vit", **kw),
             Param(hf + "layer_norm1.bias", mt + "LayerNorm_0/bias", "vit", "vit", **kw)]
   for proj, name in (("k", "key"), ("v", "value"), ("q", "query")):  # SigLIP's module order
@@ -75,26 +67,12 @@ def _vision() -> tuple[Param, ...]:
   post, proj = enc + "Transformer/encoder_norm/", "vision_encoder/VisionEmbedder_0/"
   mm = "multi_modal_projector."
   return (*params,
-          Param(vt + "post_layernorm.weight", post + "scale", "vit", "vit", when=_multimodal),
-          Param(vt + "post_layernorm.bias", post + "bias", "vit", "vit", when=_multimodal),
+          Param(vt + "post_layernorm.weight", post + "scale", "vit", "vit", when=multimodal),
+          Param(vt + "post_layernorm.bias", post + "bias", "vit", "vit", when=multimodal),
           Param(mm + "mm_input_projection_weight", proj + "mm_input_projection/w", "vit embed", "vit embed",
-                when=_multimodal),
+                when=multimodal),
           Param(mm + "mm_soft_emb_norm.weight", proj + "mm_soft_embedding_norm/scale", "vit", "vit", ops=PLUS_ONE,
-                dtype="float32", when=_multimodal))
-
-
-def gemma3_hf_config(config: Config) -> dict[str, Any]:
-  """Without use_multimodal the checkpoint holds only the language model: written back as
-  Gemma3ForCausalLM (text_config at the top, `model.` names), which transformers loads with no
-  vision weights missing."""
-  out = dict(config)
-  if not _nested(config) or _multimodal(config):
-    return out
-  text = {**out["text_config"], "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text"}
-  for key in ("dtype", "torch_dtype", "tie_word_embeddings", "transformers_version"):
-    if key in out:
-      text.setdefault(key, out[key])
-  return text
+                dtype="float32", when=multimodal))
 
 
 GEMMA3 = Family(
@@ -102,12 +80,14 @@ GEMMA3 = Family(
     architectures=("Gemma3ForConditionalGeneration", "Gemma3ForCausalLM"),
     model_name_prefixes=("gemma3-",),
     sizes=gemma3_sizes,
-    params=(*_vision(), *_gemma3_text("language_model.model.", when=_nested),
-            *_gemma3_text("model.", when=lambda c: not _nested(c))),
+    params=(*_vision(), *_gemma3_text("language_model.model.", when=nested),
+            *_gemma3_text("model.", when=lambda c: not nested(c))),
     stacks=(Stack(block=6, member="layers_{j}", remainder="layers_remainder"),
             # A block longer than any tower: every layer is a "remainder", i.e. never scanned.
             Stack(name="vision", scanned="Transformer", unscanned="Transformer/encoderblock_{i}", block=sys.maxsize,
                   member="encoderblock_{j}", remainder="Transformer",
                   stop=lambda c: c["vision_config"]["num_hidden_layers"])),
-    hf_config=gemma3_hf_config,
+    hf_config=text_only_hf_config("Gemma3ForCausalLM", "gemma3_text"),
+    # MaxText converts Gemma3 only with eager loading (its param mapping needs transformers' names).
+    eager_load=True,
 )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.decoder import EMBEDDING, FINAL_NORM, LM_HEAD, fused_experts, renamed
+from models.decoder import EMBEDDING, FINAL_NORM, LM_HEAD, fused_moe, renamed
 from models.gated_deltanet import (STACK, deltanet_params, gated_attention_params, hybrid_norms, hybrid_sizes,
                                    shared_expert_params)
 from models.qwen_vision import vision_params, vision_sizes, vision_stacks
@@ -38,7 +38,7 @@ QWEN3_5_MOE = Family(
         *renamed((EMBEDDING,
                   *deltanet_params(joined=True),
                   *gated_attention_params(),
-                  *fused_experts("mlp", "mlp/routed_experts", "experts (two moe_mlp) embed", "experts embed moe_mlp"),
+                  *fused_moe("mlp", "mlp/routed_experts", "experts (two moe_mlp) embed", "experts embed moe_mlp"),
                   *shared_expert_params(),
                   *hybrid_norms(),
                   FINAL_NORM,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.decoder import decoder_params, decoder_sizes, fused_experts, moe_sizes, renamed
+from models.decoder import decoder_params, decoder_sizes, fused_moe, moe_sizes, renamed
 from models.qwen_vision import deepstack_refuses_scan, vision_params, vision_sizes, vision_stacks
 from models.spec import Config, Family, Stack
 
@@ -45,7 +45,7 @@ QWEN3_VL_MOE = Family(
     model_name_prefixes=("qwen3-vl-30b-a3b", "qwen3-vl-235b-a22b"),
     sizes=qwen3_vl_moe_sizes,
     params=(*vision_params("model.visual.", ENCODER, PROJECTOR),
-            *renamed(decoder_params(qk_norm=True, mlp=fused_experts("mlp", "moe_block", "experts embed (two moe_mlp)",
+            *renamed(decoder_params(qk_norm=True, mlp=fused_moe("mlp", "moe_block", "experts embed (two moe_mlp)",
                                                                     "experts moe_mlp embed")), TEXT)),
     stacks=(Stack(), *vision_stacks(ENCODER)),
     scan_refused=deepstack_refuses_scan,

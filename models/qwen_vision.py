@@ -31,7 +31,8 @@ def multimodal(config: Config) -> bool:
 def deepstack_refuses_scan(config: Config) -> str | None:
   """MaxText injects deepstack features layer by layer, which its scanned decoder cannot."""
   if (vision_config(config) or {}).get("deepstack_visual_indexes"):
-    return "deepstack visual embedding injection requires scan_layers=False"
+    return ("MaxText's model cannot run scanned layers (deepstack visual embedding injection requires "
+            "scan_layers=False)")
   return None
 
 

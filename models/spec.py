@@ -32,6 +32,11 @@ class Stack:
   Layers after the last whole block go, unstacked, under `remainder`/`member`.
   Unscanned, each layer (or, without `member`, each block) is its own `unscanned` container,
   numbered from 0 within the stack.
+
+  `nested` splits a scanned block into named groups of consecutive layers, (name, count) in block
+  order (Gemma 4: 5 local layers, then 1 global): each group is the container `scanned`/name, and
+  a group of more than one layer stacks its layers on a second axis right after the scan axis.
+  `scans=False`: a tower MaxText never scans (a vision encoder): `unscanned` in both layouts.
   """
   name: str = "layers"
   scanned: str = "layers"
@@ -41,6 +46,8 @@ class Stack:
   block: int = 1
   member: str | None = None
   remainder: str | None = None
+  nested: tuple[tuple[str, int], ...] = ()
+  scans: bool = True
 
   def bounds(self, config: Config, layers: int) -> tuple[int, int]:
     start = self.start(config) if callable(self.start) else self.start
@@ -102,8 +109,11 @@ class Family:
   # MaxText -> HF: the config.json to write, from the given one (which carries use_multimodal);
   # e.g. Gemma3's text-only model when the vision tower was not converted. None: as given.
   hf_config: Callable[[Config], dict[str, Any]] | None = None
-  # Why MaxText's model cannot run this config with scan_layers=true (None: it can); both
-  # directions refuse the scanned layout with that reason.
+  # MaxText's converter loads this family eagerly (Gemma3): every HF tensor is cast to the save dtype
+  # before any transform. Every use_multimodal=true conversion does the same, whatever the family.
+  eager_load: bool = False
+  # Why MaxText's model cannot run this config with scan_layers=true (None: it can): a sentence;
+  # both directions refuse the scanned layout with it, before anything is written.
   scan_refused: Callable[[Config], str | None] | None = None
 
   def param(self, key: int | str | tuple[int, ...]) -> Any:

@@ -38,7 +38,8 @@ class SliceTask:
   A tensor too big for one element is split: `block` says which rows of the source it reads and
   where they go along the array's axis `block_axis` (see pipeline.row_blocks). An array that joins
   several HF tensors (`Param.piece`) is one task: `param` is then the tuple of its pieces' positions,
-  one per source.
+  one per source. `source_dtype`: the dtype each source is cast to as read, before any transform
+  (MaxText's eager loading), or None.
   """
   array: ArraySpec
   param: int | tuple[int, ...]
@@ -46,6 +47,7 @@ class SliceTask:
   sources: tuple[TensorRef | QuantizedRef, ...]
   block: RowBlock | None = None
   block_axis: int | None = None
+  source_dtype: str | None = None
 
   @property
   def rows(self) -> tuple[int, int] | None:
@@ -194,8 +196,7 @@ def placements(family: Family, config: dict[str, Any], sizes: dict[str, Any],
   two runs, each between its own unlayered parameters."""
   reason = scan_layers and family.scan_refused and family.scan_refused(config)
   if reason:
-    raise ConversionError(f"scan_layers=true: MaxText's {family.name} model cannot run scanned layers ({reason}); "
-                          "convert with scan_layers=false")
+    raise ConversionError(f"scan_layers=true: {reason}; convert with scan_layers=false")
   params = [p for p in family.params if p.applies(config)]
   order: list[tuple[Param, int | None, int | None]] = []
   for layered, run in itertools.groupby(params, key=lambda p: p.layered):
@@ -248,17 +249,34 @@ def _place(family: Family, param: Param, layer: int | None, expert: int | None, 
     stack = family.stack(param.stack)
     start, stop = stack.bounds(config, sizes["layers"])
     step, member = divmod(layer - start, stack.block)
-    if not scan_layers:
-      container = stack.unscanned.format(i=layer - start if stack.member else step)
+    if not scan_layers or not stack.scans:
+      container = stack.unscanned.format(i=layer - start if stack.member or stack.nested else step)
     elif step < (stop - start) // stack.block:
-      container = stack.scanned + ("/" + stack.member.format(j=member) if stack.member else "")
       shape.insert(SCAN_AXIS, (stop - start) // stack.block)
       index.append((SCAN_AXIS, step))
+      if stack.nested:
+        group, position, count = _nested_member(stack, member)
+        container = f"{stack.scanned}/{group}"
+        if count > 1:
+          shape.insert(SCAN_AXIS + 1, count)
+          index.append((SCAN_AXIS + 1, position))
+      else:
+        container = stack.scanned + ("/" + stack.member.format(j=member) if stack.member else "")
     else:
       container = f"{stack.remainder}/{stack.member.format(j=member)}"
     path = param.mt.format(layers=container)
   return Placement(param, param.hf.format(layer=layer, expert=expert), PARAMS_PREFIX + path, tuple(shape),
                    tuple(index))
+
+
+def _nested_member(stack, member: int) -> tuple[str, int, int]:
+  """(group, position within it, group size) of the `member`-th layer of a nested scan block."""
+  first = 0
+  for group, count in stack.nested:
+    if member < first + count:
+      return group, member - first, count
+    first += count
+  raise ValueError(f"stack {stack.name}: block member {member} is in none of {stack.nested}")
 
 
 def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: str = "bfloat16",
@@ -275,6 +293,9 @@ def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: st
   family = detect_family(config, model_name, config_path)
   sizes = family_sizes(family, config, config_path)
   tensors = logical_tensors(list_checkpoint(hf_model_path), config)
+  # MaxText's eager loading (the family's, or any use_multimodal=true conversion's): sources are cast
+  # to the save dtype before any transform, so e.g. a float32 norm is rounded before its +1.
+  cast = save_dtype if family.eager_load or use_multimodal else None
 
   arrays: dict[str, ArraySpec] = {}
   tasks: list[SliceTask] = []
@@ -298,13 +319,14 @@ def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: st
     if split is None:
       chunks = orbax_layout.choose_chunks(place.array_shape, itemsize, place.stacked_axes, chunk_split)
       array = arrays.setdefault(place.array_path, ArraySpec(place.array_path, place.array_shape, dtype, chunks))
-      tasks.append(SliceTask(array=array, param=key, index=place.index, sources=(source,)))
+      tasks.append(SliceTask(array=array, param=key, index=place.index, sources=(source,), source_dtype=cast))
       continue
     axis = place.free_axes[split.slice_axis]
     chunks = tuple(1 if a in place.stacked_axes else split.chunk if a == axis else n
                    for a, n in enumerate(place.array_shape))
     array = arrays.setdefault(place.array_path, ArraySpec(place.array_path, place.array_shape, dtype, chunks))
-    tasks += [SliceTask(array=array, param=key, index=place.index, sources=(source,), block=block, block_axis=axis)
+    tasks += [SliceTask(array=array, param=key, index=place.index, sources=(source,), block=block, block_axis=axis,
+                        source_dtype=cast)
               for block in split.blocks() if block.positions[1] > block.positions[0]]
 
   used = {s.name for t in tasks for s in t.sources}

@@ -12,7 +12,7 @@ import numpy as np
 from transforms.errors import ConversionError
 from transforms import hub_io, manifest, orbax_writer
 from transforms.convert import hf_to_maxtext
-from transforms.orbax_layout import ArraySpec
+from transforms.orbax_layout import NUMPY_DTYPES, ArraySpec
 from transforms.orbax_writer import CheckpointTarget
 from transforms.safetensors_io import read_tensor
 
@@ -20,10 +20,13 @@ METRICS_NAMESPACE = "ckptflow"
 
 
 def convert_slice(task, param, sizes: dict[str, Any]) -> tuple[np.ndarray, tuple[tuple[str, int], ...]]:
-  """One task's MaxText value (of its row block, if split) and the CRC-32 of each source as read."""
+  """One task's MaxText value (of its row block, if split) and the CRC-32 of each source as read
+  (before the eager cast to `task.source_dtype`, if any)."""
   sources = [read_tensor(ref, task.rows) for ref in task.sources]
   checksums = tuple((manifest.checksum_key(ref.name, task.rows), zlib.crc32(np.ascontiguousarray(s).view(np.uint8)))
                     for ref, s in zip(task.sources, sources))
+  if task.source_dtype is not None:
+    sources = [s.astype(NUMPY_DTYPES[task.source_dtype], copy=False) for s in sources]
   value = hf_to_maxtext(sources, param, sizes if task.block is None else task.block.with_sizes(sizes))
   return value, checksums
 

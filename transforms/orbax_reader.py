@@ -72,7 +72,7 @@ class CheckpointReader:
       if isinstance(custom.get("scan_layers"), bool):
         return custom["scan_layers"]
     paths = self.paths
-    if any(p.startswith("params/params/decoder/layers/") for p in paths):
+    if any(p.startswith(("params/params/decoder/layers/", "params/params/decoder/scanned_blocks/")) for p in paths):
       return True
     if any(p.startswith("params/params/decoder/layers_") for p in paths):
       return False
