@@ -15,6 +15,7 @@ from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOpti
                                                   StandardOptions, WorkerOptions)
 
 from transforms.errors import ConversionError
+from pipeline import interrupts
 from pipeline.options import ConversionOptions
 from transforms import hub_io, storage
 from transforms.dofns import METRICS_NAMESPACE
@@ -53,6 +54,14 @@ logging.getLogger("apache_beam.runners.portability.local_job_service").addFilter
 def is_local(options: PipelineOptions) -> bool:
   runner = options.view_as(StandardOptions).runner
   return not isinstance(runner, str) or runner in LOCAL_RUNNERS
+
+
+def local_workers(options: PipelineOptions) -> int:
+  """How many worker processes share this machine's disk: the local runner's, 0 on a remote runner."""
+  if not is_local(options):
+    return 0
+  direct = options.view_as(DirectOptions)
+  return max(1, direct.direct_num_workers or 1) if direct.direct_running_mode == "multi_processing" else 1
 
 
 def on_dataflow(options: PipelineOptions) -> bool:
@@ -166,7 +175,8 @@ def run(build: Callable[[beam.Pipeline, str | None], object], options: PipelineO
   with Progress(total, label, show_progress and local and wait) as progress:
     pipeline = beam.Pipeline(options=options)
     build(pipeline, progress.path)
-    result = pipeline.run()
+    with interrupts.contained_workers():
+      result = pipeline.run()
     if not wait:
       job_id = result.job_id() if hasattr(result, "job_id") else None
       where = f": {console_url(options, job_id)}" if job_id and on_dataflow(options) else ""
