@@ -117,4 +117,5 @@ def is_verbose(words: Sequence[str]) -> bool:
 def worker_error(e: BaseException) -> str | None:
   """The ConversionError message inside a runner's wrapped worker failure, if there is one."""
   found = re.findall(r"ConversionError: ([^\n]+)", str(e))
-  return found[-1].strip() if found else None
+  # Beam appends where it happened, "[while running 'WriteSlices']": the message already says what.
+  return re.sub(r" \[while running '[^']*'\]$", "", found[-1].strip()) if found else None

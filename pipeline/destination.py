@@ -69,6 +69,8 @@ def acquire(destination: str, command: str, options: dict, take_over: bool, flag
   for _ in range(3):  # a lock released between our create and our read: try again
     try:
       held = writer_lock.create(path, me)
+    except FileNotFoundError:  # another run removed the directory it had created, or swept our temporary file
+      continue
     except OSError as e:
       raise ConversionError(f"{destination}: not writable ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     if held is not None:

@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import subprocess
+import sys
 import threading
 import time
 from typing import Iterator
@@ -43,14 +45,26 @@ def as_interrupted(e: BaseException) -> Interrupted:
 
 _workers: set[subprocess.Popen] = set()
 _workers_lock = threading.Lock()
+_worker_stderr: list = [None]  # None: the driver's; DEVNULL unless --verbose
 _received: list[int] = []
 _verbose = [False]
 
 
+# Run by the worker's own process before it becomes the worker (exec): asks Linux for SIGKILL when its
+# parent, the driver, dies, so a driver killed with kill -9 takes its workers with it instead of
+# leaving them writing into a destination that another run may take over. argv: driver pid, command.
+_DIE_WITH_DRIVER = ("import ctypes, os, sys; ctypes.CDLL(None).prctl(1, 9); "
+                    "os.getppid() == int(sys.argv[1]) or os._exit(1); os.execv(sys.argv[2], sys.argv[2:])")
+
+
 def _start_worker(command: str, *args, **kwargs) -> subprocess.Popen:
-  """The local runner's worker, in a session of its own, exec'd by the shell so that its pid is the worker's."""
+  """The local runner's worker, in a session of its own, exec'd by the shell so that its pid is the
+  worker's, and (Linux) killed with the driver."""
   if isinstance(command, str) and kwargs.get("shell") and not command.startswith("exec "):
+    if sys.platform.startswith("linux"):
+      command = f"{shlex.quote(sys.executable)} -c {shlex.quote(_DIE_WITH_DRIVER)} {os.getpid()} {command}"
     command = "exec " + command
+  kwargs.setdefault("stderr", _worker_stderr[0])
   process = subprocess.Popen(command, *args, start_new_session=True, **kwargs)  # pylint: disable=consider-using-with
   with _workers_lock:
     _workers.add(process)
@@ -66,10 +80,13 @@ class _WorkerSubprocess:
 
 
 @contextlib.contextmanager
-def contained_workers() -> Iterator[None]:
-  """While a local pipeline runs: its workers are ours to stop when the command is interrupted."""
+def contained_workers(verbose: bool = False) -> Iterator[None]:
+  """While a local pipeline runs: its workers are ours to stop when the command is interrupted.
+  Unless `verbose`, what they print themselves is dropped: a failing element's traceback, which the
+  runner also hands to the driver, where it becomes one line (cli.run_main), or all of it with --verbose."""
   original = local_job_service.subprocess
   local_job_service.subprocess = _WorkerSubprocess()
+  _worker_stderr[0] = None if verbose else subprocess.DEVNULL
   try:
     yield
   finally:

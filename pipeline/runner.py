@@ -42,13 +42,23 @@ def with_local_defaults(options: PipelineOptions, flags: Sequence[str]) -> Pipel
 
 
 class _QuietLocalWorkers(logging.Filter):
-  """Drops the local runner's per-worker warning about Dataflow's semi-persistent directory."""
+  """Drops the local runner's per-worker warning about Dataflow's semi-persistent directory, and
+  (unless --verbose) the tracebacks it relays from failing workers: the failure reaches the user as
+  one line (cli.run_main), and --verbose prints the whole traceback."""
+
+  def __init__(self):
+    super().__init__()
+    self.relay_errors = False
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return "No semi_persistent_directory found" not in record.getMessage()
+    message = record.getMessage()
+    if "No semi_persistent_directory found" in message:
+      return False
+    return self.relay_errors or not message.startswith(("Worker: severity: ERROR", "Worker: severity: CRITICAL"))
 
 
-logging.getLogger("apache_beam.runners.portability.local_job_service").addFilter(_QuietLocalWorkers())
+_QUIET_WORKERS = _QuietLocalWorkers()
+logging.getLogger("apache_beam.runners.portability.local_job_service").addFilter(_QUIET_WORKERS)
 
 
 def is_local(options: PipelineOptions) -> bool:
@@ -172,10 +182,12 @@ def run(build: Callable[[beam.Pipeline, str | None], object], options: PipelineO
   """
   wait = waits(options) if wait is None else wait
   local = is_local(options)
+  verbose = bool(options.view_as(ConversionOptions).verbose)
+  _QUIET_WORKERS.relay_errors = verbose
   with Progress(total, label, show_progress and local and wait) as progress:
     pipeline = beam.Pipeline(options=options)
     build(pipeline, progress.path)
-    with interrupts.contained_workers():
+    with interrupts.contained_workers(verbose):
       result = pipeline.run()
     if not wait:
       job_id = result.job_id() if hasattr(result, "job_id") else None

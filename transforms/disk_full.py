@@ -38,9 +38,14 @@ def writing(destination: str, what: str) -> Iterator[None]:
   except Exception as e:  # pylint: disable=broad-except
     if not is_out_of_space(e):
       raise
-    file = getattr(e, "filename", None)
-    detail = f"{file}: No space left on device" if file else str(e).splitlines()[0][:300]
-    raise ConversionError(f"{destination}: {OUT_OF_SPACE} writing {what} ({detail})") from None
+    reason = "Disk quota exceeded" if _quota(e) else "No space left on device"
+    raise ConversionError(f"{destination}: {OUT_OF_SPACE} writing {what} ({reason})") from None
+
+
+def _quota(e: BaseException) -> bool:
+  if isinstance(e, OSError) and e.errno is not None:
+    return e.errno == errno.EDQUOT
+  return "Disk quota exceeded" in str(e) or "os_error_code='122'" in str(e)
 
 
 def free_bytes(path: str) -> int:

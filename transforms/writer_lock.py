@@ -12,8 +12,10 @@ and check it is still that one), so two runs taking over one dead lock never bot
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import errno
 import json
 import os
 import socket
@@ -159,7 +161,9 @@ def create(path: str, holder: Holder) -> Held | None:
     os.link(tmp, path)
   except FileExistsError:
     return None
-  except OSError:  # a file system without hard links
+  except OSError as e:
+    if e.errno not in _NO_HARD_LINKS:
+      raise
     try:
       fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
@@ -167,8 +171,12 @@ def create(path: str, holder: Holder) -> Held | None:
     with os.fdopen(fd, "wb") as f:
       f.write(data)
   finally:
-    os.remove(tmp)
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
   return Held(path, holder.run)
+
+
+_NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS)
 
 
 def replace(path: str, holder: Holder, stale: Holder | None, stale_generation: str | None) -> Held | None:
