@@ -59,13 +59,15 @@ def _busy(destination: str, holder: writer_lock.Holder | None, alive: bool | Non
                          "--resume to finish its work or --overwrite to start over")
 
 
-def acquire(destination: str, command: str, options: dict, take_over: bool, flag: str) -> Claim:
-  """Takes the destination's lock, or raises the one line that says who holds it."""
+def acquire(destination: str, command: str, options: dict, take_over: bool, flag: str,
+            remote: str | None = None) -> Claim:
+  """Takes the destination's lock, or raises the one line that says who holds it. `remote`: the
+  runner (DataflowRunner) when the job runs elsewhere and releases the lock itself."""
   if hub_io.is_hub(destination):
     return Claim(destination, None, False)
   created = not files.exists(destination)
   path = writer_lock.lock_path(destination)
-  me = writer_lock.Holder.this_process(command, options)
+  me = writer_lock.Holder.this_process(command, options, remote)
   for _ in range(3):  # a lock released between our create and our read: try again
     try:
       held = writer_lock.create(path, me)
@@ -103,8 +105,8 @@ def release(claim: Claim) -> None:
 
 @contextlib.contextmanager
 def claim(destination: str, command: str, options: dict, take_over: bool,
-          flag: str = "base_output_directory") -> Iterator[Claim]:
-  held = acquire(destination, command, options, take_over, flag)
+          flag: str = "base_output_directory", remote: str | None = None) -> Iterator[Claim]:
+  held = acquire(destination, command, options, take_over, flag, remote)
   try:
     yield held
   finally:

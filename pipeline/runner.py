@@ -74,6 +74,12 @@ def local_workers(options: PipelineOptions) -> int:
   return max(1, direct.direct_num_workers or 1) if direct.direct_running_mode == "multi_processing" else 1
 
 
+def runner_name(options: PipelineOptions) -> str:
+  """The runner's class name ('DataflowRunner')."""
+  runner = options.view_as(StandardOptions).runner
+  return (runner if isinstance(runner, str) else type(runner).__name__).rsplit(".", 1)[-1]
+
+
 def on_dataflow(options: PipelineOptions) -> bool:
   runner = options.view_as(StandardOptions).runner
   name = runner if isinstance(runner, str) else type(runner).__name__

@@ -118,7 +118,8 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
   runner.check_dataflow(options, {"load_parameters_path": conv.load_parameters_path,
                                   "base_output_directory": output, "hf_model_path": hf_model_path})
   take_over = conv.resume or conv.overwrite if take_over is None else take_over
-  with destination.claim(output, "to_huggingface", lock_options(conv), take_over) as claim:
+  remote = None if runner.is_local(options) else runner.runner_name(options)
+  with destination.claim(output, "to_huggingface", lock_options(conv), take_over, remote=remote) as claim:
     plan = plan_from_options(conv, output, hf_model_path)
     written = outputs.HfOutput(plan, output)
     written.sweep()

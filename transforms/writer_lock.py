@@ -57,11 +57,13 @@ class Holder:
   options: dict[str, Any]
   boot: str | None = None
   pid_start: int | None = None
+  remote: str | None = None  # the runner of a job that runs elsewhere (Dataflow): its launcher's pid says nothing
 
   @classmethod
-  def this_process(cls, command: str, options: dict[str, Any]) -> "Holder":
+  def this_process(cls, command: str, options: dict[str, Any], remote: str | None = None) -> "Holder":
     return cls(uuid.uuid4().hex, command, socket.gethostname(), os.getpid(), time.time(),
-               {k: v for k, v in options.items() if v not in (None, False, "")}, _boot_id(), _process_start(os.getpid()))
+               {k: v for k, v in options.items() if v not in (None, False, "")}, _boot_id(), _process_start(os.getpid()),
+               remote)
 
   def to_json(self) -> str:
     record = dataclasses.asdict(self)
@@ -73,14 +75,15 @@ class Holder:
     try:
       record = json.loads(text)
       return cls(str(record["run"]), str(record["command"]), str(record["host"]), int(record["pid"]),
-                 float(record["started"]), dict(record.get("options") or {}), record.get("boot"), record.get("pid_start"))
+                 float(record["started"]), dict(record.get("options") or {}), record.get("boot"), record.get("pid_start"),
+                 record.get("remote"))
     except (ValueError, KeyError, TypeError):
       return None
 
   def alive(self) -> bool | None:
     """True or False for a holder on this machine; None for another host, which cannot be checked
-    from here (it may be a Dataflow job, or a machine that is gone)."""
-    if self.host != socket.gethostname():
+    from here (it may be a machine that is gone), and for a job submitted to a remote runner."""
+    if self.host != socket.gethostname() or self.remote:
       return None
     boot = _boot_id()
     if self.boot and boot and self.boot != boot:
@@ -99,7 +102,8 @@ class Holder:
     where = "this host" if self.host == socket.gethostname() else f"host {self.host}"
     options = " ".join(f"{k}={v}" for k, v in sorted(self.options.items()))
     age = _age((now or time.time()) - self.started)
-    return f"{self.command}, pid {self.pid} on {where}, started {_utc(self.started)} ({age} ago)" + (
+    who = f"a {self.remote} job submitted by pid {self.pid}" if self.remote else f"pid {self.pid}"
+    return f"{self.command}, {who} on {where}, started {_utc(self.started)} ({age} ago)" + (
         f", {options}" if options else "")
 
 
