@@ -89,7 +89,7 @@ def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None = None
   except ConversionError as e:
     if verbose:
       traceback.print_exc()
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {error_line(e)}", file=sys.stderr)
     return 2
   except Exception as e:  # pylint: disable=broad-except
     message = worker_error(e)
@@ -117,5 +117,14 @@ def is_verbose(words: Sequence[str]) -> bool:
 def worker_error(e: BaseException) -> str | None:
   """The ConversionError message inside a runner's wrapped worker failure, if there is one."""
   found = re.findall(r"ConversionError: ([^\n]+)", str(e))
-  # Beam appends where it happened, "[while running 'WriteSlices']": the message already says what.
-  return re.sub(r" \[while running '[^']*'\]$", "", found[-1].strip()) if found else None
+  return _without_step(found[-1].strip()) if found else None
+
+
+def error_line(e: BaseException) -> str | None:
+  """The one line of a failure: a ConversionError's message, raised here or in a worker; None for others."""
+  return _without_step(str(e)) if isinstance(e, ConversionError) else worker_error(e)
+
+
+def _without_step(message: str) -> str:
+  """Beam appends where it happened, "[while running 'WriteSlices']": the message already says what."""
+  return re.sub(r" \[while running '[^']*'\]$", "", message)

@@ -22,7 +22,7 @@ import sys
 from typing import Callable, Iterator, Protocol, Sequence
 
 from pipeline import interrupts
-from pipeline.cli import worker_error
+from pipeline.cli import error_line
 from pipeline.runner import human_bytes
 from transforms import disk_full, files, hub_io, writer_lock
 from transforms.errors import ConversionError
@@ -194,7 +194,7 @@ def guarded(output: Output, resume: bool) -> Iterator[None]:
       interrupted.message = f"{done} of {total} {output.unit} stored in {output.where}; rerun with --resume"
     raise interrupted from None
   except Exception as e:  # pylint: disable=broad-except
-    message = str(e) if isinstance(e, ConversionError) else worker_error(e)
+    message = error_line(e)
     output.sweep()
     if not message or f": {disk_full.OUT_OF_SPACE} writing " not in message:
       raise

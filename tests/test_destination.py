@@ -22,7 +22,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import batch, cli, destination, outputs, to_huggingface_job, to_maxtext_job
 from tests import goldens, sized_model
-from transforms import leftovers, writer_lock
+from tests.test_hub import TOKEN, server  # pylint: disable=unused-import (the Hub stand-in fixture)
+from transforms import disk_full, leftovers, writer_lock
 from transforms.errors import ConversionError
 
 IN_PROCESS = ("--direct_running_mode=in_memory", "--direct_num_workers=1", "--progress=false")
@@ -249,7 +250,6 @@ def test_hub_destinations_need_local_scratch_for_each_local_worker(tmp_path):
   needs = outputs.hf_needs("hf://user/repo", shards, 0, 0, scratch_writers=2)
   assert needs[1].directory and needs[1].nbytes == 9 + 7 + outputs.HF_METADATA_BYTES
   assert len(outputs.hf_needs(str(tmp_path), shards, 0, 0, scratch_writers=2)) == 1
-  from transforms import disk_full  # pylint: disable=import-outside-toplevel
   with pytest.raises(ConversionError, match=rf"^worker {re.escape(socket.gethostname())}: {re.escape(str(tmp_path))} "
                                             r"has [\d,]+ MB free; shard x needs [\d,]+ MB there \(give the workers"):
     disk_full.check_scratch(str(tmp_path), 10**18, "shard x")
@@ -516,3 +516,41 @@ def test_every_file_of_a_finished_run_is_the_checkpoints(tmp_path):
   hf = tmp_path / "hf"
   to_hf(goldens.items("qwen3", "scan"), str(hf), goldens.path("qwen3", "hf"))
   assert "config.json" in os.listdir(hf) and not [n for n in os.listdir(hf) if n.startswith(".")]
+
+
+# ---- hf:// destinations: the local scratch space ------------------------------------------------
+
+
+def test_hub_upload_checks_the_local_scratch_space_before_the_first_byte(server, small_disk, monkeypatch):
+  monkeypatch.setenv("HF_TOKEN", TOKEN)
+  scratch = small_disk(2**20)
+  monkeypatch.setattr("tempfile.tempdir", scratch)
+  with pytest.raises(ConversionError, match=rf"^{re.escape(scratch)} has 1\.05 MB free; this conversion writes "
+                                            r"4\.\d+ MB \(the shards bound for the Hub are written there first: set "
+                                            r"TMPDIR to a larger disk\)$"):
+    to_hf(goldens.items("qwen3", "scan"), "hf://me/out", goldens.path("qwen3", "hf"), "--max_shard_size=100KB")
+  assert "me/out" not in server.repos
+
+
+def test_hub_upload_whose_scratch_fills_removes_the_shards_it_uploaded(server, small_disk, monkeypatch):
+  monkeypatch.setenv("HF_TOKEN", TOKEN)
+  scratch = small_disk(8 * 2**20)
+  monkeypatch.setattr("tempfile.tempdir", scratch)
+  checked = []
+  check = disk_full.check_scratch
+
+  def then_another_process_takes_the_space(directory, needed, what):
+    check(directory, needed, what)
+    checked.append(what)
+    if len(checked) == 2:  # after the first shard is uploaded
+      fill(scratch)
+  monkeypatch.setattr(disk_full, "check_scratch", then_another_process_takes_the_space)
+  with pytest.raises(ConversionError, match=rf"^{re.escape(scratch)}/ckptflow-shard-\d+-\w+: out of space writing shard "
+                                            r"model-\d+-of-\d+\.safetensors \(local copy for hf://me/out/.+\) \(No space "
+                                            r"left on device\); removed everything this run wrote: free space, then "
+                                            r"run it again$"):
+    to_hf(goldens.items("qwen3", "scan"), "hf://me/out", goldens.path("qwen3", "hf"), "--max_shard_size=100KB")
+  commits = server.repos["me/out"].committed
+  assert len(commits) == 2 and commits[-1][0].startswith("-model-")  # one shard uploaded, then deleted
+  assert not [n for n in server.files("me/out") if n.endswith(".safetensors")]
+  assert os.listdir(scratch) == ["filler"]
