@@ -59,15 +59,12 @@ def _busy(destination: str, holder: writer_lock.Holder | None, alive: bool | Non
                          "--resume to finish its work or --overwrite to start over")
 
 
-def acquire(destination: str, command: str, options: dict, take_over: bool, flag: str,
-            remote: str | None = None) -> Claim:
-  """Takes the destination's lock, or raises the one line that says who holds it. `remote`: the
-  runner (DataflowRunner) when the job runs elsewhere and releases the lock itself."""
+def acquire(destination: str, me: writer_lock.Holder, take_over: bool, flag: str) -> Claim:
+  """Takes the destination's lock for `me`, or raises the one line that says who holds it."""
   if hub_io.is_hub(destination):
     return Claim(destination, None, False)
   created = not files.exists(destination)
   path = writer_lock.lock_path(destination)
-  me = writer_lock.Holder.this_process(command, options, remote)
   for _ in range(3):  # a lock released between our create and our read: try again
     try:
       held = writer_lock.create(path, me)
@@ -106,7 +103,15 @@ def release(claim: Claim) -> None:
 @contextlib.contextmanager
 def claim(destination: str, command: str, options: dict, take_over: bool,
           flag: str = "base_output_directory", remote: str | None = None) -> Iterator[Claim]:
-  held = acquire(destination, command, options, take_over, flag, remote)
+  """Holds the destination for the block. `remote`: the runner (DataflowRunner) of a job that runs
+  elsewhere and releases the lock itself; `flag` names the destination option in messages."""
+  me = writer_lock.Holder.this_process(command, options, remote)
+  try:
+    held = acquire(destination, me, take_over, flag)
+  except KeyboardInterrupt:  # between creating the lock and returning it: it must not outlive us
+    if not hub_io.is_hub(destination):
+      writer_lock.release(writer_lock.Held(writer_lock.lock_path(destination), me.run))
+    raise
   try:
     yield held
   finally:

@@ -36,7 +36,7 @@ MAXTEXT_KEYS = ("model_name", "load_parameters_path", "base_output_directory", "
 OPTIONS = ("load_parameters_path", "base_output_directory", "model_name", "scan_layers", "weight_dtype",
            "hf_model_path", "hf_access_token", "max_shard_size", "use_multimodal", "vocab_size", "max_element_size",
            "quantize_fp8_blocks", "revision", "hf_cache_dir", "workers", "worker_mbps", "overwrite", "resume",
-           "progress", "wait")
+           "progress", "wait", "verbose")
 REQUIRED = ("load_parameters_path", "base_output_directory")
 
 

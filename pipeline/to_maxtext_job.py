@@ -30,7 +30,7 @@ MAXTEXT_KEYS = ("model_name", "base_output_directory", "scan_layers", "checkpoin
 OPTIONS = ("hf_model_path", "base_output_directory", "model_name", "scan_layers", "save_dtype",
            "checkpoint_storage_use_zarr3", "checkpoint_storage_use_ocdbt", "simulated_cpu_devices_count",
            "use_multimodal", "vocab_size", "zstd_level", "max_element_size", "hf_access_token", "revision",
-           "hf_cache_dir", "workers", "worker_mbps", "overwrite", "resume", "progress", "wait")
+           "hf_cache_dir", "workers", "worker_mbps", "overwrite", "resume", "progress", "wait", "verbose")
 REQUIRED = ("base_output_directory",)
 # Step 0, as MaxText's CheckpointManager numbers it.
 STEP = "0"
