@@ -5,8 +5,8 @@ or an interrupt leaves one checkpoint's data there and nothing else.
   stops at once with one line naming the holder. A dead holder's lock is taken over only with
   --resume or --overwrite: on this host a holder is known dead (its pid is gone); another host's (or
   a Dataflow job's) cannot be checked from here, so the flag is the user's word that it is gone.
-  Stale temporary files of ours are swept once the lock is held. Released on success and on any
-  failure; a job that does not wait (Dataflow) releases it in its last step.
+  Released on success and on any failure; a job that does not wait (Dataflow) releases it in its
+  last step. Once a run holds it, the job sweeps the stale temporary files of ours (pipeline/outputs.py).
 - `check_space`: before the first byte, the plan's bytes against each local file system's free
   space (gs:// and hf:// have none to check).
 - `guarded`: a failure or an interrupt of the pipeline. The run's temporary files are removed; an
@@ -71,7 +71,8 @@ def acquire(destination: str, me: writer_lock.Holder, take_over: bool, flag: str
     except FileNotFoundError:  # another run removed the directory it had created, or swept our temporary file
       continue
     except OSError as e:
-      raise ConversionError(f"{destination}: not writable ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+      reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+      raise ConversionError(f"{destination}: not writable ({reason})") from None
     if held is not None:
       return Claim(destination, held, created)
     found = writer_lock.read(path)

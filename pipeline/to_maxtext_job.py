@@ -111,7 +111,8 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
   runner.check_dataflow(options, {"hf_model_path": source, "base_output_directory": conv.base_output_directory})
   take_over = conv.resume or conv.overwrite if take_over is None else take_over
   remote = None if runner.is_local(options) else runner.runner_name(options)
-  with destination.claim(conv.base_output_directory, "to_maxtext", lock_options(conv), take_over, remote=remote) as claim:
+  base = conv.base_output_directory
+  with destination.claim(base, "to_maxtext", lock_options(conv), take_over, remote=remote) as claim:
     plan = plan_from_options(conv, source)
     target = CheckpointTarget(storage.join(conv.base_output_directory, STEP),
                               use_ocdbt=conv.checkpoint_storage_use_ocdbt,

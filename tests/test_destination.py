@@ -21,9 +21,11 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import batch, cli, destination, outputs, to_huggingface_job, to_maxtext_job
+from pipeline.options import ConversionOptions
 from tests import goldens, sized_model
 from tests.test_hub import TOKEN, server  # pylint: disable=unused-import (the Hub stand-in fixture)
-from transforms import disk_full, leftovers, writer_lock
+from transforms import disk_full, leftovers, orbax_writer, writer_lock
+from transforms.orbax_writer import CheckpointTarget
 from transforms.errors import ConversionError
 
 IN_PROCESS = ("--direct_running_mode=in_memory", "--direct_num_workers=1", "--progress=false")
@@ -89,7 +91,22 @@ def slices_stored(out):
   """A writer has committed its first slice."""
   items = os.path.join(out, "0", "items")
   return os.path.isdir(items) and any(re.fullmatch(r"ocdbt\.process_[0-9a-f]{16}", n) and
-                                      os.path.exists(os.path.join(items, n, "manifest.ocdbt")) for n in os.listdir(items))
+                                      os.path.exists(os.path.join(items, n, "manifest.ocdbt"))
+                                      for n in os.listdir(items))
+
+
+def whole_slice_stored(out, model):
+  """At least one slice of the plan is wholly stored (what an interrupt keeps)."""
+  conv = PipelineOptions([f"--hf_model_path={model}", "--scan_layers=false"]).view_as(ConversionOptions)
+  slices = [(t.array, t.index, t.window) for t in to_maxtext_job.plan_from_options(conv).tasks]
+  target = CheckpointTarget(os.path.join(out, "0"))
+
+  def stored():
+    try:
+      return slices_stored(out) and any(orbax_writer.finished(target, slices))
+    except ValueError:  # a writer's database appearing while it is read
+      return False
+  return stored
 
 
 def shard_stored(out):
@@ -227,9 +244,9 @@ def test_to_huggingface_on_a_disk_that_fills_removes_its_shards(model, reference
                         lambda: shard_stored(out))
   assert rc == 2
   line = one_line(err, "error: ")
-  assert re.fullmatch(rf"error: {re.escape(out)}: out of space writing (shard model-\d+-of-\d+\.safetensors|the index.*) "
-                      r"\(.*No space left on device.*\); removed everything this run wrote: free space, then run it again",
-                      line), line
+  assert re.fullmatch(rf"error: {re.escape(out)}: out of space writing "
+                      r"(shard model-\d+-of-\d+\.safetensors|the index.*) \(No space left on device\); "
+                      r"removed everything this run wrote: free space, then run it again", line), line
   assert os.listdir(disk) == ["filler"]
 
 
@@ -366,14 +383,14 @@ def test_gs_destination_held_on_another_host_is_taken_over_only_with_resume(gcs_
 def test_ctrl_c_of_to_maxtext_is_one_line_leaves_no_temporary_file_and_resumes(model, reference, tmp_path):
   out = str(tmp_path / "out")
   process = start(cli_args("to_maxtext", (model,), out))
-  wait_for(lambda: slices_stored(out), process)
+  wait_for(whole_slice_stored(out, model), process)
   os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
   _, err = process.communicate(timeout=120)
   assert process.returncode == 130, err
   line = one_line(err, "interrupted: ")
   found = re.fullmatch(rf"interrupted: (\d+) of (\d+) slices stored in {re.escape(out)}/0/items; rerun with --resume",
                        line)
-  assert found and int(found.group(1)) <= int(found.group(2)) == 57, line
+  assert found and 0 < int(found.group(1)) <= int(found.group(2)) == 57, line
   assert "Traceback" not in err and "CRITICAL" not in err
   assert not leftover_files(out) and os.listdir(out) == ["0"]
   # What to_huggingface makes of it: what it is, and how to finish it.
@@ -477,7 +494,8 @@ def test_batch_refuses_two_jobs_with_one_destination_before_either_starts(tmp_pa
   out = str(tmp_path / "out")
   jobs = [{"name": "a", "direction": "to_maxtext", "source": goldens.path("qwen3", "hf"), "destination": out},
           {"name": "b", "direction": "to_maxtext", "source": goldens.path("llama3.1", "hf"), "destination": out + "/"}]
-  with pytest.raises(ConversionError, match=r"jobs 1 \(a\) and 2 \(b\) both write .*; give each job its own destination"):
+  with pytest.raises(ConversionError, match=r"jobs 1 \(a\) and 2 \(b\) both write .*; give each job its own "
+                                            r"destination"):
     batch.load_jobs(write_jobs(tmp_path / "jobs.yaml", jobs))
   jobs[1]["destination"] = out + "/0"
   with pytest.raises(ConversionError, match=r"jobs 1 \(a\) and 2 \(b\) write into each other"):
@@ -545,9 +563,9 @@ def test_hub_upload_whose_scratch_fills_removes_the_shards_it_uploaded(server, s
     if len(checked) == 2:  # after the first shard is uploaded
       fill(scratch)
   monkeypatch.setattr(disk_full, "check_scratch", then_another_process_takes_the_space)
-  with pytest.raises(ConversionError, match=rf"^{re.escape(scratch)}/ckptflow-shard-\d+-\w+: out of space writing shard "
-                                            r"model-\d+-of-\d+\.safetensors \(local copy for hf://me/out/.+\) \(No space "
-                                            r"left on device\); removed everything this run wrote: free space, then "
+  with pytest.raises(ConversionError, match=rf"^{re.escape(scratch)}/ckptflow-shard-\d+-\w+: out of space writing "
+                                            r"shard model-\d+-of-\d+\.safetensors \(local copy for hf://me/out/.+\) "
+                                            r"\(No space left on device\); removed everything this run wrote: free space, then "
                                             r"run it again$"):
     to_hf(goldens.items("qwen3", "scan"), "hf://me/out", goldens.path("qwen3", "hf"), "--max_shard_size=100KB")
   commits = server.repos["me/out"].committed

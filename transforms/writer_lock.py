@@ -61,9 +61,9 @@ class Holder:
 
   @classmethod
   def this_process(cls, command: str, options: dict[str, Any], remote: str | None = None) -> "Holder":
-    return cls(uuid.uuid4().hex, command, socket.gethostname(), os.getpid(), time.time(),
-               {k: v for k, v in options.items() if v not in (None, False, "")}, _boot_id(), _process_start(os.getpid()),
-               remote)
+    recorded = {k: v for k, v in options.items() if v not in (None, False, "")}
+    return cls(uuid.uuid4().hex, command, socket.gethostname(), os.getpid(), time.time(), recorded, _boot_id(),
+               _process_start(os.getpid()), remote)
 
   def to_json(self) -> str:
     record = dataclasses.asdict(self)
@@ -75,8 +75,8 @@ class Holder:
     try:
       record = json.loads(text)
       return cls(str(record["run"]), str(record["command"]), str(record["host"]), int(record["pid"]),
-                 float(record["started"]), dict(record.get("options") or {}), record.get("boot"), record.get("pid_start"),
-                 record.get("remote"))
+                 float(record["started"]), dict(record.get("options") or {}), record.get("boot"),
+                 record.get("pid_start"), record.get("remote"))
     except (ValueError, KeyError, TypeError):
       return None
 
@@ -98,7 +98,7 @@ class Holder:
     return not (self.pid_start is not None and start is not None and start != self.pid_start)
 
   def describe(self, now: float | None = None) -> str:
-    """'to_maxtext, pid 4242 on this host, started 2026-12-02 02:03:04 UTC (12s ago), hf_model_path=/m scan_layers=True'."""
+    """'to_maxtext, pid 4242 on this host, started 2026-12-02 02:03:04 UTC (12s ago), scan_layers=True'."""
     where = "this host" if self.host == socket.gethostname() else f"host {self.host}"
     options = " ".join(f"{k}={v}" for k, v in sorted(self.options.items()))
     age = _age((now or time.time()) - self.started)
@@ -241,7 +241,8 @@ def _gcs_upload(path: str, data: bytes, if_generation_match: str | None) -> str:
   body = (f"--{boundary}\nContent-Type: application/json; charset=UTF-8\n\n{json.dumps({'name': key})}\n"
           f"--{boundary}\nContent-Type: application/json\n\n").encode() + data + f"\n--{boundary}--".encode()
   conditions = {} if if_generation_match is None else {"ifGenerationMatch": if_generation_match}
-  result = fs.call("POST", f"{fs._location}/upload/storage/v1/b/{bucket}/o", uploadType="multipart",  # pylint: disable=protected-access
+  endpoint = fs._location  # pylint: disable=protected-access
+  result = fs.call("POST", f"{endpoint}/upload/storage/v1/b/{bucket}/o", uploadType="multipart",
                    headers={"Content-Type": f'multipart/related; boundary="{boundary}"'}, data=body, json_out=True,
                    **conditions)
   fs.invalidate_cache(path)
