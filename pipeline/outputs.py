@@ -39,7 +39,7 @@ class MaxTextOutput:
   def sweep(self) -> None:
     """Temporary files, and writer databases that never committed anything (a writer killed before
     its first slice): nothing refers to them and nothing ever will."""
-    leftovers.sweep(storage.parent(self.target.step_dir))
+    leftovers.sweep(storage.parent(self.target.step_dir), ours=lambda name: False)  # only probes and lock leftovers
     leftovers.sweep(self.target.step_dir, tensorstore=True, recursive=True)
     for process in orbax_writer.writer_ids(self.target):
       writer = storage.join(self.target.items, orbax_layout.PROCESS_PREFIX + process)

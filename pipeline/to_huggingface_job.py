@@ -122,22 +122,22 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
   with destination.claim(output, "to_huggingface", lock_options(conv), take_over, remote=remote) as claim:
     plan = plan_from_options(conv, output, hf_model_path)
     written = outputs.HfOutput(plan, output)
-    written.sweep()
+    run_options = runner.with_local_defaults(options, flags)
+    scratch_writers = runner.local_workers(run_options)
+    if hub.is_hub(output):  # the repo is made (or its old model files deleted) before its shards are listed
+      destination.check_space(outputs.hf_needs(output, plan.shards, 0, 0, scratch_writers))
+      hub.prepare_destination(output, conv.overwrite, conv.resume)
     present = [] if hub.is_hub(output) else [n for n in storage.list_names(output) if n in written.names()]
     resuming = conv.resume and (hub.is_hub(output) or bool(present) and "config.json" not in present)
     todo = plan
     if resuming:  # a shard exists only once it is whole (written to a temp name, then renamed or committed)
       todo = dataclasses.replace(plan, shards=tuple(s for s in plan.shards
                                                     if not (storage.exists(s.file) and storage.size(s.file) == s.size)))
-    run_options = runner.with_local_defaults(options, flags)
-    reclaimed = outputs.existing_bytes(output, written.names()) if conv.overwrite and not resuming else 0
-    scratch_writers = runner.local_workers(run_options)
-    destination.check_space(outputs.hf_needs(output, todo.shards, outputs.aux_bytes(hf_model_path), reclaimed,
-                                             scratch_writers))
-    if hub.is_hub(output):
-      hub.prepare_destination(output, conv.overwrite, conv.resume)
-    else:
+    if not hub.is_hub(output):
+      reclaimed = outputs.existing_bytes(output, written.names()) if conv.overwrite and not resuming else 0
+      destination.check_space(outputs.hf_needs(output, todo.shards, outputs.aux_bytes(hf_model_path), reclaimed, 0))
       prepare_output(output, conv.overwrite, conv.resume)
+    written.sweep()  # only now: a model directory we were refused is left as it is
     written.fresh = not resuming
     if resuming:
       print(f"resuming {output}: {len(plan.shards) - len(todo.shards)} of {len(plan.shards)} shards already written",

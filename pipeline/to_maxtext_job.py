@@ -119,7 +119,6 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
                               use_zarr3=conv.checkpoint_storage_use_zarr3, zstd_level=conv.zstd_level)
     slices = [(t.array, t.index, t.window) for t in plan.tasks]
     output = outputs.MaxTextOutput(target, slices)
-    output.sweep()
     existed = storage.exists(target.step_dir)
     todo = plan
     if conv.resume and existed:
@@ -129,6 +128,7 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
     destination.check_space([*outputs.maxtext_needs(conv.base_output_directory, todo.tasks, target, reclaimed),
                              *outputs.hub_cache_needs(conv.hf_cache_dir, source, todo.source_bytes)])
     prepare_output(conv.base_output_directory, conv.overwrite, conv.resume)
+    output.sweep()  # only now: a checkpoint we were refused may be another program's, still being written
     output.fresh = not (conv.resume and existed)
     if conv.resume and existed:
       print(f"resuming {target.items}: {len(plan.tasks) - len(todo.tasks)} of {len(plan.tasks)} slices already stored",
