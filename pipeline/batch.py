@@ -22,11 +22,17 @@ Dataflow each is submitted and the next follows at once). An existing output is 
 incomplete one has no manifest yet, so nothing proves what its slices were made from. A job whose
 options include --resume finishes an incomplete output instead. One failing job does not stop the
 others; the exit status is 1 if any failed.
+
+Two jobs with one destination (or one inside the other) are refused before any job starts. A job
+whose destination another conversion holds (a previous schedule's job still running, here or on
+Dataflow) is skipped as busy; if that holder provably died, the job fails with the one line that
+says to add --resume or --overwrite to its options (only those take over a dead run's lock).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from typing import Any, Sequence
@@ -34,7 +40,7 @@ from typing import Any, Sequence
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import cli, runner, to_huggingface_job, to_maxtext_job
+from pipeline import cli, destination, runner, to_huggingface_job, to_maxtext_job
 from transforms.errors import ConversionError
 from pipeline.options import ConversionOptions
 from pipeline.plan_hf import INDEX_FILE
@@ -116,7 +122,29 @@ def load_jobs(path: str, extra_flags: Sequence[str] = ()) -> list[Job]:
     flags = (*_translate(defaults, direction, f"{path}: defaults"), *extra_flags, *options,
              f"--{SOURCE_OPTION[direction]}={source}", f"--base_output_directory={destination}")
     jobs.append(Job(name, direction, source, destination, tuple(flags)))
+  check_destinations(path, jobs)
   return jobs
+
+
+def _normalized(path: str) -> str:
+  if storage.is_gcs(path) or storage.is_hub(path):
+    return path.rstrip("/")
+  return os.path.normpath(os.path.abspath(path))
+
+
+def check_destinations(path: str, jobs: Sequence[Job]) -> None:
+  """Two jobs writing one destination (or one inside the other) would undo each other: refused
+  before either starts."""
+  seen: list[tuple[str, int, Job]] = []
+  for i, job in enumerate(jobs, 1):
+    mine = _normalized(job.destination)
+    for other, j, first in seen:
+      if mine == other or mine.startswith(other + "/") or other.startswith(mine + "/"):
+        relation = "both write" if mine == other else "write into each other:"
+        raise ConversionError(f"{path}: jobs {j} ({first.name}) and {i} ({job.name}) {relation} "
+                              f"{first.destination}" + ("" if mine == other else f" and {job.destination}") +
+                              "; give each job its own destination")
+    seen.append((mine, i, job))
 
 
 def manifest_path(job: Job) -> str:
@@ -150,7 +178,11 @@ def _read_manifest(path: str) -> dict[str, Any] | None:
 
 
 def decide(job: Job) -> Decision:
-  """Skip only a committed output whose manifest matches this job's options and current sources."""
+  """Skip only a committed output whose manifest matches this job's options and current sources,
+  or one that another conversion is writing now (its lock is held by a live or uncheckable run)."""
+  locked = destination.lock_state(job.destination)
+  if locked is not None and locked[1] is not False:
+    return Decision(False, f"busy: being written by {locked[0]}")
   state = output_state(job)
   if state != "committed":
     return Decision(True, "no output yet" if state == "missing" else "output incomplete (never committed)")
@@ -177,13 +209,18 @@ def decide(job: Job) -> Decision:
 
 
 def run_job(job: Job, decision: Decision) -> str:
-  """Converts (or submits) one job; the one-line outcome."""
+  """Converts (or submits) one job; the one-line outcome.
+
+  The --overwrite added here replaces an out-of-date output; only a --resume or --overwrite the job
+  itself asks for may take over the lock of a run that died there.
+  """
   flags = list(job.flags)
+  asked = job.options()
   if output_state(job) != "missing":
     flags.append("--overwrite")  # an explicit --resume in the job's options still wins for an incomplete one
   options = PipelineOptions(flags)
   start = time.monotonic()
-  COMMANDS[job.direction].convert(options, flags)
+  COMMANDS[job.direction].convert(options, flags, take_over=bool(asked.resume or asked.overwrite))
   if not runner.waits(options):
     return f"submitted ({decision.reason})"
   return f"converted in {time.monotonic() - start:.1f}s ({decision.reason})"

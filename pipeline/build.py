@@ -13,14 +13,16 @@ from transforms.hub_io import HubAccess
 from transforms.dofns import CollectWriters, CommitFn, CreateArraysFn, WriteSliceFn
 from transforms.orbax_writer import CheckpointTarget
 from transforms.shard_dofns import CountTensors, FinalizeFn, WriteShardFn
+from transforms.writer_lock import Held
 
 
 def add_to_maxtext(pipeline: beam.Pipeline, plan: Plan, target: CheckpointTarget,
                    progress_path: str | None = None, provenance: dict | None = None,
-                   hub: HubAccess | None = None) -> beam.PCollection:
+                   hub: HubAccess | None = None, lock: Held | None = None) -> beam.PCollection:
   """Adds the HF -> MaxText steps; the result holds the committed items path once all is written.
 
-  `hub` is how workers reach a Hub source (token option, endpoint, cache dir).
+  `hub` is how workers reach a Hub source (token option, endpoint, cache dir); `lock` is the
+  destination's writer lock, released by the commit step.
   """
   created = (pipeline
              | "Seed" >> beam.Create([None])
@@ -33,16 +35,18 @@ def add_to_maxtext(pipeline: beam.Pipeline, plan: Plan, target: CheckpointTarget
           | "AllWrites" >> beam.Flatten()
           | "Barrier" >> beam.CombineGlobally(CollectWriters())
           | "Commit" >> beam.ParDo(CommitFn(target, plan.arrays, len(plan.tasks), plan.scan_layers,
-                                            time.time_ns(), provenance)))
+                                            time.time_ns(), provenance, lock)))
 
 
 def add_to_huggingface(pipeline: beam.Pipeline, plan: HfPlan, hf_model_path: str | None,
                        progress_path: str | None = None, index: dict | None = None,
-                       provenance: dict | None = None, hub: HubAccess | None = None) -> beam.PCollection:
+                       provenance: dict | None = None, hub: HubAccess | None = None,
+                       lock: Held | None = None) -> beam.PCollection:
   """Adds the MaxText -> HF steps: Create(shards) | Reshuffle | WriteShards | barrier | Finalize.
 
   `index` is the whole model's (when `plan` holds only the shards a resumed run still writes).
-  `hub` is how workers reach an hf:// destination or a Hub --hf_model_path.
+  `hub` is how workers reach an hf:// destination or a Hub --hf_model_path; `lock` is the
+  destination's writer lock, released once config.json is written.
   """
   return (pipeline
           | "PlanShards" >> beam.Create(plan.shards, reshuffle=False)
@@ -51,4 +55,4 @@ def add_to_huggingface(pipeline: beam.Pipeline, plan: HfPlan, hf_model_path: str
           | "ShardBarrier" >> beam.CombineGlobally(CountTensors())
           | "Finalize" >> beam.ParDo(FinalizeFn(plan.output, plan.tensor_count,
                                                 plan.index() if index is None else index, plan.config,
-                                                hf_model_path, provenance, hub)))
+                                                hf_model_path, provenance, hub, lock)))

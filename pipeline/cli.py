@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import traceback
 from typing import Callable, Sequence
 
 from transforms.errors import ConversionError
-from pipeline.options import ConversionOptions
+from pipeline import interrupts
+from pipeline.options import ConversionOptions, str2bool
 
 BEAM_OPTIONS_HELP = """\
 Beam pipeline options pass through unchanged, e.g.:
@@ -71,21 +73,58 @@ def start(argv: Sequence[str], prog: str, doc: str, maxtext_keys: Sequence[str])
 
 
 def run_main(main: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
-  """Runs `main`, turning ConversionError (also from inside a pipeline worker) into one line."""
+  """Runs `main`, turning ConversionError (also from inside a pipeline worker) into one line, and
+  SIGINT / SIGTERM into one `interrupted:` line and exit 130 / 143. --verbose adds the traceback."""
+  words = list(sys.argv[1:] if argv is None else argv)
+  verbose = is_verbose(words)
   try:
-    return main(list(sys.argv[1:] if argv is None else argv))
+    with interrupts.handled(verbose):
+      return main(words)
+  except KeyboardInterrupt as e:
+    interrupted = interrupts.as_interrupted(e)
+    if verbose:
+      traceback.print_exc()
+    print(f"interrupted: {interrupted.message or 'nothing was written'}", file=sys.stderr)
+    return interrupted.exit_status
   except ConversionError as e:
-    print(f"error: {e}", file=sys.stderr)
+    if verbose:
+      traceback.print_exc()
+    print(f"error: {error_line(e)}", file=sys.stderr)
     return 2
   except Exception as e:  # pylint: disable=broad-except
     message = worker_error(e)
     if message is None:
       raise
+    if verbose:
+      traceback.print_exc()
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def is_verbose(words: Sequence[str]) -> bool:
+  """--verbose (or --verbose=true; the last one wins) anywhere on the command line."""
+  for word in reversed(words):
+    if word == "--verbose":
+      return True
+    if word.startswith("--verbose="):
+      try:
+        return str2bool(word.split("=", 1)[1])
+      except argparse.ArgumentTypeError:
+        return False
+  return False
 
 
 def worker_error(e: BaseException) -> str | None:
   """The ConversionError message inside a runner's wrapped worker failure, if there is one."""
   found = re.findall(r"ConversionError: ([^\n]+)", str(e))
-  return found[-1].strip() if found else None
+  return _without_step(found[-1].strip()) if found else None
+
+
+def error_line(e: BaseException) -> str | None:
+  """The one line of a failure: a ConversionError's message, raised here or in a worker; None for others."""
+  return _without_step(str(e)) if isinstance(e, ConversionError) else worker_error(e)
+
+
+def _without_step(message: str) -> str:
+  """Beam appends where it happened, "[while running 'WriteSlices']": the message already says what."""
+  return re.sub(r" \[while running '[^']*'\]$", "", message)

@@ -97,6 +97,8 @@ class ConversionOptions(PipelineOptions):
              "runner can use: give a gs:// path on Dataflow).")
     add("--progress", type=str2bool, nargs="?", const=True, default=True,
         help="Show tensors done / total while a local runner works. Default true.")
+    add("--verbose", type=str2bool, nargs="?", const=True, default=False,
+        help="On an error or an interrupt, also print the traceback (and Beam's own log lines).")
     add("--wait", type=str2bool, nargs="?", const=True, default=False,
         help="On Dataflow, block until the job ends and print its counters. Default false: submit, print the "
              "job id and return (the output is committed inside the job, after every write).")

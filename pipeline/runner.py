@@ -15,6 +15,7 @@ from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOpti
                                                   StandardOptions, WorkerOptions)
 
 from transforms.errors import ConversionError
+from pipeline import interrupts
 from pipeline.options import ConversionOptions
 from transforms import hub_io, storage
 from transforms.dofns import METRICS_NAMESPACE
@@ -41,18 +42,42 @@ def with_local_defaults(options: PipelineOptions, flags: Sequence[str]) -> Pipel
 
 
 class _QuietLocalWorkers(logging.Filter):
-  """Drops the local runner's per-worker warning about Dataflow's semi-persistent directory."""
+  """Drops the local runner's per-worker warning about Dataflow's semi-persistent directory, and
+  (unless --verbose) the tracebacks it relays from failing workers: the failure reaches the user as
+  one line (cli.run_main), and --verbose prints the whole traceback."""
+
+  def __init__(self):
+    super().__init__()
+    self.relay_errors = False
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return "No semi_persistent_directory found" not in record.getMessage()
+    message = record.getMessage()
+    if "No semi_persistent_directory found" in message:
+      return False
+    return self.relay_errors or not message.startswith(("Worker: severity: ERROR", "Worker: severity: CRITICAL"))
 
 
-logging.getLogger("apache_beam.runners.portability.local_job_service").addFilter(_QuietLocalWorkers())
+_QUIET_WORKERS = _QuietLocalWorkers()
+logging.getLogger("apache_beam.runners.portability.local_job_service").addFilter(_QUIET_WORKERS)
 
 
 def is_local(options: PipelineOptions) -> bool:
   runner = options.view_as(StandardOptions).runner
   return not isinstance(runner, str) or runner in LOCAL_RUNNERS
+
+
+def local_workers(options: PipelineOptions) -> int:
+  """How many worker processes share this machine's disk: the local runner's, 0 on a remote runner."""
+  if not is_local(options):
+    return 0
+  direct = options.view_as(DirectOptions)
+  return max(1, direct.direct_num_workers or 1) if direct.direct_running_mode == "multi_processing" else 1
+
+
+def runner_name(options: PipelineOptions) -> str:
+  """The runner's class name ('DataflowRunner')."""
+  runner = options.view_as(StandardOptions).runner
+  return (runner if isinstance(runner, str) else type(runner).__name__).rsplit(".", 1)[-1]
 
 
 def on_dataflow(options: PipelineOptions) -> bool:
@@ -163,10 +188,13 @@ def run(build: Callable[[beam.Pipeline, str | None], object], options: PipelineO
   """
   wait = waits(options) if wait is None else wait
   local = is_local(options)
+  verbose = bool(options.view_as(ConversionOptions).verbose)
+  _QUIET_WORKERS.relay_errors = verbose
   with Progress(total, label, show_progress and local and wait) as progress:
     pipeline = beam.Pipeline(options=options)
     build(pipeline, progress.path)
-    result = pipeline.run()
+    with interrupts.contained_workers(verbose):
+      result = pipeline.run()
     if not wait:
       job_id = result.job_id() if hasattr(result, "job_id") else None
       where = f": {console_url(options, job_id)}" if job_id and on_dataflow(options) else ""

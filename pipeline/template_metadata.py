@@ -34,6 +34,7 @@ NOT_TEMPLATE_PARAMETERS = {
     "hf_access_token": "a token must not be a job parameter (the console shows them); give the workers HF_TOKEN",
     "workers": "pre-flight only (--dry_run), which a launcher does not run",
     "worker_mbps": "pre-flight only (--dry_run), which a launcher does not run",
+    "verbose": "how the command line prints an error; a launcher's log keeps the whole traceback anyway",
 }
 
 _GCS = r"^gs://[a-z0-9][-_.a-z0-9]*[a-z0-9](/[^\r\n]*)?$"

@@ -16,13 +16,13 @@ from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import cli, hub, preflight, runner
+from pipeline import cli, destination, hub, outputs, preflight, runner
 from pipeline.build import add_to_huggingface
 from transforms.errors import ConversionError
 from pipeline.options import ConversionOptions, is_dry_run
 from pipeline.planner import parse_size
 from pipeline.plan_hf import INDEX_FILE, HfPlan, plan_to_huggingface, target_config
-from transforms import manifest, storage
+from transforms import hub_io, manifest, storage
 from transforms.orbax_layout import NUMPY_DTYPES
 from transforms.orbax_reader import CheckpointReader
 from transforms.shard_dofns import AUX_FILES
@@ -36,7 +36,7 @@ MAXTEXT_KEYS = ("model_name", "load_parameters_path", "base_output_directory", "
 OPTIONS = ("load_parameters_path", "base_output_directory", "model_name", "scan_layers", "weight_dtype",
            "hf_model_path", "hf_access_token", "max_shard_size", "use_multimodal", "vocab_size", "max_element_size",
            "quantize_fp8_blocks", "revision", "hf_cache_dir", "workers", "worker_mbps", "overwrite", "resume",
-           "progress", "wait")
+           "progress", "wait", "verbose")
 REQUIRED = ("load_parameters_path", "base_output_directory")
 
 
@@ -94,11 +94,20 @@ def preflight_report(conv: ConversionOptions) -> preflight.Preflight:
   return preflight.to_huggingface_preflight(plan, stored_itemsizes(plan))
 
 
-def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[HfPlan, dict[str, int]]:
+def lock_options(conv: ConversionOptions) -> dict:
+  """What the writer lock records about this run, so a run it stops can say what is being written."""
+  return {k: hub_io.redact(getattr(conv, k)) if isinstance(getattr(conv, k), str) else getattr(conv, k)
+          for k in ("load_parameters_path", "model_name", "weight_dtype", "hf_model_path", "resume", "overwrite")}
+
+
+def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool | None = None
+            ) -> tuple[HfPlan, dict[str, int]]:
   """Plans, writes every shard, then the index and config; returns the plan and the run's counters.
 
   An hf://user/repo destination gets each shard uploaded by the worker that wrote it, as soon as
-  it is whole, and the index and config.json in one commit after every shard is in.
+  it is whole, and the index and config.json in one commit after every shard is in. A local or
+  gs:// destination is held exclusively for the run (pipeline/destination.py); `take_over`
+  (default: --resume or --overwrite) lets it replace the lock of a run that died.
   """
   conv = options.view_as(ConversionOptions)
   if not conv.base_output_directory:
@@ -108,22 +117,38 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[HfPlan
   output = conv.base_output_directory
   runner.check_dataflow(options, {"load_parameters_path": conv.load_parameters_path,
                                   "base_output_directory": output, "hf_model_path": hf_model_path})
-  plan = plan_from_options(conv, output, hf_model_path)
-  if hub.is_hub(output):
-    hub.prepare_destination(output, conv.overwrite, conv.resume)
-  else:
-    prepare_output(output, conv.overwrite, conv.resume)
-  todo = plan
-  if conv.resume:  # a shard exists only once it is whole (written to a temp name, then renamed or committed)
-    left = tuple(s for s in plan.shards if not (storage.exists(s.file) and storage.size(s.file) == s.size))
-    print(f"resuming {output}: {len(plan.shards) - len(left)} of {len(plan.shards)} shards already written",
-          file=sys.stderr)
-    todo = dataclasses.replace(plan, shards=left)
-  provenance = build_manifest(plan, conv, hf_model_path)
-  totals = runner.run(lambda p, progress: add_to_huggingface(p, todo, hf_model_path, progress, index=plan.index(),
-                                                             provenance=provenance, hub=access),
-                      runner.with_local_defaults(options, flags), todo.tensor_count, "to_huggingface",
-                      conv.progress)
+  take_over = conv.resume or conv.overwrite if take_over is None else take_over
+  remote = None if runner.is_local(options) else runner.runner_name(options)
+  with destination.claim(output, "to_huggingface", lock_options(conv), take_over, remote=remote) as claim:
+    plan = plan_from_options(conv, output, hf_model_path)
+    written = outputs.HfOutput(plan, output)
+    run_options = runner.with_local_defaults(options, flags)
+    scratch_writers = runner.local_workers(run_options)
+    if hub.is_hub(output):  # the repo is made (or its old model files deleted) before its shards are listed
+      destination.check_space(outputs.hf_needs(output, plan.shards, 0, 0, scratch_writers))
+      hub.prepare_destination(output, conv.overwrite, conv.resume)
+    present = [] if hub.is_hub(output) else [n for n in storage.list_names(output) if n in written.names()]
+    resuming = conv.resume and (hub.is_hub(output) or bool(present) and "config.json" not in present)
+    todo = plan
+    if resuming:  # a shard exists only once it is whole (written to a temp name, then renamed or committed)
+      todo = dataclasses.replace(plan, shards=tuple(s for s in plan.shards
+                                                    if not (storage.exists(s.file) and storage.size(s.file) == s.size)))
+    if not hub.is_hub(output):
+      reclaimed = outputs.existing_bytes(output, written.names()) if conv.overwrite and not resuming else 0
+      destination.check_space(outputs.hf_needs(output, todo.shards, outputs.aux_bytes(hf_model_path), reclaimed, 0))
+      prepare_output(output, conv.overwrite, conv.resume)
+    written.sweep()  # only now: a model directory we were refused is left as it is
+    written.fresh = not resuming
+    if resuming:
+      print(f"resuming {output}: {len(plan.shards) - len(todo.shards)} of {len(plan.shards)} shards already written",
+            file=sys.stderr)
+    provenance = build_manifest(plan, conv, hf_model_path)
+    with destination.guarded(written, conv.resume):
+      totals = runner.run(lambda p, progress: add_to_huggingface(p, todo, hf_model_path, progress, index=plan.index(),
+                                                                 provenance=provenance, hub=access, lock=claim.held),
+                          run_options, todo.tensor_count, "to_huggingface", conv.progress)
+    if not runner.waits(run_options):
+      claim.hand_over()  # the job's last step releases the lock
   return plan, totals
 
 

@@ -14,12 +14,12 @@ from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import cli, hub, preflight, runner
+from pipeline import cli, destination, hub, outputs, preflight, runner
 from pipeline.build import add_to_maxtext
 from transforms.errors import ConversionError
 from pipeline.options import ConversionOptions, is_dry_run
 from pipeline.planner import Plan, parse_size, plan_to_maxtext
-from transforms import manifest, orbax_layout, orbax_writer, storage
+from transforms import hub_io, manifest, orbax_layout, orbax_writer, storage
 from transforms.orbax_writer import CheckpointTarget
 
 MAXTEXT_KEYS = ("model_name", "base_output_directory", "scan_layers", "checkpoint_storage_use_zarr3",
@@ -30,7 +30,7 @@ MAXTEXT_KEYS = ("model_name", "base_output_directory", "scan_layers", "checkpoin
 OPTIONS = ("hf_model_path", "base_output_directory", "model_name", "scan_layers", "save_dtype",
            "checkpoint_storage_use_zarr3", "checkpoint_storage_use_ocdbt", "simulated_cpu_devices_count",
            "use_multimodal", "vocab_size", "zstd_level", "max_element_size", "hf_access_token", "revision",
-           "hf_cache_dir", "workers", "worker_mbps", "overwrite", "resume", "progress", "wait")
+           "hf_cache_dir", "workers", "worker_mbps", "overwrite", "resume", "progress", "wait", "verbose")
 REQUIRED = ("base_output_directory",)
 # Step 0, as MaxText's CheckpointManager numbers it.
 STEP = "0"
@@ -86,10 +86,19 @@ def plan_from_options(conv: ConversionOptions, source: str | None = None) -> Pla
                          parse_size(conv.max_element_size, "--max_element_size"))
 
 
-def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, str, dict[str, int]]:
+def lock_options(conv: ConversionOptions) -> dict:
+  """What the writer lock records about this run, so a run it stops can say what is being written."""
+  return {k: hub_io.redact(getattr(conv, k)) if isinstance(getattr(conv, k), str) else getattr(conv, k)
+          for k in ("hf_model_path", "model_name", "scan_layers", "save_dtype", "resume", "overwrite")}
+
+
+def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool | None = None
+            ) -> tuple[Plan, str, dict[str, int]]:
   """Plans, writes and commits; returns the plan, the items path and the run's counters.
 
   With --resume, slices whose chunks an interrupted run already stored are not written again.
+  The destination is held exclusively for the run (pipeline/destination.py); `take_over` (default:
+  --resume or --overwrite) lets it replace the lock of a run that died.
   """
   conv = options.view_as(ConversionOptions)
   if not conv.base_output_directory:
@@ -100,18 +109,38 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, 
   access = hub.access(conv.hf_access_token, conv.hf_cache_dir)
   source = model_source(conv)
   runner.check_dataflow(options, {"hf_model_path": source, "base_output_directory": conv.base_output_directory})
-  plan = plan_from_options(conv, source)
-  target = CheckpointTarget(prepare_output(conv.base_output_directory, conv.overwrite, conv.resume),
-                            use_ocdbt=conv.checkpoint_storage_use_ocdbt,
-                            use_zarr3=conv.checkpoint_storage_use_zarr3, zstd_level=conv.zstd_level)
-  todo = plan
-  if conv.resume:
-    done = orbax_writer.finished(target, [(t.array, t.index, t.window) for t in plan.tasks])
-    todo = dataclasses.replace(plan, tasks=tuple(t for t, d in zip(plan.tasks, done) if not d))
-    print(f"resuming {target.items}: {sum(done)} of {len(plan.tasks)} slices already stored", file=sys.stderr)
-  provenance = build_manifest(plan, conv, source)
-  totals = runner.run(lambda p, progress: add_to_maxtext(p, todo, target, progress, provenance, access),
-                      runner.with_local_defaults(options, flags), len(todo.tasks), "to_maxtext", conv.progress)
+  take_over = conv.resume or conv.overwrite if take_over is None else take_over
+  remote = None if runner.is_local(options) else runner.runner_name(options)
+  base = conv.base_output_directory
+  with destination.claim(base, "to_maxtext", lock_options(conv), take_over, remote=remote) as claim:
+    plan = plan_from_options(conv, source)
+    target = CheckpointTarget(storage.join(conv.base_output_directory, STEP),
+                              use_ocdbt=conv.checkpoint_storage_use_ocdbt,
+                              use_zarr3=conv.checkpoint_storage_use_zarr3, zstd_level=conv.zstd_level)
+    slices = [(t.array, t.index, t.window) for t in plan.tasks]
+    output = outputs.MaxTextOutput(target, slices)
+    existed = storage.exists(target.step_dir)
+    todo = plan
+    if conv.resume and existed:
+      done = orbax_writer.finished(target, slices)
+      todo = dataclasses.replace(plan, tasks=tuple(t for t, d in zip(plan.tasks, done) if not d))
+    reclaimed = destination.local_bytes(target.step_dir) if existed and conv.overwrite and not conv.resume else 0
+    destination.check_space([*outputs.maxtext_needs(conv.base_output_directory, todo.tasks, target, reclaimed),
+                             *outputs.hub_cache_needs(conv.hf_cache_dir, source, todo.source_bytes)])
+    prepare_output(conv.base_output_directory, conv.overwrite, conv.resume)
+    output.sweep()  # only now: a checkpoint we were refused may be another program's, still being written
+    output.fresh = not (conv.resume and existed)
+    if conv.resume and existed:
+      print(f"resuming {target.items}: {len(plan.tasks) - len(todo.tasks)} of {len(plan.tasks)} slices already stored",
+            file=sys.stderr)
+    provenance = build_manifest(plan, conv, source)
+    run_options = runner.with_local_defaults(options, flags)
+    with destination.guarded(output, conv.resume):
+      totals = runner.run(lambda p, progress: add_to_maxtext(p, todo, target, progress, provenance, access,
+                                                             lock=claim.held),
+                          run_options, len(todo.tasks), "to_maxtext", conv.progress)
+    if not runner.waits(run_options):
+      claim.hand_over()  # the job's commit step releases the lock
   return plan, target.items, totals
 
 

@@ -15,7 +15,7 @@ from tests import goldens
 from tests.gcs_emulator import upload_dir
 from tests.test_to_huggingface import assert_same_model, tensors
 from tests.test_to_maxtext import IN_PROCESS
-from transforms import storage
+from transforms import storage, writer_lock
 
 JOB_ID = "2026-01-02_03_04_05-1234567890"
 DATAFLOW = ("--runner=DataflowRunner", "--project=my-project", "--region=europe-west4",
@@ -111,8 +111,9 @@ def test_to_maxtext_submits_and_returns_and_its_graph_commits_after_every_write(
                                         f"base_output_directory={out}", "scan_layers=true"]) == 0
   printed = capsys.readouterr().out
   assert "to_maxtext: submitted job (no id)" in printed and f"the job writes {out}/0/items" in printed
-  # The driver read headers and fingerprints, but wrote nothing at the output.
-  assert storage.find(out) == []
+  # The driver read headers and fingerprints, and wrote nothing at the output but the lock the job holds.
+  assert storage.find(out) == [writer_lock.LOCK_NAME]
+  assert writer_lock.read(writer_lock.lock_path(out))[0].remote == "DataflowRunner"
 
   # DataflowRunner made the job request (a batch job, on our image) and only did not send it.
   proto, result = dry_runs[-1]  # Pipeline.run also runs a copy of itself, rebuilt from its proto
@@ -127,6 +128,7 @@ def test_to_maxtext_submits_and_returns_and_its_graph_commits_after_every_write(
   # The graph alone (no driver after it) writes, merges and commits the checkpoint.
   run_locally(proto)
   assert storage.exists(f"{out}/0/commit_success.txt") and storage.exists(f"{out}/0/ckptflow_manifest.json")
+  assert writer_lock.read(writer_lock.lock_path(out)) is None  # released by the commit step
   goldens.assert_same_checkpoint(goldens.restore(f"{out}/0/items"), goldens.restore(goldens.items("llama3.1", "scan")))
 
 
@@ -141,7 +143,7 @@ def test_to_huggingface_submits_and_returns_and_finalizes_after_every_shard(tmp_
                                             "--max_shard_size=100KB"]) == 0
   printed = capsys.readouterr().out
   assert f"submitted job {JOB_ID}" in printed and "then the index and config.json" in printed
-  assert storage.find(out) == []
+  assert storage.find(out) == [writer_lock.LOCK_NAME]
 
   assert f"to_huggingface: submitted job {JOB_ID}: https://console.cloud.google.com/dataflow/jobs/europe-west4/" \
          f"{JOB_ID}?project=my-project" in printed
@@ -153,6 +155,7 @@ def test_to_huggingface_submits_and_returns_and_finalizes_after_every_shard(tmp_
 
   run_locally(proto)
   assert len([n for n in storage.list_names(out) if n.endswith(".safetensors")]) > 1
+  assert writer_lock.LOCK_NAME not in storage.list_names(out)  # released once config.json was written
   local = tmp_path / "hf"
   for name in storage.list_names(out):
     storage.write_bytes(str(local / name), storage.read_bytes(f"{out}/{name}"))

@@ -10,7 +10,7 @@ import apache_beam as beam
 import numpy as np
 
 from transforms.errors import ConversionError
-from transforms import hub_io, manifest, orbax_writer
+from transforms import disk_full, hub_io, manifest, orbax_writer, writer_lock
 from transforms.convert import hf_to_maxtext
 from transforms.orbax_layout import NUMPY_DTYPES, ArraySpec
 from transforms.orbax_writer import CheckpointTarget
@@ -39,7 +39,8 @@ class CreateArraysFn(beam.DoFn):
     self.arrays = arrays
 
   def process(self, _: Any) -> Iterator[tuple[str, int]]:
-    orbax_writer.create_arrays(self.target, self.arrays)
+    with disk_full.writing(self.target.items, "the arrays' metadata"):
+      orbax_writer.create_arrays(self.target, self.arrays)
     yield orbax_writer.META_PROCESS, 0, ()
 
 
@@ -91,10 +92,18 @@ class WriteSliceFn(TensorCountingFn):
   def process(self, task) -> Iterator[tuple[str, int]]:
     start = time.monotonic()
     value, checksums = convert_slice(task, self.param_of(task.param), self.sizes)
-    written = self.writer.write(task.array, task.index, value, task.window)
+    with disk_full.writing(self.target.items, slice_name(task)):
+      written = self.writer.write(task.array, task.index, value, task.window)
     self.tensor_done(task.nbytes, written)
     self.msec.update(int((time.monotonic() - start) * 1000))
     yield self.writer.process_id, 1, checksums
+
+
+def slice_name(task) -> str:
+  """'params/params/decoder/layers/mlp/wi_0/kernel [1]=3 rows 0:512', for messages."""
+  fixed = "".join(f" [{axis}]={position}" for axis, position in task.index)
+  rows = f" rows {task.window[1]}:{task.window[2]}" if task.window else ""
+  return task.array.path + fixed + rows
 
 
 class CollectWriters(beam.CombineFn):
@@ -122,8 +131,10 @@ class CommitFn(beam.DoFn):
   """After the barrier: checks every slice arrived, merges the writers and writes commit markers."""
 
   def __init__(self, target: CheckpointTarget, arrays: tuple[ArraySpec, ...], expected_slices: int,
-               scan_layers: bool, init_ns: int, provenance: dict[str, Any] | None = None):
+               scan_layers: bool, init_ns: int, provenance: dict[str, Any] | None = None,
+               lock: writer_lock.Held | None = None):
     self.target = target
+    self.lock = lock
     self.arrays = arrays
     self.expected_slices = expected_slices
     self.scan_layers = scan_layers
@@ -135,8 +146,10 @@ class CommitFn(beam.DoFn):
     if count != self.expected_slices:
       raise ConversionError(f"{self.target.items}: {count} of {self.expected_slices} slices were written; "
                             "not committing")
-    if self.provenance is not None:
-      manifest.write(self.target.step_dir, self.provenance, checksums)
-    writers = [p for p in process_ids if p != orbax_writer.META_PROCESS]
-    orbax_writer.commit(self.target, self.arrays, writers, self.scan_layers, self.init_ns)
+    with disk_full.writing(self.target.items, "the commit (merge, metadata and markers)"):
+      if self.provenance is not None:
+        manifest.write(self.target.step_dir, self.provenance, checksums)
+      writers = [p for p in process_ids if p != orbax_writer.META_PROCESS]
+      orbax_writer.commit(self.target, self.arrays, writers, self.scan_layers, self.init_ns)
+    writer_lock.release(self.lock)  # committed: the destination is free (also when no driver waits, on Dataflow)
     yield self.target.items

@@ -13,8 +13,35 @@ import numpy as np
 import tensorstore as ts
 
 from transforms.errors import ConversionError
-from transforms import orbax_layout, storage
+from transforms import orbax_layout, orbax_writer, storage, writer_lock
 from transforms.orbax_writer import ts_context
+
+
+# How the MaxText-style flags of to_maxtext spell the options its writer lock records.
+_RESUME_WORDS = {"hf_model_path": "--hf_model_path={}", "model_name": "model_name={}", "scan_layers": "scan_layers={}",
+                 "save_dtype": "--save_dtype={}"}
+
+
+def unfinished(items: str, missing: str) -> str | None:
+  """What a checkpoint without its commit is, when ckptflow's to_maxtext was writing it: still being
+  written (its lock is held by a live process), or an interrupted conversion, with the command that
+  finishes it. None when nothing says ckptflow wrote it."""
+  step_dir = storage.parent(items)
+  base = storage.parent(step_dir)
+  found = writer_lock.read(writer_lock.lock_path(base)) if not storage.is_hub(base) else None
+  holder = found[0] if found else None
+  if holder is not None and holder.alive():
+    return f"{items}: still being written by {holder.describe()} ({missing}); wait for it to finish"
+  ours = storage.exists(storage.join(items, orbax_layout.PROCESS_PREFIX + orbax_writer.META_PROCESS))
+  if not (ours or found):
+    return None
+  if holder is not None and holder.command == "to_maxtext":
+    words = [_RESUME_WORDS[k].format(v) for k, v in sorted(holder.options.items()) if k in _RESUME_WORDS]
+    how = " ".join(["python -m pipeline.to_maxtext", f"base_output_directory={base}", *words, "--resume"])
+  else:
+    how = f"the to_maxtext command that started it plus --resume (base_output_directory={base})"
+  return (f"{items}: an interrupted conversion (ckptflow's to_maxtext stopped before committing it: {missing}); "
+          f"resume it with {how}")
 
 
 class CheckpointReader:
@@ -24,12 +51,14 @@ class CheckpointReader:
     self.items = items
     metadata_path = storage.join(items, orbax_layout.METADATA)
     if not storage.exists(metadata_path):
-      raise ConversionError(f"{items}: no _METADATA; not an Orbax checkpoint item directory "
+      raise ConversionError(unfinished(items, "no _METADATA yet") or
+                            f"{items}: no _METADATA; not an Orbax checkpoint item directory "
                             "(load_parameters_path should end in /0/items)")
     self.metadata: dict[str, Any] = json.loads(storage.read_text(metadata_path))
     step_dir = items.rstrip("/").rsplit("/", 1)[0]
     if not any(storage.exists(storage.join(d, orbax_layout.COMMIT_MARKER)) for d in (items, step_dir)):
-      raise ConversionError(f"{items}: no {orbax_layout.COMMIT_MARKER}: the checkpoint was never committed "
+      raise ConversionError(unfinished(items, f"no {orbax_layout.COMMIT_MARKER}") or
+                            f"{items}: no {orbax_layout.COMMIT_MARKER}: the checkpoint was never committed "
                             "(its writer died or is still running); convert it again or point at a finished one")
     self.use_zarr3 = bool(self.metadata.get("use_zarr3", False))
     self.use_ocdbt = storage.exists(storage.join(items, "manifest.ocdbt"))

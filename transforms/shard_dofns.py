@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 import zlib
 from typing import Any, Callable, Iterator, Sequence
@@ -17,7 +16,7 @@ import apache_beam as beam
 import numpy as np
 
 from transforms.errors import ConversionError
-from transforms import hub_io, hub_upload, manifest, storage
+from transforms import disk_full, hub_io, hub_upload, leftovers, manifest, storage, writer_lock
 from transforms.convert import maxtext_to_hf
 from transforms.dofns import TensorCountingFn
 from transforms.orbax_reader import CheckpointReader
@@ -52,13 +51,17 @@ class WriteShardFn(CheckpointReadingFn):
     """Yields (file, tensors written, each tensor's CRC-32 as written)."""
     start = time.monotonic()
     checksums: dict[str, int] = {}
+    name = shard.file.rsplit("/", 1)[-1]
     if hub_io.is_hub(shard.file):
-      repo, name = hub_upload.repo_of(_directory(shard.file)), shard.file.rsplit("/", 1)[-1]
-      with tempfile.TemporaryDirectory(prefix="ckptflow-shard-") as local:
-        self._write(shard, os.path.join(local, name), checksums)
+      repo = hub_upload.repo_of(_directory(shard.file))
+      with leftovers.scratch_directory() as local:
+        disk_full.check_scratch(local, shard.size, f"shard {name}")
+        with disk_full.writing(local, f"shard {name} (local copy for {shard.file})"):
+          self._write(shard, os.path.join(local, name), checksums)
         hub_upload.commit(repo, [(name, os.path.join(local, name))], f"Upload {name} (ckptflow)")
     else:
-      self._write(shard, shard.file, checksums)
+      with disk_full.writing(_directory(shard.file), f"shard {name}"):
+        self._write(shard, shard.file, checksums)
     self.msec.update(int((time.monotonic() - start) * 1000))
     yield shard.file, len(shard.tensors), tuple(checksums.items())
 
@@ -162,8 +165,9 @@ class FinalizeFn(beam.DoFn):
 
   def __init__(self, output: str, expected_tensors: int, index: dict[str, Any] | None, config: dict[str, Any],
                hf_model_path: str | None, provenance: dict[str, Any] | None = None,
-               hub: hub_io.HubAccess | None = None):
+               hub: hub_io.HubAccess | None = None, lock: writer_lock.Held | None = None):
     self.output = output
+    self.lock = lock
     self.expected_tensors = expected_tensors
     self.index = index
     self.config = config
@@ -181,11 +185,14 @@ class FinalizeFn(beam.DoFn):
       raise ConversionError(f"{self.output}: {count} of {self.expected_tensors} tensors were written; "
                             "not writing config.json")
     if not hub_io.is_hub(self.output):
-      self._write(self.output, checksums)
+      with disk_full.writing(self.output, "the index, tokenizer files and config.json"):
+        self._write(self.output, checksums)
+      writer_lock.release(self.lock)  # config.json is written: the destination is free
       yield self.output
       return
-    with tempfile.TemporaryDirectory(prefix="ckptflow-final-") as local:
-      names = self._write(local, checksums)
+    with leftovers.scratch_directory() as local:
+      with disk_full.writing(local, f"the index, tokenizer files and config.json for {self.output}"):
+        names = self._write(local, checksums)
       hub_upload.commit(hub_upload.repo_of(self.output), [(n, os.path.join(local, n)) for n in names],
                         "Upload the index, tokenizer files and config.json (ckptflow)")
     yield self.output
