@@ -14,7 +14,7 @@ from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import cli, hub, preflight, runner
+from pipeline import cli, hub, lora, preflight, runner
 from pipeline.build import add_to_maxtext
 from transforms.errors import ConversionError
 from pipeline.options import ConversionOptions, is_dry_run
@@ -24,13 +24,15 @@ from transforms.orbax_writer import CheckpointTarget
 
 MAXTEXT_KEYS = ("model_name", "base_output_directory", "scan_layers", "checkpoint_storage_use_zarr3",
                 "checkpoint_storage_use_ocdbt", "hf_model_path", "save_dtype", "use_multimodal", "vocab_size",
-                "hf_access_token", "revision")
+                "hf_access_token", "revision", "hf_lora_adapter_path", "load_parameters_path", "lora.lora_rank",
+                "lora.lora_alpha")
 # Every ConversionOptions field this command reads; its flex template's parameters are these minus
 # template_metadata.NOT_TEMPLATE_PARAMETERS.
 OPTIONS = ("hf_model_path", "base_output_directory", "model_name", "scan_layers", "save_dtype",
            "checkpoint_storage_use_zarr3", "checkpoint_storage_use_ocdbt", "simulated_cpu_devices_count",
            "use_multimodal", "vocab_size", "zstd_level", "max_element_size", "hf_access_token", "revision",
-           "hf_cache_dir", "workers", "worker_mbps", "overwrite", "resume", "progress", "wait")
+           "hf_cache_dir", "workers", "worker_mbps", "overwrite", "resume", "progress", "wait", "hf_lora_adapter_path",
+           "merge_lora", "load_parameters_path", "lora_rank", "lora_alpha")
 REQUIRED = ("base_output_directory",)
 # Step 0, as MaxText's CheckpointManager numbers it.
 STEP = "0"
@@ -52,21 +54,25 @@ def prepare_output(base_output_directory: str, overwrite: bool, resume: bool = F
   return step_dir
 
 
-def build_manifest(plan: Plan, conv: ConversionOptions, source: str | None = None) -> dict:
+def build_manifest(plan: Plan, conv: ConversionOptions, source: str | None = None,
+                   config_files: tuple[str, ...] | None = None) -> dict:
   """The provenance written beside the checkpoint (ckptflow_manifest.json), before the markers.
 
   Options are listed by name (never hf_access_token); a Hub source is recorded as
-  hf://org/repo@<commit>, and any credentials in a URL are masked.
+  hf://org/repo@<commit>, and any credentials in a URL are masked. `config_files` are the configs
+  the plan was made from (default: the config.json beside the source shards).
   """
   options = {k: getattr(conv, k) for k in ("hf_model_path", "model_name", "scan_layers", "save_dtype",
                                             "checkpoint_storage_use_zarr3", "checkpoint_storage_use_ocdbt",
                                             "simulated_cpu_devices_count", "zstd_level", "use_multimodal",
-                                            "vocab_size", "max_element_size", "resume", "revision")}
+                                            "vocab_size", "max_element_size", "resume", "revision",
+                                            "hf_lora_adapter_path", "merge_lora", "load_parameters_path",
+                                            "lora_rank", "lora_alpha")}
   sources = [ref for task in plan.tasks for ref in task.sources]
   # The shards, and the config.json beside them (it decides shapes and transforms); a quantized
-  # source's scales may sit in another shard.
+  # source's scales may sit in another shard, a merged LoRA's factors and adapter_config.json in the adapter.
   shards = [f for ref in sources for f in getattr(ref, "files", (ref.file,))]
-  files = [storage.join(storage.parent(shards[0]), "config.json"), *shards]
+  files = [*(config_files or (storage.join(storage.parent(sources[0].file), "config.json"),)), *shards]
   return manifest.build("to_maxtext", plan.family, options, files, (ref.name for ref in sources),
                         source or conv.hf_model_path)
 
@@ -81,9 +87,12 @@ def model_source(conv: ConversionOptions) -> str:
 
 
 def plan_from_options(conv: ConversionOptions, source: str | None = None) -> Plan:
+  split_bytes = parse_size(conv.max_element_size, "--max_element_size")
+  if lora.to_maxtext_mode(conv) == lora.ADAPTER:
+    return lora.plan_adapter_to_maxtext(conv, split_bytes)
   return plan_to_maxtext(source or model_source(conv), conv.scan_layers is not False, conv.save_dtype,
                          conv.model_name, conv.simulated_cpu_devices_count, conv.use_multimodal, conv.vocab_size,
-                         parse_size(conv.max_element_size, "--max_element_size"))
+                         split_bytes, lora.merged_view(conv))
 
 
 def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, str, dict[str, int]]:
@@ -98,18 +107,22 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, 
     raise ConversionError(f"base_output_directory={conv.base_output_directory}: a MaxText checkpoint goes to a local "
                           "or gs:// directory; hf:// destinations are for to_huggingface")
   access = hub.access(conv.hf_access_token, conv.hf_cache_dir)
-  source = model_source(conv)
-  runner.check_dataflow(options, {"hf_model_path": source, "base_output_directory": conv.base_output_directory})
-  plan = plan_from_options(conv, source)
-  target = CheckpointTarget(prepare_output(conv.base_output_directory, conv.overwrite, conv.resume),
-                            use_ocdbt=conv.checkpoint_storage_use_ocdbt,
-                            use_zarr3=conv.checkpoint_storage_use_zarr3, zstd_level=conv.zstd_level)
+  adapter_only = lora.to_maxtext_mode(conv) == lora.ADAPTER
+  source = lora.adapter_location(conv) if adapter_only else model_source(conv)
+  runner.check_dataflow(options, {"hf_model_path": source, "base_output_directory": conv.base_output_directory,
+                                  "hf_lora_adapter_path": lora.adapter_location(conv)})
+  plan = plan_from_options(conv, None if adapter_only else source)
+  adapter = lora.adapter_output(conv, plan) if adapter_only else None
+  target = CheckpointTarget(prepare_output(adapter.base_directory if adapter else conv.base_output_directory,
+                                           conv.overwrite, conv.resume),
+                            use_ocdbt=conv.checkpoint_storage_use_ocdbt, use_zarr3=conv.checkpoint_storage_use_zarr3,
+                            zstd_level=conv.zstd_level, custom_metadata=adapter.custom_metadata if adapter else "")
   todo = plan
   if conv.resume:
     done = orbax_writer.finished(target, [(t.array, t.index, t.window) for t in plan.tasks])
     todo = dataclasses.replace(plan, tasks=tuple(t for t, d in zip(plan.tasks, done) if not d))
     print(f"resuming {target.items}: {sum(done)} of {len(plan.tasks)} slices already stored", file=sys.stderr)
-  provenance = build_manifest(plan, conv, source)
+  provenance = build_manifest(plan, conv, source, adapter.config_files if adapter else None)
   totals = runner.run(lambda p, progress: add_to_maxtext(p, todo, target, progress, provenance, access),
                       runner.with_local_defaults(options, flags), len(todo.tasks), "to_maxtext", conv.progress)
   return plan, target.items, totals
@@ -133,6 +146,7 @@ def main(argv: list[str]) -> int:
     print(f"the job writes {items} and commits it when every slice is written (load_parameters_path={items})")
     return 0
   print(f"{plan.family}: {runner.summary(totals, time.monotonic() - start)}", file=sys.stderr)
-  print(f"wrote {items} (load_parameters_path={items})")
+  print(f"wrote {items} ({'lora.lora_restore_path' if plan.family.endswith(lora.SUFFIX) else 'load_parameters_path'}"
+        f"={items})")
   return 0
 

@@ -184,3 +184,23 @@ def _resize(x: np.ndarray, axis: int, size: int) -> np.ndarray:
   pad = [(0, 0)] * x.ndim
   pad[axis] = (0, size - x.shape[axis])
   return np.pad(x, pad)
+
+
+@dataclasses.dataclass(frozen=True)
+class Regroup:
+  """Rearranges the value from axes `src` to `dst` (same elementary axes), e.g. "r heads head_dim" ->
+  "r (heads head_dim)": for arrays whose ops need the axes apart but which are stored merged.
+
+  Its `shape` is `dst`'s, so the planner sizes the stored array by it.
+  """
+  src: str
+  dst: str
+
+  def shape(self, shape: tuple[int, ...], sizes: Sizes) -> tuple[int, ...]:
+    return axes_shape(self.dst, sizes)
+
+  def forward(self, x: np.ndarray, sizes: Sizes) -> np.ndarray:
+    return rearrange(x, self.src, self.dst, sizes)
+
+  def inverse(self, x: np.ndarray, sizes: Sizes) -> np.ndarray:
+    return rearrange(x, self.dst, self.src, sizes)
