@@ -452,3 +452,18 @@ def test_rslora_merges_with_its_own_scale(tmp_path):
   want = base[name].astype(np.float64) + (8 / np.sqrt(4)) * delta.T  # alpha / sqrt(r), not alpha / r
   np.testing.assert_allclose(rs[name], want, rtol=1e-6, atol=1e-7)
   assert not np.allclose(rs[name], base[name].astype(np.float64) + (8 / 4) * delta.T, rtol=1e-3, atol=1e-4)
+
+
+def test_merge_is_the_same_in_chunks_and_row_blocks(monkeypatch):
+  from transforms import lora  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(3)
+  w = rng.standard_normal((301, 67)).astype(ml_dtypes.bfloat16)
+  a, b = rng.standard_normal((8, 67)).astype(np.float32), rng.standard_normal((301, 8)).astype(np.float32)
+  whole = lora.merge(w, a, b, 2.0)
+  want = w.astype(np.float64) + 2.0 * (b.astype(np.float64) @ a)
+  assert whole.dtype == np.float32
+  np.testing.assert_allclose(whole, want, rtol=1e-6, atol=1e-5)
+  monkeypatch.setattr(lora, "MERGE_BYTES", 3 * 67 * 4)  # 3 rows a chunk, a last chunk of 301 % 3 = 1 joined
+  assert goldens.same_bits(lora.merge(w, a, b, 2.0), whole)
+  assert goldens.same_bits(np.concatenate([lora.merge(w[:100], a, b[:100], 2.0), lora.merge(w[100:], a, b[100:], 2.0)]),
+                           whole)

@@ -114,13 +114,27 @@ def merge(w: np.ndarray, a: np.ndarray, b: np.ndarray, scale: float) -> np.ndarr
   """W + scale * (B @ A) in float32, or in W's dtype when it is wider (float64).
 
   `w` is [out, in] (or rows of it), `b` the same rows [out, r] and `a` [r, in]; one rounding to
-  the output dtype is left to the writer.
+  the output dtype is left to the writer. The product is made MERGE_BYTES of rows at a time, so
+  a merge holds the merged copy and little more. (Every chunk has 2 rows or more: BLAS gives a
+  one-row product other bits than the same row of a larger one.)
   """
   dtype = np.promote_types(w.dtype, np.float32)
-  delta = np.matmul(b.astype(dtype), a.astype(dtype))
-  delta *= dtype.type(scale)
-  delta += w
-  return delta
+  out = np.array(w, dtype)
+  a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
+  rows = len(out)
+  step = max(2, MERGE_BYTES // max(1, out[0].nbytes if rows else 1))
+  for start in range(0, rows, step):
+    stop = rows if rows - (start + step) < 2 else start + step
+    delta = np.matmul(b[start:stop], a)
+    delta *= dtype.type(scale)
+    out[start:stop] += delta
+    if stop == rows:
+      break
+  return out
+
+
+# Rows of a LoRA product made at once: a small fraction of what the merged block itself holds.
+MERGE_BYTES = 32 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
