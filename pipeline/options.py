@@ -45,7 +45,10 @@ class ConversionOptions(PipelineOptions):
         help="to_maxtext: stack decoder layers into one array per parameter (default true). "
              "to_huggingface: the layout the checkpoint must have (default: read from the checkpoint).")
     add("--load_parameters_path", default=None,
-        help="to_huggingface: the MaxText checkpoint item, <dir>/0/items (local or gs://).")
+        help="to_huggingface: the MaxText checkpoint item, <dir>/0/items (local or gs://), its step directory, or a "
+             "training run (its checkpoints/ directory): the latest committed step, or --step. to_maxtext: with "
+             "hf_lora_adapter_path=, selects MaxText's merged mode (the base weights come from --hf_model_path, as in "
+             "MaxText).")
     add("--weight_dtype", default=None, choices=("bfloat16", "float32", "float16"),
         help="to_huggingface: dtype of the HF tensors (default: config.json's dtype, else bfloat16).")
     add("--max_shard_size", default="5GB",
