@@ -23,6 +23,7 @@ from transforms.convert import maxtext_to_hf
 from transforms.errors import ConversionError
 from transforms.orbax_reader import CheckpointReader
 from transforms.safetensors_io import TensorRef, read_tensor
+from transforms.tensor_ops import contiguous
 
 # The factors' shared axis in a derived family's named axes, and the config key holding the rank.
 RANK = "lora_rank"
@@ -119,7 +120,8 @@ def merge(w: np.ndarray, a: np.ndarray, b: np.ndarray, scale: float) -> np.ndarr
   one-row product other bits than the same row of a larger one.)
   """
   dtype = np.promote_types(w.dtype, np.float32)
-  out = np.array(w, dtype)
+  # A new C-ordered copy: rows of it are contiguous, and a transposed view (MaxText -> HF) is copied tiled.
+  out = np.array(w, dtype, order="C") if w.flags.c_contiguous else contiguous(w, dtype)
   a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
   rows = len(out)
   step = max(2, MERGE_BYTES // max(1, out[0].nbytes if rows else 1))
