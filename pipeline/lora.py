@@ -176,7 +176,7 @@ def adapter_output(conv: ConversionOptions, plan: Plan) -> AdapterOutput:
   config = lora.read_adapter_config(adapter_dir)
   name = re.sub(r"@.*$", "", conv.hf_lora_adapter_path.rstrip("/")).rsplit("/", 1)[-1]
   parts = [conv.model_name, name] if conv.model_name else [name]
-  params = {p.hf: p for p in models_params(plan)}
+  params = {p.hf: p for p in _params_of(plan)}
   modules = sorted({p.mt.split("{layers}/", 1)[-1].removesuffix("/kernel_lora_a/value") for p in params.values()
                     if p.mt.endswith("kernel_lora_a/value")})
   targets = sorted({module_name(hf.removeprefix(lora.PEFT_PREFIX).replace(".lora_A", "").replace(".lora_B", ""))
@@ -193,7 +193,7 @@ def adapter_output(conv: ConversionOptions, plan: Plan) -> AdapterOutput:
   return AdapterOutput(storage.join(conv.base_output_directory, *parts), json.dumps(metadata), tuple(files))
 
 
-def models_params(plan: Plan) -> list[Any]:
+def _params_of(plan: Plan) -> list[Any]:
   family = models.BY_NAME[plan.family]
   return [family.param(t.param) for t in plan.tasks]
 
@@ -301,7 +301,7 @@ def plan_adapter_to_huggingface(conv: ConversionOptions, output: str, hf_model_p
   probe = {**config, RANK: 1, TARGETS: tuple(f.base.hf for f in map(lora_factors_of, family.params) if f)}
   probe_sizes = family_sizes(derived, probe, where)
   places = placements(derived, probe, probe_sizes, layout)
-  targets = tuple(sorted({derived_base(p.param) for p in places if p.array_path in present}))
+  targets = tuple(sorted({_adapted_template(p.param) for p in places if p.array_path in present}))
   stray = sorted(set(found) - {p.array_path for p in places})
   if stray:
     raise ConversionError(f"{items}: LoRA arrays a {family.name} model has no kernel for, e.g. {stray[0]}; wrong "
@@ -326,7 +326,7 @@ def plan_adapter_to_huggingface(conv: ConversionOptions, output: str, hf_model_p
   return dataclasses.replace(plan, shards=(shard,), config=peft, config_file=ADAPTER_CONFIG)
 
 
-def derived_base(param: Any) -> str:
+def _adapted_template(param: Any) -> str:
   """The base HF name template a derived factor parameter adapts."""
   return param.hf.removeprefix(lora.PEFT_PREFIX).replace(".lora_A.weight", ".weight").replace(".lora_B.weight",
                                                                                            ".weight")

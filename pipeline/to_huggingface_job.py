@@ -115,13 +115,12 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[HfPlan
   access = hub.access(conv.hf_access_token, conv.hf_cache_dir)
   hf_model_path = config_source(conv)
   output = conv.base_output_directory
-  if conv.load_parameters_path:  # a run's checkpoints/: its latest committed step (or --step), recorded as such
-    conv.load_parameters_path = run_dirs.resolve(conv.load_parameters_path, conv.step)
-    conv.step = None
   runner.check_dataflow(options, {"load_parameters_path": conv.load_parameters_path,
                                   "base_output_directory": output, "hf_model_path": hf_model_path,
                                   "lora_restore_path": conv.lora_restore_path})
   plan = plan_from_options(conv, output, hf_model_path)
+  if conv.load_parameters_path:  # a run's checkpoints/ means one step: the manifest records which
+    conv.load_parameters_path, conv.step = plan.items, None
   if hub.is_hub(output):
     hub.prepare_destination(output, conv.overwrite, conv.resume)
   else:
