@@ -467,3 +467,28 @@ def test_merge_is_the_same_in_chunks_and_row_blocks(monkeypatch):
   assert goldens.same_bits(lora.merge(w, a, b, 2.0), whole)
   assert goldens.same_bits(np.concatenate([lora.merge(w[:100], a, b[:100], 2.0), lora.merge(w[100:], a, b[100:], 2.0)]),
                            whole)
+
+
+def test_adapter_and_base_on_the_hub(tmp_path, monkeypatch):
+  """hf_lora_adapter_path= a Hub repo: the same adapter checkpoint and merge as from the local directories."""
+  from tests.hub_server import HubServer  # pylint: disable=import-outside-toplevel
+  from transforms import hub_io  # pylint: disable=import-outside-toplevel
+  server = HubServer()
+  server.add_repo("me/llama-lora", ADAPTER)
+  server.add_repo("me/llama", BASE)
+  monkeypatch.setenv("HF_ENDPOINT", server.url)
+  for name in hub_io.TOKEN_VARIABLES:
+    monkeypatch.delenv(name, raising=False)
+  try:
+    _, items, _ = to_mt(tmp_path / "a", "--hf_lora_adapter_path=me/llama-lora", hf_model_path="me/llama")
+    assert items == str(tmp_path / "a" / "llama-lora" / "0" / "items")
+    goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(maxtext_adapter("scan")))
+    _, merged, _ = to_mt(tmp_path / "m", "--hf_lora_adapter_path=hf://me/llama-lora", "--merge_lora",
+                         hf_model_path="me/llama")
+    _, local, _ = to_mt(tmp_path / "l", f"--hf_lora_adapter_path={ADAPTER}", "--merge_lora")
+    goldens.assert_same_checkpoint(goldens.restore(merged), goldens.restore(local))
+    with open(tmp_path / "m" / "0" / "ckptflow_manifest.json") as f:
+      assert any(s.startswith("hf://me/llama-lora@") and s.endswith("adapter_config.json") for s in json.load(f)["sources"])
+  finally:
+    hub_io.configure(None)
+    server.close()
