@@ -34,7 +34,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import cli, runner, to_huggingface_job, to_maxtext_job
 from transforms.errors import ConversionError
-from pipeline.up_to_date import Decision, Job, decide, manifest_path, output_state  # pylint: disable=unused-import
+from pipeline.up_to_date import Decision, Job, decide, output_state
 from transforms import storage
 
 COMMANDS = {"to_maxtext": to_maxtext_job, "to_huggingface": to_huggingface_job}

@@ -37,6 +37,11 @@ from transforms.safetensors_io import TensorRef, list_checkpoint, package_order
 from transforms.tensor_ops import axes_shape
 
 ADAPTER, MERGED = "adapter", "merged"
+
+
+def is_adapter(family_name: str) -> bool:
+  """Whether a plan's family is a derived LoRA family (its checkpoint is an adapter)."""
+  return family_name.endswith(SUFFIX)
 # A PEFT adapter is one file, however big (as PEFT writes it).
 ONE_FILE = 2**62
 

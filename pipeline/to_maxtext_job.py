@@ -146,7 +146,7 @@ def main(argv: list[str]) -> int:
     print(f"the job writes {items} and commits it when every slice is written (load_parameters_path={items})")
     return 0
   print(f"{plan.family}: {runner.summary(totals, time.monotonic() - start)}", file=sys.stderr)
-  print(f"wrote {items} ({'lora.lora_restore_path' if plan.family.endswith(lora.SUFFIX) else 'load_parameters_path'}"
+  print(f"wrote {items} ({'lora.lora_restore_path' if lora.is_adapter(plan.family) else 'load_parameters_path'}"
         f"={items})")
   return 0
 

@@ -250,9 +250,5 @@ def merged_rows(rows: np.ndarray, factors: LoraFactors, hf_rows: tuple[int, int]
   return merge(rows, a, b if hf_rows is None else b[hf_rows[0]:hf_rows[1]], factors.scale)
 
 
-def scale_of(rank: int, alpha: float) -> float:
-  return alpha / rank
-
-
 def as_sizes(sizes: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
   return tuple(sorted(sizes.items()))
