@@ -28,6 +28,7 @@ setup(
             "huggingface-hub==2.4.0",
             "torch==2.13.0",
             "transformers==5.24.0",
+            "peft==0.21.2",
             "orbax-checkpoint==0.12.8",
             "jax==0.10.2",
             "jaxlib==0.10.2",

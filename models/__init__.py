@@ -19,4 +19,8 @@ BY_NAME: dict[str, Family] = {f.name: f for f in FAMILIES}
 if len(BY_NAME) != len(FAMILIES) or len(BY_ARCHITECTURE) != sum(len(f.architectures) for f in FAMILIES):
   raise ImportError("two model families share a name or an architecture")
 
+# Each family's LoRA adapters (models/lora.py), derived from its parameters: "<family>+lora".
+from models.lora import lora_family  # pylint: disable=wrong-import-position
+BY_NAME.update({derived.name: derived for derived in map(lora_family, FAMILIES) if derived is not None})
+
 __all__ = ["FAMILIES", "BY_ARCHITECTURE", "BY_NAME", "Family", "Param", "Stack"]

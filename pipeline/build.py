@@ -55,4 +55,4 @@ def add_to_huggingface(pipeline: beam.Pipeline, plan: HfPlan, hf_model_path: str
           | "ShardBarrier" >> beam.CombineGlobally(CountTensors())
           | "Finalize" >> beam.ParDo(FinalizeFn(plan.output, plan.tensor_count,
                                                 plan.index() if index is None else index, plan.config,
-                                                hf_model_path, provenance, hub, lock)))
+                                                hf_model_path, provenance, hub, lock, plan.config_file)))

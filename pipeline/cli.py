@@ -25,6 +25,17 @@ Without --runner, the local multi-process runner is used and nothing touches the
 """
 
 
+# MaxText's LoRA settings. One a command does not use is an error, never a note: ignoring it would
+# convert something else than what was asked (the base model instead of an adapter). Values that ask
+# for nothing (MaxText's defaults: "", false, 0) are accepted.
+LORA_KEYS = ("hf_lora_adapter_path", "lora_input_adapters_path")
+LORA_DEFAULT_VALUES = ("", "false", "none", "null", "0", "0.0")
+
+
+def is_lora_key(key: str) -> bool:
+  return key in LORA_KEYS or key.startswith("lora.")
+
+
 def translate(argv: Sequence[str], used_keys: Sequence[str]) -> tuple[list[str], list[str]]:
   """MaxText argv -> (pipeline flags, notes for the user about what was ignored)."""
   flags: list[str] = []
@@ -38,6 +49,11 @@ def translate(argv: Sequence[str], used_keys: Sequence[str]) -> tuple[list[str],
       key, value = word.split("=", 1)
       if key in used_keys:
         flags.append(f"--{key}={value}")
+      elif is_lora_key(key) and value.strip().lower() not in LORA_DEFAULT_VALUES:
+        lora = " ".join(f"{k}=" for k in used_keys if is_lora_key(k)) or "none"
+        raise ConversionError(f"{word}: this command cannot honour MaxText's LoRA option {key} and will not convert "
+                              f"without it; its LoRA options are: {lora} (to_maxtext: hf_lora_adapter_path= a PEFT "
+                              "adapter; to_huggingface: lora.lora_restore_path= a MaxText adapter checkpoint)")
       else:
         notes.append(f"ignored {word!r}: it only matters to MaxText itself")
     elif word.endswith((".yml", ".yaml")):

@@ -45,7 +45,10 @@ class ConversionOptions(PipelineOptions):
         help="to_maxtext: stack decoder layers into one array per parameter (default true). "
              "to_huggingface: the layout the checkpoint must have (default: read from the checkpoint).")
     add("--load_parameters_path", default=None,
-        help="to_huggingface: the MaxText checkpoint item, <dir>/0/items (local or gs://).")
+        help="to_huggingface: the MaxText checkpoint item, <dir>/0/items (local or gs://), its step directory, or a "
+             "training run (its checkpoints/ directory): the latest committed step, or --step. to_maxtext: with "
+             "hf_lora_adapter_path=, selects MaxText's merged mode (the base weights come from --hf_model_path, as in "
+             "MaxText).")
     add("--weight_dtype", default=None, choices=("bfloat16", "float32", "float16"),
         help="to_huggingface: dtype of the HF tensors (default: config.json's dtype, else bfloat16).")
     add("--max_shard_size", default="5GB",
@@ -108,6 +111,29 @@ class ConversionOptions(PipelineOptions):
         help="Accepted for MaxText compatibility and ignored.")
     add("--revision", default=None,
         help="Branch, tag or commit of a Hub source (default main); resolved to one commit for the whole run.")
+    add("--hf_lora_adapter_path", default=None,
+        help="to_maxtext: a PEFT LoRA adapter (adapter_config.json + adapter_model.safetensors; local, gs:// or a Hub "
+             "repo). Alone: an adapter-only MaxText checkpoint at <base_output_directory>/<model_name>/<adapter>/0/items. "
+             "With load_parameters_path= (MaxText's merged mode) or --merge_lora: the base model (--hf_model_path) with "
+             "the adapter merged in, W + (lora_alpha / r) B A.")
+    add("--merge_lora", type=str2bool, nargs="?", const=True, default=False,
+        help="to_maxtext: merge --hf_lora_adapter_path into the base model (the same as MaxText's load_parameters_path= "
+             "in its merged mode).")
+    add("--lora_restore_path", "--lora.lora_restore_path", dest="lora_restore_path", default=None,
+        help="to_huggingface: a MaxText LoRA adapter checkpoint (.../0/items, its step directory, or a run's "
+             "checkpoints/). Alone: a PEFT adapter directory; with load_parameters_path: the merged HF model.")
+    add("--lora_rank", "--lora.lora_rank", dest="lora_rank", type=int, default=None,
+        help="LoRA rank. Read from the adapter (adapter_config.json, or the MaxText checkpoint's shapes); when given "
+             "it must agree.")
+    add("--lora_alpha", "--lora.lora_alpha", dest="lora_alpha", type=float, default=None,
+        help="LoRA alpha. Read from the adapter (adapter_config.json, or the MaxText checkpoint's metadata); when "
+             "given it must agree. Needed for a MaxText adapter checkpoint that does not record it.")
+    add("--step", type=int, default=None,
+        help="to_huggingface, when load_parameters_path is a training run's checkpoints/ directory: the step to "
+             "convert (default: the latest committed one).")
+    add("--all_steps", type=str2bool, nargs="?", const=True, default=False,
+        help="to_huggingface: convert every committed step of the run at load_parameters_path into "
+             "<base_output_directory>/<step>/, skipping steps whose output is up to date.")
 
 
 # Accepted so MaxText command lines run unchanged; no command reads them.

@@ -84,8 +84,8 @@ class HfOutput:
     return self.output
 
   def names(self) -> set[str]:
-    return {s.file.rsplit("/", 1)[-1] for s in self.plan.shards} | {INDEX_FILE, "config.json", manifest.MANIFEST,
-                                                                    *AUX_FILES}
+    return {s.file.rsplit("/", 1)[-1] for s in self.plan.shards} | {INDEX_FILE, "config.json", self.plan.config_file,
+                                                                    manifest.MANIFEST, *AUX_FILES}
 
   def stored(self) -> tuple[int, int]:
     done = sum(1 for s in self.plan.shards if storage.exists(s.file) and storage.size(s.file) == s.size)

@@ -12,12 +12,14 @@ import math
 from typing import Any
 
 from models.known_configs import known_config
+from models.spec import Family
 from transforms.errors import ConversionError
 from pipeline.row_blocks import SPLIT_BYTES, RowBlock, Split, find_split
 from pipeline.planner import (detect_family, family_sizes, mt_shape, parse_size, placements, read_config, with_options,
                            without_options)
 from transforms import quantized, storage
 from transforms.orbax_layout import NUMPY_DTYPES
+from transforms.lora import LoraFactors
 from transforms.orbax_reader import CheckpointReader
 from transforms.safetensors_io import DTYPES, HF_FILE_METADATA, INDEX_FILE, file_size, package_order
 from transforms.tensor_ops import axes_shape
@@ -46,6 +48,7 @@ class TensorTask:
 
   With `fp8_block`, the tensor is written as FP8 (`dtype` F8_E4M3) plus its float32 `<name>_scale_inv`,
   one scale per block, computed from the float32 value; its row blocks hold whole FP8 blocks.
+  With `lora`, each row block is merged with its LoRA factors (transforms.lora) before that cast.
   """
   name: str
   dtype: str
@@ -53,6 +56,7 @@ class TensorTask:
   sources: tuple[TensorSource, ...]
   split: Split | None = None
   fp8_block: tuple[int, int] | None = None
+  lora: LoraFactors | None = None
 
   @property
   def blocks(self) -> list[RowBlock | None]:
@@ -104,6 +108,8 @@ class HfPlan:
   items: str
   output: str
   shards: tuple[ShardTask, ...]
+  # What FinalizeFn writes `config` as, last: config.json, or a PEFT adapter's adapter_config.json.
+  config_file: str = "config.json"
 
   @property
   def tensor_count(self) -> int:
@@ -146,13 +152,15 @@ def plan_to_huggingface(items: str, output: str, config: dict[str, Any], where: 
                         model_name: str | None = None, scan_layers: bool | None = None,
                         weight_dtype: str | None = None, max_shard_size: str | int = "5GB",
                         use_multimodal: bool = False, vocab_size: int | None = None,
-                        split_bytes: int = SPLIT_BYTES, quantize_fp8_blocks: bool = False) -> HfPlan:
+                        split_bytes: int = SPLIT_BYTES, quantize_fp8_blocks: bool = False,
+                        family: Family | None = None) -> HfPlan:
   """Plans MaxText -> HF from metadata only; raises ConversionError on any mismatch.
 
-  Tensors above `split_bytes` are read and converted in row blocks."""
+  Tensors above `split_bytes` are read and converted in row blocks. `family` (default: detected from
+  `config`) is e.g. a LoRA family derived from the detected one."""
   out_config = dict(config)
   config = with_options(config, use_multimodal, model_name, vocab_size, "to_huggingface")
-  family = detect_family(config, model_name, where)
+  family = family or detect_family(config, model_name, where)
   if family.hf_config is not None:
     out_config = without_options(family.hf_config(config))
     config = with_options(out_config, use_multimodal, model_name, vocab_size, "to_huggingface")

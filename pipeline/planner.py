@@ -10,7 +10,7 @@ import itertools
 import json
 import math
 import re
-from typing import Any
+from typing import Any, Callable
 
 import models
 from models.known_configs import known_config, maxtext_vocab
@@ -282,26 +282,37 @@ def _nested_member(stack, member: int) -> tuple[str, int, int]:
 def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: str = "bfloat16",
                     model_name: str | None = None, chunk_split: int = orbax_layout.DEFAULT_SPLIT,
                     use_multimodal: bool = False, vocab_size: int | None = None,
-                    split_bytes: int = SPLIT_BYTES) -> Plan:
+                    split_bytes: int = SPLIT_BYTES, source_view: Callable[..., dict[str, Any]] | None = None) -> Plan:
   """Plans HF -> MaxText from headers only; raises ConversionError on any mismatch.
 
-  Tensors above `split_bytes` become several tasks, one per row block."""
-  if save_dtype not in SAVE_DTYPES:
-    raise ConversionError(f"--save_dtype={save_dtype} is not supported; use one of {list(SAVE_DTYPES)}")
+  Tensors above `split_bytes` become several tasks, one per row block. `source_view(family, config,
+  tensors)`, when given, returns the source tensors the plan reads instead (e.g. merged with a LoRA)."""
+  _check_save_dtype(save_dtype)
   config_path = storage.join(hf_model_path, "config.json")
   config = with_options(read_config(hf_model_path), use_multimodal, model_name, vocab_size)
   family = detect_family(config, model_name, config_path)
   sizes = family_sizes(family, config, config_path)
   tensors = logical_tensors(list_checkpoint(hf_model_path), config)
+  if source_view is not None:
+    tensors = source_view(family, config, tensors)
+  return plan_tensors(family, config, sizes, tensors, hf_model_path, scan_layers, save_dtype, chunk_split,
+                      split_bytes)
+
+
+def plan_tensors(family: Family, config: dict[str, Any], sizes: dict[str, Any],
+                 tensors: dict[str, TensorRef | QuantizedRef], model_dir: str, scan_layers: bool = True,
+                 save_dtype: str = "bfloat16", chunk_split: int = orbax_layout.DEFAULT_SPLIT,
+                 split_bytes: int = SPLIT_BYTES) -> Plan:
+  """The plan of `family`'s placements, read from `tensors` (header refs of the files in `model_dir`)."""
+  _check_save_dtype(save_dtype)
   # MaxText's eager loading (the family's, or any use_multimodal=true conversion's): sources are cast
   # to the save dtype before any transform, so e.g. a float32 norm is rounded before its +1.
-  cast = save_dtype if family.eager_load or use_multimodal else None
-
+  cast = save_dtype if family.eager_load or config.get("use_multimodal") else None
   arrays: dict[str, ArraySpec] = {}
   tasks: list[SliceTask] = []
   pieces: dict[tuple[str, tuple[tuple[int, int], ...]], list[tuple[Param, TensorRef | QuantizedRef]]] = {}
   for place in placements(family, config, sizes, scan_layers):
-    source = _source(place, tensors, sizes, hf_model_path)
+    source = _source(place, tensors, sizes, model_dir)
     dtype = place.param.dtype or save_dtype
     itemsize = orbax_layout.NUMPY_DTYPES[dtype].itemsize
     if place.param.piece is not None:  # one task once every HF tensor the array joins is placed
@@ -311,7 +322,7 @@ def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: st
         chunks = orbax_layout.choose_chunks(place.array_shape, itemsize, place.stacked_axes, chunk_split)
         array = arrays.setdefault(place.array_path, ArraySpec(place.array_path, place.array_shape, dtype, chunks))
         tasks.append(SliceTask(array=array, param=tuple(family.key(p) for p, _ in group), index=place.index,
-                               sources=tuple(s for _, s in group)))
+                               sources=tuple(s for _, s in group), source_dtype=cast))
       continue
     split = find_split(place.param, sizes, tuple(mt_shape(place.param, sizes)), source.nbytes // max(
         math.prod(source.shape), 1), itemsize, split_bytes)
@@ -334,6 +345,11 @@ def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: st
   unused = sorted(n for n in tensors if n not in used and not any(p.fullmatch(n) for p in ignored))
   return Plan(family=family.name, sizes=sizes, scan_layers=scan_layers, save_dtype=save_dtype,
               arrays=tuple(arrays[k] for k in sorted(arrays)), tasks=tuple(tasks), unused=tuple(unused))
+
+
+def _check_save_dtype(save_dtype: str) -> None:
+  if save_dtype not in SAVE_DTYPES:
+    raise ConversionError(f"--save_dtype={save_dtype} is not supported; use one of {list(SAVE_DTYPES)}")
 
 
 def _source(place: Placement, tensors: dict[str, TensorRef | QuantizedRef], sizes: dict[str, Any],

@@ -35,6 +35,7 @@ NOT_TEMPLATE_PARAMETERS = {
     "workers": "pre-flight only (--dry_run), which a launcher does not run",
     "worker_mbps": "pre-flight only (--dry_run), which a launcher does not run",
     "verbose": "how the command line prints an error; a launcher's log keeps the whole traceback anyway",
+    "all_steps": "a launch converts one checkpoint; export every step of a run with --all_steps from cron or a batch",
 }
 
 _GCS = r"^gs://[a-z0-9][-_.a-z0-9]*[a-z0-9](/[^\r\n]*)?$"
@@ -54,6 +55,11 @@ REGEXES = {
     "simulated_cpu_devices_count": _POSITIVE,
     "vocab_size": _POSITIVE,
     "zstd_level": r"^([0-9]|1[0-9]|2[0-2])$",
+    "hf_lora_adapter_path": r"^(gs://[a-z0-9][-_.a-z0-9]*[a-z0-9](/[^\r\n]*)?|hf://[A-Za-z0-9][-\w.]*/[-\w.]+(@[-\w./]+)?)$",
+    "lora_restore_path": _GCS,
+    "lora_rank": _POSITIVE,
+    "lora_alpha": r"^[0-9]+(\.[0-9]+)?$",
+    "step": r"^[0-9]+$",
 }
 LABELS = {
     "hf_model_path": "Hugging Face model directory",
@@ -76,6 +82,12 @@ LABELS = {
     "hf_cache_dir": "Cache of Hub reads",
     "overwrite": "Replace an existing output",
     "resume": "Finish an interrupted conversion",
+    "hf_lora_adapter_path": "PEFT LoRA adapter",
+    "merge_lora": "Merge the adapter into the base",
+    "lora_restore_path": "MaxText LoRA adapter checkpoint",
+    "lora_rank": "LoRA rank (checked)",
+    "lora_alpha": "LoRA alpha (checked, or given)",
+    "step": "Step of a training run",
 }
 # One documented value per parameter, shown in its help text (tests check each passes its regex).
 EXAMPLES = {
@@ -100,6 +112,12 @@ EXAMPLES = {
     "hf_cache_dir": "gs://my-bucket/hf-cache",
     "overwrite": "false",
     "resume": "true",
+    "hf_lora_adapter_path": "gs://my-bucket/adapters/my-lora",
+    "merge_lora": "false",
+    "lora_restore_path": "gs://my-bucket/maxtext/llama3.1-8b/my-lora/0/items",
+    "lora_rank": "16",
+    "lora_alpha": "32",
+    "step": "2000",
 }
 
 

@@ -16,40 +16,40 @@ from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import cli, destination, hub, outputs, preflight, runner
+from pipeline import cli, destination, hub, lora, outputs, preflight, runner, up_to_date
 from pipeline.build import add_to_huggingface
 from transforms.errors import ConversionError
 from pipeline.options import ConversionOptions, is_dry_run
 from pipeline.planner import parse_size
 from pipeline.plan_hf import INDEX_FILE, HfPlan, plan_to_huggingface, target_config
-from transforms import hub_io, manifest, storage
+from transforms import hub_io, manifest, run_dirs, storage
 from transforms.orbax_layout import NUMPY_DTYPES
 from transforms.orbax_reader import CheckpointReader
 from transforms.shard_dofns import AUX_FILES
 
 MAXTEXT_KEYS = ("model_name", "load_parameters_path", "base_output_directory", "scan_layers", "weight_dtype",
                 "hf_model_path", "hf_access_token", "max_shard_size", "use_multimodal", "vocab_size",
-                "quantize_fp8_blocks", "revision")
+                "quantize_fp8_blocks", "revision", "lora.lora_restore_path", "lora.lora_rank", "lora.lora_alpha")
 
 # Every ConversionOptions field this command reads; its flex template's parameters are these minus
 # template_metadata.NOT_TEMPLATE_PARAMETERS.
 OPTIONS = ("load_parameters_path", "base_output_directory", "model_name", "scan_layers", "weight_dtype",
            "hf_model_path", "hf_access_token", "max_shard_size", "use_multimodal", "vocab_size", "max_element_size",
            "quantize_fp8_blocks", "revision", "hf_cache_dir", "workers", "worker_mbps", "overwrite", "resume",
-           "progress", "wait", "verbose")
+           "progress", "wait", "verbose", "lora_restore_path", "lora_rank", "lora_alpha", "step", "all_steps")
 REQUIRED = ("load_parameters_path", "base_output_directory")
 
 
-def prepare_output(output: str, overwrite: bool, resume: bool = False) -> None:
+def prepare_output(output: str, overwrite: bool, resume: bool = False, marker: str = "config.json") -> None:
   """Refuses to mix with an existing model directory unless `overwrite` (then removes only our
-  files) or `resume` of an unfinished one (no config.json yet: it is written last)."""
+  files) or `resume` of an unfinished one (no `marker`, config.json, yet: it is written last)."""
   ours = [n for n in storage.list_names(output)
-          if n.endswith(".safetensors") or n in (INDEX_FILE, "config.json", manifest.MANIFEST, *AUX_FILES)]
-  if ours and resume and "config.json" not in ours:
+          if n.endswith(".safetensors") or n in (INDEX_FILE, "config.json", marker, manifest.MANIFEST, *AUX_FILES)]
+  if ours and resume and marker not in ours:
     return
   if ours and not overwrite:
     raise ConversionError(f"{output} already holds a model ({', '.join(ours[:3])}...); pass --overwrite to "
-                          "replace it" + ("" if "config.json" in ours else ", or --resume to finish it"))
+                          "replace it" + ("" if marker in ours else ", or --resume to finish it"))
   for name in ours:
     storage.remove_tree(storage.join(output, name))
   storage.check_writable(output)
@@ -59,8 +59,11 @@ def build_manifest(plan: HfPlan, conv: ConversionOptions, hf_model_path: str | N
   """The provenance written beside the model (ckptflow_manifest.json), before config.json. Never the token."""
   options = {k: getattr(conv, k) for k in ("load_parameters_path", "model_name", "scan_layers", "weight_dtype",
                                             "hf_model_path", "max_shard_size", "use_multimodal", "vocab_size",
-                                            "max_element_size", "quantize_fp8_blocks", "resume", "revision")}
+                                            "max_element_size", "quantize_fp8_blocks", "resume", "revision",
+                                            "lora_restore_path", "lora_rank", "lora_alpha")}
   sources = manifest.orbax_source_files(plan.items)
+  for items in sorted({t.lora.items for shard in plan.shards for t in shard.tensors if t.lora is not None}):
+    sources += manifest.orbax_source_files(items)  # a merged adapter's checkpoint
   if hf_model_path:
     sources.append(storage.join(hf_model_path, "config.json"))
   return manifest.build("to_huggingface", plan.family, options, sources,
@@ -73,13 +76,19 @@ def config_source(conv: ConversionOptions) -> str | None:
 
 
 def plan_from_options(conv: ConversionOptions, output: str, hf_model_path: str | None = None) -> HfPlan:
+  mode = lora.to_huggingface_mode(conv)
+  split_bytes = parse_size(conv.max_element_size, "--max_element_size")
+  if mode == lora.ADAPTER:
+    return lora.plan_adapter_to_huggingface(conv, output, hf_model_path or config_source(conv), split_bytes)
   if not conv.load_parameters_path:
-    raise ConversionError("load_parameters_path=<dir>/0/items is required")
+    raise ConversionError("load_parameters_path=<dir>/0/items is required (or a training run's checkpoints/)")
   config, where = target_config(hf_model_path or config_source(conv), conv.model_name)
-  return plan_to_huggingface(conv.load_parameters_path, output, config, where, conv.model_name,
-                             conv.scan_layers, conv.weight_dtype, conv.max_shard_size, conv.use_multimodal,
-                             conv.vocab_size, parse_size(conv.max_element_size, "--max_element_size"),
-                             conv.quantize_fp8_blocks)
+  plan = plan_to_huggingface(run_dirs.resolve(conv.load_parameters_path, conv.step), output, config, where,
+                             conv.model_name, conv.scan_layers, conv.weight_dtype, conv.max_shard_size,
+                             conv.use_multimodal, conv.vocab_size, split_bytes, conv.quantize_fp8_blocks)
+  if mode == lora.MERGED:
+    plan = lora.merge_into(plan, conv, hf_model_path or config_source(conv), split_bytes)
+  return plan
 
 
 def stored_itemsizes(plan: HfPlan) -> dict[str, int]:
@@ -116,11 +125,14 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
   hf_model_path = config_source(conv)
   output = conv.base_output_directory
   runner.check_dataflow(options, {"load_parameters_path": conv.load_parameters_path,
-                                  "base_output_directory": output, "hf_model_path": hf_model_path})
+                                  "base_output_directory": output, "hf_model_path": hf_model_path,
+                                  "lora_restore_path": conv.lora_restore_path})
   take_over = conv.resume or conv.overwrite if take_over is None else take_over
   remote = None if runner.is_local(options) else runner.runner_name(options)
   with destination.claim(output, "to_huggingface", lock_options(conv), take_over, remote=remote) as claim:
     plan = plan_from_options(conv, output, hf_model_path)
+    if conv.load_parameters_path:  # a run's checkpoints/ means one step: the manifest records which
+      conv.load_parameters_path, conv.step = plan.items, None
     written = outputs.HfOutput(plan, output)
     run_options = runner.with_local_defaults(options, flags)
     scratch_writers = runner.local_workers(run_options)
@@ -128,15 +140,16 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
       destination.check_space(outputs.hf_needs(output, plan.shards, 0, 0, scratch_writers))
       hub.prepare_destination(output, conv.overwrite, conv.resume)
     present = [] if hub.is_hub(output) else [n for n in storage.list_names(output) if n in written.names()]
-    resuming = conv.resume and (hub.is_hub(output) or bool(present) and "config.json" not in present)
+    resuming = conv.resume and (hub.is_hub(output) or bool(present) and plan.config_file not in present)
     todo = plan
     if resuming:  # a shard exists only once it is whole (written to a temp name, then renamed or committed)
       todo = dataclasses.replace(plan, shards=tuple(s for s in plan.shards
                                                     if not (storage.exists(s.file) and storage.size(s.file) == s.size)))
+    aux_from = None if plan.config_file == lora.ADAPTER_CONFIG else hf_model_path  # an adapter has no tokenizer
     if not hub.is_hub(output):
       reclaimed = outputs.existing_bytes(output, written.names()) if conv.overwrite and not resuming else 0
-      destination.check_space(outputs.hf_needs(output, todo.shards, outputs.aux_bytes(hf_model_path), reclaimed, 0))
-      prepare_output(output, conv.overwrite, conv.resume)
+      destination.check_space(outputs.hf_needs(output, todo.shards, outputs.aux_bytes(aux_from), reclaimed, 0))
+      prepare_output(output, conv.overwrite, conv.resume, plan.config_file)
     written.sweep()  # only now: a model directory we were refused is left as it is
     written.fresh = not resuming
     if resuming:
@@ -144,7 +157,7 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
             file=sys.stderr)
     provenance = build_manifest(plan, conv, hf_model_path)
     with destination.guarded(written, conv.resume):
-      totals = runner.run(lambda p, progress: add_to_huggingface(p, todo, hf_model_path, progress, index=plan.index(),
+      totals = runner.run(lambda p, progress: add_to_huggingface(p, todo, aux_from, progress, index=plan.index(),
                                                                  provenance=provenance, hub=access, lock=claim.held),
                           run_options, todo.tensor_count, "to_huggingface", conv.progress)
     if not runner.waits(run_options):
@@ -161,14 +174,49 @@ def main(argv: list[str]) -> int:
     conv = options.view_as(ConversionOptions)
     preflight.print_report(preflight_report(conv), conv)
     return 0
+  if options.view_as(ConversionOptions).all_steps:
+    return convert_all_steps(flags)
   start = time.monotonic()
   plan, totals = convert(options, flags)
   destination = options.view_as(ConversionOptions).base_output_directory
   if not runner.waits(options):
-    print(f"the job writes {len(plan.shards)} shard(s) to {destination}, then the index and config.json (last)")
+    print(f"the job writes {len(plan.shards)} shard(s) to {destination}, then the index and {plan.config_file} (last)")
     return 0
   layout = "scanned" if plan.scan_layers else "unscanned"
   print(f"{plan.family} ({layout}): {runner.summary(totals, time.monotonic() - start)}", file=sys.stderr)
-  print(f"wrote {len(plan.shards)} shard(s) and config.json to {destination}")
+  print(f"wrote {len(plan.shards)} shard(s) and {plan.config_file} to {destination}")
+  return 0
+
+
+def convert_all_steps(flags: Sequence[str]) -> int:
+  """Every committed step of the run at load_parameters_path into <base_output_directory>/<step>/, skipping
+  steps whose output is up to date (the batch command's check: committed, same options, same sources)."""
+  conv = PipelineOptions(list(flags)).view_as(ConversionOptions)
+  if conv.step is not None:
+    raise ConversionError(f"--all_steps converts every committed step; drop --step={conv.step}")
+  if not conv.load_parameters_path or not conv.base_output_directory:
+    raise ConversionError("--all_steps needs load_parameters_path=<run>/checkpoints and base_output_directory=")
+  run, output = conv.load_parameters_path, conv.base_output_directory
+  if run_dirs.steps_dir(run) is None:
+    raise ConversionError(f"--all_steps: load_parameters_path={run} is not a training run (<run>/checkpoints/<step>/"
+                          "items); for one checkpoint drop --all_steps")
+  steps = run_dirs.committed_steps(run)
+  if not steps:
+    raise ConversionError(f"--all_steps: {run} has no committed step yet")
+  replaced = ("--all_steps", "--load_parameters_path=", "--base_output_directory=")
+  common = [f for f in flags if not f.startswith(replaced)]
+  for step in steps:
+    items, out = run_dirs.step_items(run, step), storage.join(output, str(step))
+    step_flags = [*common, f"--load_parameters_path={items}", f"--base_output_directory={out}"]
+    job = up_to_date.Job(f"step {step}", "to_huggingface", items, out, tuple(step_flags))
+    decision = up_to_date.decide(job)
+    if not decision.run:
+      print(f"step {step}: skipped ({decision.reason})", flush=True)
+      continue
+    if up_to_date.output_state(job) != "missing":
+      step_flags.append("--overwrite")
+    start = time.monotonic()
+    convert(PipelineOptions(step_flags), step_flags)
+    print(f"step {step}: converted into {out} in {time.monotonic() - start:.1f}s ({decision.reason})", flush=True)
   return 0
 

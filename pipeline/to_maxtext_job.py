@@ -14,7 +14,7 @@ from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import cli, destination, hub, outputs, preflight, runner
+from pipeline import cli, destination, hub, lora, outputs, preflight, runner
 from pipeline.build import add_to_maxtext
 from transforms.errors import ConversionError
 from pipeline.options import ConversionOptions, is_dry_run
@@ -24,13 +24,15 @@ from transforms.orbax_writer import CheckpointTarget
 
 MAXTEXT_KEYS = ("model_name", "base_output_directory", "scan_layers", "checkpoint_storage_use_zarr3",
                 "checkpoint_storage_use_ocdbt", "hf_model_path", "save_dtype", "use_multimodal", "vocab_size",
-                "hf_access_token", "revision")
+                "hf_access_token", "revision", "hf_lora_adapter_path", "load_parameters_path", "lora.lora_rank",
+                "lora.lora_alpha")
 # Every ConversionOptions field this command reads; its flex template's parameters are these minus
 # template_metadata.NOT_TEMPLATE_PARAMETERS.
 OPTIONS = ("hf_model_path", "base_output_directory", "model_name", "scan_layers", "save_dtype",
            "checkpoint_storage_use_zarr3", "checkpoint_storage_use_ocdbt", "simulated_cpu_devices_count",
            "use_multimodal", "vocab_size", "zstd_level", "max_element_size", "hf_access_token", "revision",
-           "hf_cache_dir", "workers", "worker_mbps", "overwrite", "resume", "progress", "wait", "verbose")
+           "hf_cache_dir", "workers", "worker_mbps", "overwrite", "resume", "progress", "wait", "verbose",
+           "hf_lora_adapter_path", "merge_lora", "load_parameters_path", "lora_rank", "lora_alpha")
 REQUIRED = ("base_output_directory",)
 # Step 0, as MaxText's CheckpointManager numbers it.
 STEP = "0"
@@ -52,21 +54,25 @@ def prepare_output(base_output_directory: str, overwrite: bool, resume: bool = F
   return step_dir
 
 
-def build_manifest(plan: Plan, conv: ConversionOptions, source: str | None = None) -> dict:
+def build_manifest(plan: Plan, conv: ConversionOptions, source: str | None = None,
+                   config_files: tuple[str, ...] | None = None) -> dict:
   """The provenance written beside the checkpoint (ckptflow_manifest.json), before the markers.
 
   Options are listed by name (never hf_access_token); a Hub source is recorded as
-  hf://org/repo@<commit>, and any credentials in a URL are masked.
+  hf://org/repo@<commit>, and any credentials in a URL are masked. `config_files` are the configs
+  the plan was made from (default: the config.json beside the source shards).
   """
   options = {k: getattr(conv, k) for k in ("hf_model_path", "model_name", "scan_layers", "save_dtype",
                                             "checkpoint_storage_use_zarr3", "checkpoint_storage_use_ocdbt",
                                             "simulated_cpu_devices_count", "zstd_level", "use_multimodal",
-                                            "vocab_size", "max_element_size", "resume", "revision")}
+                                            "vocab_size", "max_element_size", "resume", "revision",
+                                            "hf_lora_adapter_path", "merge_lora", "load_parameters_path",
+                                            "lora_rank", "lora_alpha")}
   sources = [ref for task in plan.tasks for ref in task.sources]
   # The shards, and the config.json beside them (it decides shapes and transforms); a quantized
-  # source's scales may sit in another shard.
+  # source's scales may sit in another shard, a merged LoRA's factors and adapter_config.json in the adapter.
   shards = [f for ref in sources for f in getattr(ref, "files", (ref.file,))]
-  files = [storage.join(storage.parent(shards[0]), "config.json"), *shards]
+  files = [*(config_files or (storage.join(storage.parent(sources[0].file), "config.json"),)), *shards]
   return manifest.build("to_maxtext", plan.family, options, files, (ref.name for ref in sources),
                         source or conv.hf_model_path)
 
@@ -81,9 +87,12 @@ def model_source(conv: ConversionOptions) -> str:
 
 
 def plan_from_options(conv: ConversionOptions, source: str | None = None) -> Plan:
+  split_bytes = parse_size(conv.max_element_size, "--max_element_size")
+  if lora.to_maxtext_mode(conv) == lora.ADAPTER:
+    return lora.plan_adapter_to_maxtext(conv, split_bytes)
   return plan_to_maxtext(source or model_source(conv), conv.scan_layers is not False, conv.save_dtype,
                          conv.model_name, conv.simulated_cpu_devices_count, conv.use_multimodal, conv.vocab_size,
-                         parse_size(conv.max_element_size, "--max_element_size"))
+                         split_bytes, lora.merged_view(conv))
 
 
 def lock_options(conv: ConversionOptions) -> dict:
@@ -107,16 +116,20 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
     raise ConversionError(f"base_output_directory={conv.base_output_directory}: a MaxText checkpoint goes to a local "
                           "or gs:// directory; hf:// destinations are for to_huggingface")
   access = hub.access(conv.hf_access_token, conv.hf_cache_dir)
-  source = model_source(conv)
-  runner.check_dataflow(options, {"hf_model_path": source, "base_output_directory": conv.base_output_directory})
+  adapter_only = lora.to_maxtext_mode(conv) == lora.ADAPTER
+  source = lora.adapter_location(conv) if adapter_only else model_source(conv)
+  runner.check_dataflow(options, {"hf_model_path": source, "base_output_directory": conv.base_output_directory,
+                                  "hf_lora_adapter_path": lora.adapter_location(conv)})
   take_over = conv.resume or conv.overwrite if take_over is None else take_over
   remote = None if runner.is_local(options) else runner.runner_name(options)
-  base = conv.base_output_directory
-  with destination.claim(base, "to_maxtext", lock_options(conv), take_over, remote=remote) as claim:
-    plan = plan_from_options(conv, source)
-    target = CheckpointTarget(storage.join(conv.base_output_directory, STEP),
-                              use_ocdbt=conv.checkpoint_storage_use_ocdbt,
-                              use_zarr3=conv.checkpoint_storage_use_zarr3, zstd_level=conv.zstd_level)
+  with destination.claim(conv.base_output_directory, "to_maxtext", lock_options(conv), take_over,
+                         remote=remote) as claim:
+    plan = plan_from_options(conv, None if adapter_only else source)
+    adapter = lora.adapter_output(conv, plan) if adapter_only else None
+    base = adapter.base_directory if adapter else conv.base_output_directory
+    target = CheckpointTarget(storage.join(base, STEP), use_ocdbt=conv.checkpoint_storage_use_ocdbt,
+                              use_zarr3=conv.checkpoint_storage_use_zarr3, zstd_level=conv.zstd_level,
+                              custom_metadata=adapter.custom_metadata if adapter else "")
     slices = [(t.array, t.index, t.window) for t in plan.tasks]
     output = outputs.MaxTextOutput(target, slices)
     existed = storage.exists(target.step_dir)
@@ -125,15 +138,15 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
       done = orbax_writer.finished(target, slices)
       todo = dataclasses.replace(plan, tasks=tuple(t for t, d in zip(plan.tasks, done) if not d))
     reclaimed = destination.local_bytes(target.step_dir) if existed and conv.overwrite and not conv.resume else 0
-    destination.check_space([*outputs.maxtext_needs(conv.base_output_directory, todo.tasks, target, reclaimed),
+    destination.check_space([*outputs.maxtext_needs(base, todo.tasks, target, reclaimed),
                              *outputs.hub_cache_needs(conv.hf_cache_dir, source, todo.source_bytes)])
-    prepare_output(conv.base_output_directory, conv.overwrite, conv.resume)
+    prepare_output(base, conv.overwrite, conv.resume)
     output.sweep()  # only now: a checkpoint we were refused may be another program's, still being written
     output.fresh = not (conv.resume and existed)
     if conv.resume and existed:
       print(f"resuming {target.items}: {len(plan.tasks) - len(todo.tasks)} of {len(plan.tasks)} slices already stored",
             file=sys.stderr)
-    provenance = build_manifest(plan, conv, source)
+    provenance = build_manifest(plan, conv, source, adapter.config_files if adapter else None)
     run_options = runner.with_local_defaults(options, flags)
     with destination.guarded(output, conv.resume):
       totals = runner.run(lambda p, progress: add_to_maxtext(p, todo, target, progress, provenance, access,
@@ -162,6 +175,7 @@ def main(argv: list[str]) -> int:
     print(f"the job writes {items} and commits it when every slice is written (load_parameters_path={items})")
     return 0
   print(f"{plan.family}: {runner.summary(totals, time.monotonic() - start)}", file=sys.stderr)
-  print(f"wrote {items} (load_parameters_path={items})")
+  print(f"wrote {items} ({'lora.lora_restore_path' if lora.is_adapter(plan.family) else 'load_parameters_path'}"
+        f"={items})")
   return 0
 

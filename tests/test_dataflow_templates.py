@@ -92,6 +92,12 @@ BAD = {
     "quantize_fp8_blocks": ["fp8"],
     "revision": ["main branch", ""],
     "hf_cache_dir": ["/tmp/cache", "hf://a/b"],
+    "hf_lora_adapter_path": ["/data/my-lora", "my-user/my-lora", "gs://"],
+    "merge_lora": ["merge"],
+    "lora_restore_path": ["./lora/0/items", "hf://a/b"],
+    "lora_rank": ["0", "-4", "r16"],
+    "lora_alpha": ["-8", "alpha", ""],
+    "step": ["-1", "latest", ""],
 }
 # Further values each regex accepts, which the CLI must parse too.
 GOOD = {

@@ -143,15 +143,17 @@ def _leaf(keys: tuple[str, ...], value_type: str) -> dict[str, Any]:
   }
 
 
-def checkpoint_metadata(scan_layers: bool, init_ns: int, commit_ns: int | None = None) -> dict[str, Any]:
-  """<step>/_CHECKPOINT_METADATA, which MaxText's to_huggingface reads scan_layers from."""
+def checkpoint_metadata(scan_layers: bool, init_ns: int, commit_ns: int | None = None,
+                        custom: dict[str, Any] | None = None) -> dict[str, Any]:
+  """<step>/_CHECKPOINT_METADATA, which MaxText's to_huggingface reads scan_layers (and a LoRA's rank
+  and alpha, `custom`["lora"]) from."""
   return {
       "item_handlers": {ITEMS: "orbax.checkpoint._src.handlers.pytree_checkpoint_handler.PyTreeCheckpointHandler"},
       "metrics": {},
       "performance_metrics": {},
       "init_timestamp_nsecs": init_ns,
       "commit_timestamp_nsecs": commit_ns if commit_ns is not None else time.time_ns(),
-      "custom_metadata": {"scan_layers": scan_layers},
+      "custom_metadata": {"scan_layers": scan_layers, **(custom or {})},
   }
 
 

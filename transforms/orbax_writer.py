@@ -36,6 +36,8 @@ class CheckpointTarget:
   use_ocdbt: bool = True
   use_zarr3: bool = True
   zstd_level: int = orbax_layout.DEFAULT_ZSTD_LEVEL
+  # More _CHECKPOINT_METADATA custom_metadata beside scan_layers (a JSON object), e.g. MaxText's `lora`.
+  custom_metadata: str = ""
 
   @property
   def items(self) -> str:
@@ -185,7 +187,8 @@ def commit(target: CheckpointTarget, arrays: Iterable[ArraySpec], process_ids: I
   storage.write_text(storage.join(target.items, orbax_layout.METADATA),
                      json.dumps(orbax_layout.pytree_metadata(paths, target.use_ocdbt, target.use_zarr3)))
   storage.write_text(storage.join(target.step_dir, orbax_layout.CHECKPOINT_METADATA),
-                     json.dumps(orbax_layout.checkpoint_metadata(scan_layers, init_ns, time.time_ns())))
+                     json.dumps(orbax_layout.checkpoint_metadata(scan_layers, init_ns, time.time_ns(),
+                                                                 json.loads(target.custom_metadata or "{}"))))
   for directory in (target.items, target.step_dir):
     storage.write_text(storage.join(directory, orbax_layout.COMMIT_MARKER),
                        f"Checkpoint commit was successful to {directory}")

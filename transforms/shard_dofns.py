@@ -16,7 +16,7 @@ import apache_beam as beam
 import numpy as np
 
 from transforms.errors import ConversionError
-from transforms import disk_full, hub_io, hub_upload, leftovers, manifest, storage, writer_lock
+from transforms import disk_full, hub_io, hub_upload, leftovers, lora, manifest, storage, writer_lock
 from transforms.convert import maxtext_to_hf
 from transforms.dofns import TensorCountingFn
 from transforms.orbax_reader import CheckpointReader
@@ -114,8 +114,11 @@ def hf_blocks(reader: CheckpointReader, tasks: Sequence, param_of: Callable[[int
     pending = start(following) if following and following[0].block_nbytes(following[1]) <= PREFETCH_BYTES else None
     read += sum(v.nbytes for v in values)
     params = [param_of(s.param) for s in task.sources]
-    rows = contiguous(maxtext_to_hf(values, params, sizes if block is None else block.with_sizes(sizes)),
-                      DTYPES[task.value_dtype])
+    wide = maxtext_to_hf(values, params, sizes if block is None else block.with_sizes(sizes))
+    if task.lora is not None:
+      wide = lora.merged_rows(wide, task.lora, None if block is None else block.rows)
+    rows = contiguous(wide, DTYPES[task.value_dtype])
+    del wide
     del values
     yield task, rows, read, last
     if last:
@@ -161,13 +164,15 @@ class CountTensors(beam.CombineFn):
 
 
 class FinalizeFn(beam.DoFn):
-  """After every shard exists: the index, the tokenizer files, and config.json, which goes last."""
+  """After every shard exists: the index, the tokenizer files, and config.json (or `config_file`), which goes last."""
 
   def __init__(self, output: str, expected_tensors: int, index: dict[str, Any] | None, config: dict[str, Any],
                hf_model_path: str | None, provenance: dict[str, Any] | None = None,
-               hub: hub_io.HubAccess | None = None, lock: writer_lock.Held | None = None):
+               hub: hub_io.HubAccess | None = None, lock: writer_lock.Held | None = None,
+               config_file: str = "config.json"):
     self.output = output
     self.lock = lock
+    self.config_file = config_file
     self.expected_tensors = expected_tensors
     self.index = index
     self.config = config
@@ -213,5 +218,5 @@ class FinalizeFn(beam.DoFn):
     if self.provenance is not None:
       manifest.write(output, self.provenance, checksums)
       names.append(manifest.MANIFEST)
-    storage.write_text(storage.join(output, "config.json"), json.dumps(self.config, indent=2, sort_keys=True) + "\n")
-    return names + ["config.json"]
+    storage.write_text(storage.join(output, self.config_file), json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+    return names + [self.config_file]

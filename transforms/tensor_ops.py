@@ -208,3 +208,23 @@ class GroupByHead:
     heads, widths = sizes[self.heads], [sizes[s] for s in self.segments]
     grouped = np.split(x.reshape(*x.shape[:-1], heads, sum(widths)), np.cumsum(widths)[:-1], axis=-1)
     return np.concatenate([p.reshape(*x.shape[:-1], heads * w) for p, w in zip(grouped, widths)], axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Regroup:
+  """Rearranges the value from axes `src` to `dst` (same elementary axes), e.g. "r heads head_dim" ->
+  "r (heads head_dim)": for arrays whose ops need the axes apart but which are stored merged.
+
+  Its `shape` is `dst`'s, so the planner sizes the stored array by it.
+  """
+  src: str
+  dst: str
+
+  def shape(self, shape: tuple[int, ...], sizes: Sizes) -> tuple[int, ...]:
+    return axes_shape(self.dst, sizes)
+
+  def forward(self, x: np.ndarray, sizes: Sizes) -> np.ndarray:
+    return rearrange(x, self.src, self.dst, sizes)
+
+  def inverse(self, x: np.ndarray, sizes: Sizes) -> np.ndarray:
+    return rearrange(x, self.dst, self.src, sizes)
