@@ -13,6 +13,7 @@ from transforms.errors import ConversionError
 from transforms import hub_io, manifest, orbax_writer
 from transforms.convert import hf_to_maxtext
 from transforms.orbax_layout import ArraySpec
+from transforms.orbax_reader import OrbaxRef
 from transforms.orbax_writer import CheckpointTarget
 from transforms.safetensors_io import read_tensor
 
@@ -20,10 +21,15 @@ METRICS_NAMESPACE = "ckptflow"
 
 
 def convert_slice(task, param, sizes: dict[str, Any]) -> tuple[np.ndarray, tuple[tuple[str, int], ...]]:
-  """One task's MaxText value (of its row block, if split) and the CRC-32 of each source as read."""
+  """One task's MaxText value (of its row block, if split) and the CRC-32 of each source as read.
+
+  A slice of a MaxText checkpoint (OrbaxRef) is already the value: only the writer's cast remains.
+  """
   sources = [read_tensor(ref, task.rows) for ref in task.sources]
   checksums = tuple((manifest.checksum_key(ref.name, task.rows), zlib.crc32(np.ascontiguousarray(s).view(np.uint8)))
                     for ref, s in zip(task.sources, sources))
+  if isinstance(task.sources[0], OrbaxRef):
+    return sources[0], checksums
   value = hf_to_maxtext(sources, param, sizes if task.block is None else task.block.with_sizes(sizes))
   return value, checksums
 

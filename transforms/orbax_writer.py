@@ -31,11 +31,15 @@ META_PROCESS = "meta"
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointTarget:
-  """Where a checkpoint step goes and how it is stored (McJAX: zarr3 + OCDBT; Pathways: no OCDBT)."""
+  """Where a checkpoint step goes and how it is stored (McJAX: zarr3 + OCDBT; Pathways: no OCDBT).
+
+  `with_step`: the tree has the TrainState's `step` leaf (Linen trees; NNX parameter-only trees do not).
+  """
   step_dir: str
   use_ocdbt: bool = True
   use_zarr3: bool = True
   zstd_level: int = orbax_layout.DEFAULT_ZSTD_LEVEL
+  with_step: bool = True
 
   @property
   def items(self) -> str:
@@ -78,6 +82,8 @@ def create_arrays(target: CheckpointTarget, arrays: Iterable[ArraySpec]) -> None
            for a in arrays]
   for future in opens:
     future.result()
+  if not target.with_step:
+    return
   step = ts.open({**_array_spec(target, step_array(), META_PROCESS), "create": True, "open": True},
                  context=ctx).result()
   step.write(np.int64(0)).result()
@@ -183,7 +189,7 @@ def commit(target: CheckpointTarget, arrays: Iterable[ArraySpec], process_ids: I
     os.sync()  # Local writers skipped fsync: make every byte durable before anything says "committed".
   paths = [a.path for a in arrays]
   storage.write_text(storage.join(target.items, orbax_layout.METADATA),
-                     json.dumps(orbax_layout.pytree_metadata(paths, target.use_ocdbt, target.use_zarr3)))
+                     json.dumps(orbax_layout.pytree_metadata(paths, target.use_ocdbt, target.use_zarr3, target.with_step)))
   storage.write_text(storage.join(target.step_dir, orbax_layout.CHECKPOINT_METADATA),
                      json.dumps(orbax_layout.checkpoint_metadata(scan_layers, init_ns, time.time_ns())))
   for directory in (target.items, target.step_dir):
