@@ -115,7 +115,8 @@ def detect(paths: Iterable[str], custom_metadata: dict[str, Any] | None = None, 
   skipped += [stored for stored in model_paths.values() if stored not in params.values() and stored not in lora]
   nnx = any(p.startswith("nnx_aux/") for p in leaves) or prefix != PARAMS_PREFIX or (suffix != "" and not lora)
   layout = TreeLayout("nnx" if nnx else "linen", prefix, suffix, step=STEP in leaves)
-  train_state = any(p.split("/", 1)[0] == "opt_state" for p in leaves)
+  # A parameter-only TrainState keeps an empty `opt_state` placeholder leaf; a training state has leaves under it.
+  train_state = any(p.startswith("opt_state/") for p in leaves)
   return CheckpointTree(layout, nnx, train_state, _scan_layers(list(model_paths), custom_metadata), params, lora,
                         tuple(sorted(skipped)))
 

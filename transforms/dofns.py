@@ -11,6 +11,7 @@ import numpy as np
 
 from transforms.errors import ConversionError
 from transforms import hub_io, manifest, orbax_writer
+from transforms.chunk_copy import ChunkCopier
 from transforms.convert import hf_to_maxtext
 from transforms.orbax_layout import ArraySpec
 from transforms.orbax_reader import OrbaxRef
@@ -79,22 +80,33 @@ class TensorCountingFn(beam.DoFn):
 
 
 class WriteSliceFn(TensorCountingFn):
-  """Reads one HF tensor, transforms it and writes it into its slice; yields (writer id, 1)."""
+  """Reads one source tensor, transforms it and writes it into its slice; yields (writer id, 1, CRC-32s).
+
+  A slice of a MaxText checkpoint whose chunks stay the same is copied as stored (transforms/chunk_copy.py).
+  """
 
   def __init__(self, target: CheckpointTarget, family: Any, sizes: dict[str, Any],
                progress_path: str | None = None, hub: hub_io.HubAccess | None = None):
     super().__init__(family, sizes, progress_path, hub)
     self.target = target
+    self.copied = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "slices-copied-as-stored")
 
   def setup(self) -> None:
     super().setup()
     # One OCDBT sub-database per DoFn instance: a single writer each, never shared.
     self.writer = orbax_writer.SliceWriter(self.target, uuid.uuid4().hex[:16])
+    self.copier = ChunkCopier(self.writer)
 
   def process(self, task) -> Iterator[tuple[str, int]]:
     start = time.monotonic()
-    value, checksums = convert_slice(task, self.param_of(task.param), self.sizes)
-    written = self.writer.write(task.array, task.index, value, task.window)
+    if self.copier.copyable(task):
+      name, crc = self.copier.copy(task)
+      checksums = ((manifest.checksum_key(name, task.rows, stored=True), crc),)
+      written = task.written_nbytes
+      self.copied.inc()
+    else:
+      value, checksums = convert_slice(task, self.param_of(task.param), self.sizes)
+      written = self.writer.write(task.array, task.index, value, task.window)
     self.tensor_done(task.nbytes, written)
     self.msec.update(int((time.monotonic() - start) * 1000))
     yield self.writer.process_id, 1, checksums

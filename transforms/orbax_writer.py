@@ -97,7 +97,7 @@ class SliceWriter:
     self.process_id = process_id
     self._stores: dict[str, ts.TensorStore] = {}
 
-  def _store(self, array: ArraySpec) -> ts.TensorStore:
+  def store(self, array: ArraySpec) -> ts.TensorStore:
     store = self._stores.get(array.path)
     if store is None:
       spec = {**_array_spec(self.target, array, self.process_id), "assume_metadata": True}
@@ -107,7 +107,7 @@ class SliceWriter:
   def write(self, array: ArraySpec, index: Sequence[tuple[int, int]], value: np.ndarray,
             window: orbax_layout.Window | None = None) -> int:
     """Writes `value` at the stacked positions `index` (and row block `window`); returns the bytes written."""
-    store = self._store(array)
+    store = self.store(array)
     dtype = NUMPY_DTYPES[array.dtype]
     expr = list(orbax_layout.region(len(array.shape), index, window))
     free = [a for a, e in enumerate(expr) if isinstance(e, slice)]
@@ -134,6 +134,11 @@ class SliceWriter:
       pending = future
     pending.result()
     return value.size * dtype.itemsize
+
+  def write_stored_chunk(self, array: ArraySpec, key: str, data: bytes) -> ts.Future:
+    """Starts writing one already-encoded chunk (`key` as orbax_layout.chunk_keys names it), through the
+    array's own key-value store: the same OCDBT sub-database its values go to."""
+    return self.store(array).kvstore.write(key[len(array.key) + 1:], data)
 
 
 def merge_writers(target: CheckpointTarget, process_ids: Iterable[str]) -> None:
