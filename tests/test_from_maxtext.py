@@ -91,3 +91,161 @@ def test_relayout_of_maxtexts_checkpoints_equals_maxtexts_other_layout(tmp_path,
   assert plan.scan_layers == (target == "scan") and not plan.unused
   assert totals["tensors"] == len(plan.tasks) and totals["read-bytes"] == plan.source_bytes
   goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items(family, target)))
+
+
+# --- item 2: a training state's parameters alone, as generate_param_only_checkpoint writes them -----
+
+def test_parameter_only_from_an_nnx_training_state_equals_maxtexts(tmp_path, monkeypatch):
+  """MaxText's own command line (scan_layers=true force_unroll=true), and only parameter arrays are opened."""
+  opened = []
+  real_open = CheckpointReader._open  # pylint: disable=protected-access
+  monkeypatch.setattr(CheckpointReader, "_open", lambda self, path: opened.append(path) or real_open(self, path))
+  argv = ["model_name=llama3.1-8b", f"load_full_state_path={TRAIN_STEP2}", f"base_output_directory={tmp_path}",
+          "scan_layers=true", "force_unroll=true", "hardware=cpu", "async_checkpointing=false",
+          f"--hf_model_path={os.path.join(TRAIN, 'hf_start')}", "--progress=false", *IN_PROCESS]
+  assert cli.run_main(to_maxtext_job.main, argv) == 0
+  items = str(tmp_path / "0" / "items")
+  goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(PARAM_ONLY))
+  assert opened and not [p for p in opened if p.startswith(("opt_state", "nnx_aux", "step"))]
+  assert CheckpointReader(items).tree.layout == checkpoint_tree.NNX_PARAMS
+  with open(tmp_path / "0" / "_CHECKPOINT_METADATA") as f:
+    assert json.load(f)["custom_metadata"] == {"scan_layers": False}
+
+
+def pathways_copy(items, dest, leave_out=()):
+  """A copy of a checkpoint in Pathways storage (one zarr3 directory per array, no OCDBT) without the
+  arrays under `leave_out`: their bytes do not exist, though _METADATA still lists them."""
+  import tensorstore as ts  # pylint: disable=import-outside-toplevel
+  reader = CheckpointReader(items)
+  out_items = os.path.join(dest, "items")
+  for path in reader.paths:
+    if path.split("/")[0] in leave_out or path in ("opt_state", "opt_state/1"):
+      continue
+    source = reader.array(path)
+    key = os.path.join(out_items, path.replace("/", "."))
+    target = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": key}, "create": True,
+                      "metadata": source.spec().to_json()["metadata"]}).result()
+    target.write(source.read().result()).result()
+  for name in ("_METADATA", "commit_success.txt"):
+    shutil.copy(os.path.join(items, name), os.path.join(out_items, name))
+  for name in ("_CHECKPOINT_METADATA", "commit_success.txt"):
+    shutil.copy(os.path.join(os.path.dirname(items), name), os.path.join(dest, name))
+  return out_items
+
+
+def test_the_optimizer_state_is_never_read(tmp_path):
+  """Its bytes are gone from the source, and the parameter-only checkpoint comes out exactly the same."""
+  source = pathways_copy(TRAIN_STEP2, str(tmp_path / "run" / "2"), leave_out=("opt_state", "nnx_aux"))
+  assert not [n for n in os.listdir(source) if n.startswith(("opt_state", "nnx_aux"))]
+  assert CheckpointReader(source).tree.train_state  # _METADATA still lists them
+  _, items, _ = relayout(source, tmp_path / "out", "--force_unroll", "--model_name=llama3.1-8b",
+                         f"--hf_model_path={os.path.join(TRAIN, 'hf_start')}", full_state=True)
+  goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(PARAM_ONLY))
+
+
+def training_state(family, step_dir, kind):
+  """A TrainState as MaxText's training saves it, made with Orbax from MaxText's scanned golden:
+  float32 parameters (each within a quarter bf16 step of the golden's value, so generate_param_only's
+  cast gives the golden back), Adam's count, mu and nu, and a step. `kind` "nnx" adds NNX's rng state
+  under nnx_aux, "nnx-value" also wraps every parameter as .../value."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  model, zeros = {}, {}
+  for path, value in goldens.restore(goldens.items(family, "scan")).items():
+    if path == "step":
+      continue
+    wide = value.astype(np.float32)
+    if value.dtype == ml_dtypes.bfloat16:
+      wide = (wide * (1 + rng.uniform(-2**-11, 2**-11, wide.shape))).astype(np.float32)
+    keys = path.split("/")[2:] + (["value"] if kind == "nnx-value" else [])
+    for tree, leaf in ((model, wide), (zeros, np.zeros_like(wide))):
+      node = tree
+      for k in keys[:-1]:
+        node = node.setdefault(k, {})
+      node[keys[-1]] = leaf
+  state = {"params": {"params": model}, "step": np.int32(3),
+           "opt_state": [{"count": np.int32(3), "mu": {"params": zeros}, "nu": {"params": zeros}}, {"count": np.int32(3)}]}
+  if kind.startswith("nnx"):
+    state["nnx_aux"] = {"model": {"decoder": {"rngs": {"params": {"count": np.uint32(3), "key": np.zeros(4, np.uint32)}}}}}
+  items = os.path.join(step_dir, "items")
+  ocp.PyTreeCheckpointer().save(items, state)
+  return items
+
+
+@pytest.mark.parametrize("family,kind", [("deepseek3", "linen"), ("qwen3-moe", "nnx"), ("gemma3", "nnx-value"),
+                                         ("mixtral", "linen")])
+def test_parameter_only_from_linen_and_nnx_training_states(tmp_path, family, kind):
+  """Dense and MoE, Linen and NNX: MaxText's rules are every parameter cast to bfloat16 (also Gemma3's
+  float32 norms), layers unrolled with force_unroll, a Linen tree (params/params + step) from Linen and
+  an NNX parameter-only tree (.../value, no step) from NNX."""
+  source = training_state(family, str(tmp_path / "run" / "3"), kind)
+  plan, items, _ = relayout(source, tmp_path / "out", "--force_unroll", *config_flags(family), full_state=True)
+  golden = goldens.restore(goldens.items(family, "unscan"))
+  expected = {k: v.astype(ml_dtypes.bfloat16) if k != "step" else v for k, v in golden.items()}
+  if kind.startswith("nnx"):
+    expected = {k[len("params/params/"):] + "/value": v for k, v in expected.items() if k != "step"}
+  goldens.assert_same_checkpoint(goldens.restore(items), expected)
+  assert plan.save_dtype == "bfloat16" and not plan.scan_layers
+
+
+# --- dtype and storage changes; chunks copied as stored ---------------------------------------------
+
+def test_dtype_change_both_ways_is_exact(tmp_path):
+  golden = goldens.restore(goldens.items("gemma3", "scan"))
+  plan, wide, _ = relayout(goldens.items("gemma3", "scan"), tmp_path / "f32", "--save_dtype=float32",
+                           *config_flags("gemma3"))
+  ours = goldens.restore(wide)
+  assert plan.save_dtype == "float32" and all(v.dtype == np.float32 for k, v in ours.items() if k != "step")
+  goldens.assert_same_checkpoint({k: v.astype(golden[k].dtype) for k, v in ours.items()}, golden)
+  # Back, without --save_dtype: each array keeps the float32 it now has; reshard_checkpoint's weight_dtype= casts.
+  _, kept, _ = relayout(wide, tmp_path / "kept", *config_flags("gemma3"))
+  goldens.assert_same_checkpoint(goldens.restore(kept), ours)
+  _, narrow, _ = relayout(wide, tmp_path / "bf16", "--weight_dtype=bfloat16", *config_flags("gemma3"))
+  expected = {k: v.astype(ml_dtypes.bfloat16) if k != "step" else v for k, v in golden.items()}
+  goldens.assert_same_checkpoint(goldens.restore(narrow), expected)
+
+
+@pytest.mark.parametrize("ocdbt,zarr3", [(False, True), (False, False), (True, False)])
+def test_mcjax_to_pathways_and_back(tmp_path, ocdbt, zarr3):
+  _, items, _ = relayout(goldens.items("qwen3-moe", "unscan"), tmp_path / "there", *config_flags("qwen3-moe"),
+                         f"--checkpoint_storage_use_ocdbt={ocdbt}", f"--checkpoint_storage_use_zarr3={zarr3}")
+  names = os.listdir(items)
+  assert ("manifest.ocdbt" in names) == ocdbt
+  if not ocdbt:
+    marker = "zarr.json" if zarr3 else ".zarray"
+    assert os.path.exists(os.path.join(items, "params.params.decoder.layers_0.moe_block.wi_0", marker))
+  goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("qwen3-moe", "unscan")))
+  _, back, _ = relayout(items, tmp_path / "back", *config_flags("qwen3-moe"), "--scan_layers=true")
+  assert "manifest.ocdbt" in os.listdir(back)
+  goldens.assert_same_checkpoint(goldens.restore(back), goldens.restore(goldens.items("qwen3-moe", "scan")))
+
+
+@pytest.mark.parametrize("family", ["llama3.1", "deepseek3", "gemma3"])
+def test_a_relayout_of_our_own_checkpoint_copies_every_chunk_as_stored(tmp_path, family):
+  """Our checkpoints chunk each layer on its own: scan <-> unscan, and McJAX -> Pathways, decode nothing."""
+  _, scanned, _ = hf_to_maxtext(goldens.path(family, "hf"), tmp_path / "scan", "--scan_layers=true")
+  plan, unscanned, totals = relayout(scanned, tmp_path / "unscan", "--scan_layers=false", *config_flags(family))
+  assert totals["slices-copied-as-stored"] == len(plan.tasks)
+  goldens.assert_same_checkpoint(goldens.restore(unscanned), goldens.restore(goldens.items(family, "unscan")))
+  plan, pathways, totals = relayout(unscanned, tmp_path / "pathways", "--scan_layers=true",
+                                    "--checkpoint_storage_use_ocdbt=false", *config_flags(family))
+  assert totals["slices-copied-as-stored"] == len(plan.tasks)
+  goldens.assert_same_checkpoint(goldens.restore(pathways), goldens.restore(goldens.items(family, "scan")))
+  with open(tmp_path / "pathways" / "0" / "ckptflow_manifest.json") as f:
+    crcs = json.load(f)["tensors"]
+  assert all(set(c) == {"crc32c_stored"} for c in crcs.values())
+  # Another zstd level, dtype or chunk grid goes through the values.
+  _, other, totals = relayout(pathways, tmp_path / "level3", "--zstd_level=3", *config_flags(family))
+  assert totals.get("slices-copied-as-stored", 0) == 0
+  goldens.assert_same_checkpoint(goldens.restore(other), goldens.restore(goldens.items(family, "scan")))
+
+
+def test_copied_and_converted_slices_share_one_writer(tmp_path):
+  """MaxText's own checkpoint at its own zstd level and chunking: arrays without layers are copied as
+  stored, layered ones (whose chunks hold every layer) are read and cut, in the same sub-database."""
+  plan, items, totals = relayout(goldens.items("qwen3", "scan"), tmp_path, "--scan_layers=false", "--zstd_level=3",
+                                 "--simulated_cpu_devices_count=1", *config_flags("qwen3"))
+  assert 0 < totals["slices-copied-as-stored"] < len(plan.tasks)
+  writers = [d for d in os.listdir(items) if d.startswith("ocdbt.process_") and d != "ocdbt.process_meta"]
+  assert len(writers) == 1
+  goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("qwen3", "unscan")))
