@@ -68,6 +68,8 @@ def test_every_tree_layout_is_told_from_the_checkpoint_itself():
   assert lora.lora and not lora.params and lora.scan_layers is True
   with pytest.raises(ConversionError, match="holds a LoRA adapter"):
     lora.require_model("x")
+  with pytest.raises(ConversionError, match="no MaxText model parameters"):
+    checkpoint_tree.detect(["step", "foo/bar"]).require_model("x")
 
 
 @pytest.mark.parametrize("paths, scanned", [
@@ -249,3 +251,152 @@ def test_copied_and_converted_slices_share_one_writer(tmp_path):
   writers = [d for d in os.listdir(items) if d.startswith("ocdbt.process_") and d != "ocdbt.process_meta"]
   assert len(writers) == 1
   goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("qwen3", "unscan")))
+
+
+# --- item 4: refusals, each one line -------------------------------------------------------------
+
+def run_cli(argv, capsys):
+  code = cli.run_main(to_maxtext_job.main, [*argv, "--progress=false", *IN_PROCESS])
+  err = capsys.readouterr().err.strip().splitlines()
+  return code, [line for line in err if not line.startswith("note: ")]
+
+
+def test_a_checkpoint_is_never_converted_into_itself_or_inside_itself(tmp_path, capsys):
+  ckpt = copy_tree(goldens.path("llama3.1", "maxtext_scan"), tmp_path / "ckpt")
+  items = os.path.join(ckpt, "0", "items")
+  before = sorted(os.listdir(items))
+  for out in (ckpt, os.path.join(ckpt, "."), items, os.path.join(items, "sub"), os.path.join(ckpt, "0")):
+    code, lines = run_cli([f"load_parameters_path={items}", f"base_output_directory={out}", "scan_layers=false",
+                           "--overwrite", *config_flags("llama3.1")], capsys)
+    assert code == 2 and len(lines) == 1 and "the checkpoint being read" in lines[0], lines
+  assert sorted(os.listdir(items)) == before and os.path.exists(os.path.join(ckpt, "0", "commit_success.txt"))
+  goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("llama3.1", "scan")))
+
+
+def test_trees_that_are_not_this_maxtext_model_are_refused_in_one_line(tmp_path, capsys):
+  incomplete = copy_tree(goldens.path("llama3.1", "maxtext_scan"), tmp_path / "incomplete")
+  for marker in ("0/commit_success.txt", "0/items/commit_success.txt"):
+    os.remove(os.path.join(incomplete, marker))
+  adapter = os.path.join(LORA, "maxtext_adapter_scan", "llama3.1-8b", "hf_adapter", "0", "items")
+  cases = [
+      ([f"load_parameters_path={goldens.items('llama3.1', 'scan')}", "model_name=qwen3-4b"],
+       "no array params/params/decoder/layers/self_attention/query_norm/scale, which a qwen3 model"),
+      ([f"load_parameters_path={goldens.items('llama3.1', 'scan')}", "model_name=qwen3-4b",
+        f"--hf_model_path={goldens.path('llama3.1', 'hf')}"], "model_name=qwen3-4b is a qwen3 model but"),
+      ([f"load_parameters_path={goldens.items('qwen3', 'scan')}", f"--hf_model_path={goldens.path('qwen2.5', 'hf')}"],
+       "which a qwen2.5 model with this config has"),
+      ([f"load_parameters_path={adapter}", "model_name=llama3.1-8b"], "holds a LoRA adapter"),
+      ([f"load_parameters_path={incomplete}/0/items", *config_flags("llama3.1")], "no commit_success.txt"),
+      ([f"load_full_state_path={goldens.items('llama3.1', 'scan')}", *config_flags("llama3.1")],
+       "holds no optimizer state"),
+      ([f"load_parameters_path={PARAM_ONLY}", f"load_full_state_path={TRAIN_STEP2}", "model_name=llama3.1-8b"],
+       "not both"),
+      ([f"load_parameters_path={goldens.items('llama3.1', 'scan')}", "weight_dtype=float16",
+        *config_flags("llama3.1")], "weight_dtype=float16"),
+  ]
+  for argv, message in cases:
+    out = tmp_path / "out"
+    code, lines = run_cli([*argv, f"base_output_directory={out}"], capsys)
+    assert code == 2 and len(lines) == 1 and message in lines[0], (message, lines)
+    assert not out.exists()
+
+
+# --- to_huggingface reads every tree layout too ---------------------------------------------------
+
+def test_to_huggingface_reads_an_nnx_parameter_only_checkpoint(tmp_path):
+  from tests.test_to_huggingface import tensors, to_hf  # pylint: disable=import-outside-toplevel
+  plan, _ = to_hf(PARAM_ONLY, tmp_path, "--model_name=llama3.1-8b", hf_model_path=os.path.join(TRAIN, "hf_start"))
+  assert plan.scan_layers is False
+  ours, theirs = tensors(tmp_path), tensors(os.path.join(TRAIN, "hf_from_param_only"))
+  assert sorted(ours) == sorted(theirs)
+  assert all(goldens.same_bits(ours[k], theirs[k]) for k in theirs)
+
+
+def test_to_huggingface_refuses_a_lora_adapter_in_one_line(tmp_path):
+  from tests.test_to_huggingface import to_hf  # pylint: disable=import-outside-toplevel
+  adapter = os.path.join(LORA, "maxtext_adapter_unscan", "llama3.1-8b", "hf_adapter", "0", "items")
+  with pytest.raises(ConversionError, match="holds a LoRA adapter"):
+    to_hf(adapter, tmp_path, hf_model_path=goldens.path("llama3.1", "hf"))
+
+
+# --- the rest of to_maxtext works as for HF sources: manifest, resume, verify, plan, dry run ---------
+
+def test_manifest_records_the_maxtext_source(tmp_path):
+  source = goldens.items("mixtral", "scan")
+  plan, _, _ = relayout(source, tmp_path, "--scan_layers=false", *config_flags("mixtral"))
+  with open(tmp_path / "0" / "ckptflow_manifest.json") as f:
+    manifest = json.load(f)
+  assert manifest["direction"] == "to_maxtext" and manifest["source"] == source
+  assert manifest["options"]["load_parameters_path"] == source and manifest["options"]["scan_layers"] is False
+  assert set(manifest["sources"]) == {os.path.join(source, n) for n in ("_METADATA", "commit_success.txt",
+                                                                          "manifest.ocdbt")} | {
+      os.path.join(os.path.dirname(source), n) for n in ("_CHECKPOINT_METADATA", "commit_success.txt")} | {
+      goldens.path("mixtral", "hf", "config.json")}
+  import zlib  # pylint: disable=import-outside-toplevel
+  reader = CheckpointReader(source)
+  for task in plan.tasks[:20]:
+    (ref,) = task.sources
+    assert manifest["tensors"][ref.name]["crc32"] == zlib.crc32(np.ascontiguousarray(ref.read()).view(np.uint8))
+  assert any("[" in name for name in manifest["tensors"]) and reader.tree.scan_layers
+
+
+def test_resume_of_an_interrupted_relayout_writes_only_what_is_missing(tmp_path, monkeypatch):
+  from transforms import orbax_reader  # pylint: disable=import-outside-toplevel
+  real = orbax_reader.OrbaxRef.read
+
+  def failing(ref, rows=None):
+    if "layers/mlp/wo" in ref.array and ref.index == ((1, 2),):
+      raise OSError("preempted")
+    return real(ref, rows)
+  monkeypatch.setattr(orbax_reader.OrbaxRef, "read", failing)
+  with pytest.raises(Exception, match="preempted"):
+    relayout(goldens.items("llama3.1", "scan"), tmp_path, "--scan_layers=false", *config_flags("llama3.1"))
+  monkeypatch.setattr(orbax_reader.OrbaxRef, "read", real)
+  assert not (tmp_path / "0" / "commit_success.txt").exists()
+  plan, items, totals = relayout(goldens.items("llama3.1", "scan"), tmp_path, "--scan_layers=false", "--resume",
+                                 *config_flags("llama3.1"))
+  assert 0 < totals["tensors"] < len(plan.tasks)
+  goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("llama3.1", "unscan")))
+
+
+def test_verify_rechecks_against_the_maxtext_source(tmp_path, capsys):
+  from pipeline import verify  # pylint: disable=import-outside-toplevel
+  _, items, _ = relayout(TRAIN_STEP2, tmp_path / "po", "--force_unroll", "--model_name=llama3.1-8b",
+                         f"--hf_model_path={os.path.join(TRAIN, 'hf_start')}", full_state=True)
+  # The source and config come from the checkpoint's manifest ...
+  assert verify.main([f"load_parameters_path={items}", *IN_PROCESS, "--progress=false"]) == 0
+  assert capsys.readouterr().out.splitlines()[-1].endswith(" 30 bit-identical")
+  # ... or are given: MaxText's own parameter-only checkpoint passes against the training state it came from.
+  assert verify.main([f"load_parameters_path={PARAM_ONLY}", f"load_full_state_path={TRAIN_STEP2}",
+                      "model_name=llama3.1-8b", f"--hf_model_path={os.path.join(TRAIN, 'hf_start')}",
+                      *IN_PROCESS, "--progress=false"]) == 0
+  assert capsys.readouterr().out.splitlines()[-1].endswith(" 30 bit-identical")
+
+
+def test_plan_and_dry_run_from_metadata_alone(tmp_path, capsys):
+  from pipeline import plan  # pylint: disable=import-outside-toplevel
+  args = [f"load_full_state_path={TRAIN_STEP2}", "model_name=llama3.1-8b", "force_unroll=true",
+          f"--hf_model_path={os.path.join(TRAIN, 'hf_start')}", f"base_output_directory={tmp_path / 'out'}"]
+  assert plan.main(args) == 0
+  report = capsys.readouterr().out
+  assert report.startswith("to_maxtext llama3.1: pre-flight plan") and "elements           30" in report
+  assert plan.main(["to_maxtext", f"load_parameters_path={PARAM_ONLY}", *args[1:]]) == 0
+  assert "elements           30" in capsys.readouterr().out
+  assert cli.run_main(to_maxtext_job.main, [*args, "--dry_run"]) == 0
+  assert "pre-flight plan" in capsys.readouterr().out and not (tmp_path / "out").exists()
+
+
+def test_gcs_source_and_destination_with_two_worker_processes(tmp_path, gcs_bucket):
+  from tests.gcs_emulator import upload_dir  # pylint: disable=import-outside-toplevel
+  _, ours, _ = hf_to_maxtext(goldens.path("qwen3", "hf"), tmp_path / "ours", "--scan_layers=true")
+  for name, local in (("ours", str(tmp_path / "ours")), ("maxtext", goldens.path("qwen3", "maxtext_scan")),
+                      ("config", goldens.path("qwen3", "hf"))):
+    upload_dir(local, f"gs://{gcs_bucket}/{name}")
+  multi = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
+  for name, copied in (("ours", True), ("maxtext", False)):
+    out = f"gs://{gcs_bucket}/{name}-unscan"
+    plan, items, totals = relayout(f"gs://{gcs_bucket}/{name}/0/items", out, "--scan_layers=false",
+                                   f"--hf_model_path=gs://{gcs_bucket}/config", runner_flags=multi)
+    assert (totals.get("slices-copied-as-stored", 0) == len(plan.tasks)) == copied
+    assert items == f"{out}/0/items" and totals["tensors"] == len(plan.tasks)
+    goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("qwen3", "unscan")))
