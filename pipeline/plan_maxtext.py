@@ -12,11 +12,12 @@ state (`opt_state`) and NNX's rng state (`nnx_aux`) are never opened.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from models.spec import Family
 from pipeline.planner import (SAVE_DTYPES, Placement, Plan, SourceRef, check_save_dtype, detect_family, family_sizes,
-                              placements, plan_slices, with_options)
+                              placements, plan_slices, split_by_rows, with_options)
 from pipeline.row_blocks import SPLIT_BYTES, RowBlock, Split
 from transforms import orbax_layout
 from transforms.errors import ConversionError
@@ -33,9 +34,10 @@ class CheckpointSlices:
   to bfloat16 (as generate_param_only_checkpoint does) and a parameter checkpoint keeps each array's.
   """
 
-  def __init__(self, family: Family, refs: dict[tuple[int, str], OrbaxRef], save_dtype: str | None,
-               full_state: bool):
-    self.family, self.refs, self.save_dtype, self.full_state = family, refs, save_dtype, full_state
+  def __init__(self, family: Family, sizes: dict[str, Any], refs: dict[tuple[int, str], OrbaxRef],
+               chunks: dict[str, tuple[int, ...]], save_dtype: str | None, full_state: bool):
+    self.family, self.sizes, self.refs, self.chunks = family, sizes, refs, chunks
+    self.save_dtype, self.full_state = save_dtype, full_state
 
   def find(self, place: Placement) -> SourceRef:
     return self.refs[(self.family.key(place.param), place.hf_name)]
@@ -48,6 +50,24 @@ class CheckpointSlices:
   def block(self, ref: SourceRef, split: Split, block: RowBlock) -> tuple[SourceRef, RowBlock]:
     """Both sides are MaxText slices: the block reads the same positions of the same axis it writes."""
     return dataclasses.replace(ref, row_axis=split.slice_axis), dataclasses.replace(block, rows=block.positions)
+
+  def split(self, place: Placement, ref: SourceRef, itemsize: int, split_bytes: int) -> Split | None:
+    """As from HF, unless the source's chunks hold several layers: then blocks follow the source's chunk
+    grid, so the slices read together (all layers of a block) decode each chunk once, about
+    `split_bytes` at a time."""
+    if not ref.span:
+      return split_by_rows(place, ref, self.sizes, itemsize, split_bytes)
+    fixed = dict(ref.index)
+    free = [c for a, c in enumerate(self.chunks[ref.array]) if a not in fixed]
+    axis = next((i for i, (c, n) in enumerate(zip(free, ref.shape)) if c < n), None)
+    if axis is None:
+      return None  # one chunk across the slice: read whole
+    together = math.prod(size for _, size in ref.span)
+    unit_bytes = ref.nbytes // ref.shape[axis] * together
+    per_block = max(free[axis], split_bytes // max(unit_bytes, 1) // free[axis] * free[axis])
+    if per_block >= ref.shape[axis]:
+      return None
+    return Split("positions", 1, axis, 1, ref.shape[axis], ref.shape[axis], per_block, ())
 
 
 def plan_from_maxtext(items: str, config: dict[str, Any], where: str, model_name: str | None = None,
@@ -74,10 +94,11 @@ def plan_from_maxtext(items: str, config: dict[str, Any], where: str, model_name
   config = with_options(config, use_multimodal, model_name, vocab_size)
   family = detect_family(config, model_name, where)
   sizes = family_sizes(family, config, where)
-  refs = _slices(reader, family, placements(family, config, sizes, layout), where)
+  refs, chunks = _slices(reader, family, placements(family, config, sizes, layout), where)
   target_scan = layout if scan_layers is None else scan_layers
-  arrays, tasks = plan_slices(family, config, sizes, target_scan, CheckpointSlices(family, refs, save_dtype, full_state),
-                              chunk_split, split_bytes, tree.parameter_only_layout)
+  sources = CheckpointSlices(family, sizes, refs, chunks, save_dtype, full_state)
+  arrays, tasks = plan_slices(family, config, sizes, target_scan, sources, chunk_split, split_bytes,
+                              tree.parameter_only_layout)
   read = {s.array for t in tasks for s in t.sources}
   unused = tuple(sorted(p for p in tree.params.values() if p not in read))
   kept = save_dtype or (PARAMETER_ONLY_DTYPE if full_state else "as stored")
@@ -86,8 +107,9 @@ def plan_from_maxtext(items: str, config: dict[str, Any], where: str, model_name
 
 
 def _slices(reader: CheckpointReader, family: Family, places: list[Placement],
-            where: str) -> dict[tuple[int, str], OrbaxRef]:
-  """Each placement's slice of the source, keyed by (parameter, HF name): the same in every layout."""
+            where: str) -> tuple[dict[tuple[int, str], OrbaxRef], dict[str, tuple[int, ...]]]:
+  """Each placement's slice of the source, keyed by (parameter, HF name): the same in every layout;
+  and each source array's stored chunk shape."""
   tree = reader.tree
   missing = next((p for p in places if tree.stored(p.model_path) is None), None)
   if missing is not None:
@@ -95,6 +117,7 @@ def _slices(reader: CheckpointReader, family: Family, places: list[Placement],
                           f"model with this config has ({where}); wrong model_name or config?")
   specs = reader.specs(sorted({tree.stored(p.model_path) for p in places}))
   refs = {}
+  chunks = {}
   for place in places:
     array = tree.stored(place.model_path)
     shape, dtype = specs[array]
@@ -105,6 +128,8 @@ def _slices(reader: CheckpointReader, family: Family, places: list[Placement],
       raise ConversionError(f"{reader.items}: array {array} has dtype {dtype}; only bfloat16 and float32 parameters "
                             "are supported")
     free = tuple(shape[a] for a in place.free_axes)
+    chunks[array] = tuple(reader.array(array).chunk_layout.write_chunk.shape or shape)
+    span = tuple((a, chunks[array][a]) for a, _ in place.index if chunks[array][a] > 1)
     refs[(family.key(place.param), place.hf_name)] = OrbaxRef(
-        reader.items, array, slice_name(array, len(shape), place.index), place.index, free, dtype)
-  return refs
+        reader.items, array, slice_name(array, len(shape), place.index), place.index, free, dtype, span=span)
+  return refs, chunks

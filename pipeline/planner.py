@@ -92,6 +92,12 @@ class Plan:
     return sum(t.nbytes for t in self.tasks)
 
   @property
+  def elements(self) -> tuple[tuple[SliceTask, ...], ...]:
+    """The pipeline's elements: each task alone, except tasks whose sources share stored chunks (a
+    MaxText checkpoint whose chunks hold every layer), which go together so the chunks are read once."""
+    return elements(self.tasks)
+
+  @property
   def dequantized_bytes(self) -> int:
     """What the sources hold once dequantized (float32 for quantized ones); source_bytes otherwise."""
     return sum(dequantized_nbytes(s) for s in {s.name: s for t in self.tasks for s in t.sources}.values())
@@ -282,6 +288,9 @@ class SliceSources(Protocol):
   def block(self, ref: SourceRef, split: Split, block: RowBlock) -> tuple[SourceRef, RowBlock]:
     """The source and block a split task reads (`block.rows` index the source's rows)."""
 
+  def split(self, place: Placement, ref: SourceRef, itemsize: int, split_bytes: int) -> Split | None:
+    """How the placement's slice divides into row blocks (None: one task)."""
+
 
 class HfTensors:
   """An HF model's tensors, each transformed by its Param; the family's pinned dtypes, else `save_dtype`."""
@@ -299,6 +308,26 @@ class HfTensors:
   def block(self, ref: SourceRef, split: Split, block: RowBlock) -> tuple[SourceRef, RowBlock]:
     return ref, block
 
+  def split(self, place: Placement, ref: SourceRef, itemsize: int, split_bytes: int) -> Split | None:
+    return split_by_rows(place, ref, self.sizes, itemsize, split_bytes)
+
+
+def split_by_rows(place: Placement, ref: SourceRef, sizes: dict[str, Any], itemsize: int,
+                  split_bytes: int) -> Split | None:
+  """Row blocks of whole units of the HF tensor's first axis (pipeline.row_blocks), at most `split_bytes`."""
+  return find_split(place.param, sizes, tuple(mt_shape(place.param, sizes)), ref.nbytes // max(math.prod(ref.shape), 1),
+                    itemsize, split_bytes)
+
+
+def elements(tasks: tuple[SliceTask, ...]) -> tuple[tuple[SliceTask, ...], ...]:
+  """Tasks grouped by the stored chunks their sources share (OrbaxRef.shared_chunks), in plan order."""
+  groups: dict[Any, list[SliceTask]] = {}
+  for n, task in enumerate(tasks):
+    (ref,) = task.sources[:1]
+    shared = ref.shared_chunks(task.rows) if isinstance(ref, OrbaxRef) else None
+    groups.setdefault(n if shared is None else shared, []).append(task)
+  return tuple(tuple(group) for group in groups.values())
+
 
 def plan_slices(family: Family, config: dict[str, Any], sizes: dict[str, Any], scan_layers: bool,
                 sources: SliceSources, chunk_split: int = orbax_layout.DEFAULT_SPLIT, split_bytes: int = SPLIT_BYTES,
@@ -314,8 +343,7 @@ def plan_slices(family: Family, config: dict[str, Any], sizes: dict[str, Any], s
     source = sources.find(place)
     dtype = sources.dtype(place, source)
     itemsize = orbax_layout.NUMPY_DTYPES[dtype].itemsize
-    split = find_split(place.param, sizes, tuple(mt_shape(place.param, sizes)), source.nbytes // max(
-        math.prod(source.shape), 1), itemsize, split_bytes)
+    split = sources.split(place, source, itemsize, split_bytes)
     key = family.key(place.param)
     path = tree.stored(place.model_path)
     if split is None:

@@ -341,17 +341,16 @@ def test_manifest_records_the_maxtext_source(tmp_path):
 
 
 def test_resume_of_an_interrupted_relayout_writes_only_what_is_missing(tmp_path, monkeypatch):
-  from transforms import orbax_reader  # pylint: disable=import-outside-toplevel
-  real = orbax_reader.OrbaxRef.read
+  real = CheckpointReader.result
 
-  def failing(ref, rows=None):
-    if "layers/mlp/wo" in ref.array and ref.index == ((1, 2),):
+  def failing(reader, future, path, fixed=()):
+    if path.endswith("layers/mlp/wo/kernel"):
       raise OSError("preempted")
-    return real(ref, rows)
-  monkeypatch.setattr(orbax_reader.OrbaxRef, "read", failing)
+    return real(reader, future, path, fixed)
+  monkeypatch.setattr(CheckpointReader, "result", failing)
   with pytest.raises(Exception, match="preempted"):
     relayout(goldens.items("llama3.1", "scan"), tmp_path, "--scan_layers=false", *config_flags("llama3.1"))
-  monkeypatch.setattr(orbax_reader.OrbaxRef, "read", real)
+  monkeypatch.setattr(CheckpointReader, "result", real)
   assert not (tmp_path / "0" / "commit_success.txt").exists()
   plan, items, totals = relayout(goldens.items("llama3.1", "scan"), tmp_path, "--scan_layers=false", "--resume",
                                  *config_flags("llama3.1"))
@@ -379,7 +378,9 @@ def test_plan_and_dry_run_from_metadata_alone(tmp_path, capsys):
           f"--hf_model_path={os.path.join(TRAIN, 'hf_start')}", f"base_output_directory={tmp_path / 'out'}"]
   assert plan.main(args) == 0
   report = capsys.readouterr().out
-  assert report.startswith("to_maxtext llama3.1: pre-flight plan") and "elements           30" in report
+  # 30 slices; the 3 layers of each of the 9 layered arrays share their stored chunks: 12 elements.
+  assert report.startswith("to_maxtext llama3.1: pre-flight plan") and "elements           12" in report
+  assert "tensors            30" in report and "read               780 KB" in report
   assert plan.main(["to_maxtext", f"load_parameters_path={PARAM_ONLY}", *args[1:]]) == 0
   assert "elements           30" in capsys.readouterr().out
   assert cli.run_main(to_maxtext_job.main, [*args, "--dry_run"]) == 0
@@ -400,3 +401,45 @@ def test_gcs_source_and_destination_with_two_worker_processes(tmp_path, gcs_buck
     assert (totals.get("slices-copied-as-stored", 0) == len(plan.tasks)) == copied
     assert items == f"{out}/0/items" and totals["tensors"] == len(plan.tasks)
     goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("qwen3", "unscan")))
+
+
+def rechunked_copy(items, dest, halve_first_axis=True):
+  """A copy of a MaxText checkpoint (Pathways storage) with every array chunked in two along its first
+  axis and whole along the others, layers included: as MaxText saves from 2 devices."""
+  import tensorstore as ts  # pylint: disable=import-outside-toplevel
+  reader = CheckpointReader(items)
+  out_items = os.path.join(dest, "items")
+  for path in reader.paths:
+    if path == "opt_state":
+      continue
+    source = reader.array(path)
+    metadata = source.spec().to_json()["metadata"]
+    chunks = list(source.shape)
+    if halve_first_axis and chunks and chunks[0] % 2 == 0:
+      chunks[0] //= 2
+    metadata["chunk_grid"]["configuration"]["chunk_shape"] = chunks
+    metadata["codecs"][0]["configuration"]["chunk_shape"] = chunks
+    target = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": os.path.join(out_items, path.replace(
+        "/", "."))}, "create": True, "metadata": metadata}).result()
+    target.write(source.read().result()).result()
+  for name in ("_METADATA", "commit_success.txt"):
+    shutil.copy(os.path.join(items, name), os.path.join(out_items, name))
+  for name in ("_CHECKPOINT_METADATA", "commit_success.txt"):
+    shutil.copy(os.path.join(os.path.dirname(items), name), os.path.join(dest, name))
+  return out_items
+
+
+def test_layers_that_share_stored_chunks_are_read_once(tmp_path, monkeypatch):
+  """MaxText's scanned chunks hold every layer: a layer is never read alone (that would decode each chunk
+  once per layer); the layers of a chunk are read together, block by block along the chunk grid."""
+  source = rechunked_copy(goldens.items("llama3.1", "scan"), str(tmp_path / "src" / "0"))
+  reads = []
+  real = CheckpointReader.result
+  monkeypatch.setattr(CheckpointReader, "result", lambda r, f, path, fixed=(): reads.append(path) or real(r, f, path, fixed))
+  plan, items, totals = relayout(source, tmp_path / "out", "--scan_layers=false", "--max_element_size=8KB",
+                                 *config_flags("llama3.1"))
+  wi_0 = "params/params/decoder/layers/mlp/wi_0/kernel"
+  assert [len(e) for e in plan.elements if e[0].sources[0].array == wi_0] == [3, 3]  # 2 blocks x 3 layers
+  assert reads.count(wi_0) == 2 and len(plan.elements) < len(plan.tasks) == totals["tensors"]
+  assert {t.array.chunks for t in plan.tasks if t.sources[0].array == wi_0} == {(32, 96)}
+  goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("llama3.1", "unscan")))

@@ -14,19 +14,21 @@ from transforms import hub_io, manifest, orbax_writer
 from transforms.chunk_copy import ChunkCopier
 from transforms.convert import hf_to_maxtext
 from transforms.orbax_layout import ArraySpec
-from transforms.orbax_reader import OrbaxRef
+from transforms.orbax_reader import OrbaxRef, read_together
 from transforms.orbax_writer import CheckpointTarget
 from transforms.safetensors_io import read_tensor
 
 METRICS_NAMESPACE = "ckptflow"
 
 
-def convert_slice(task, param, sizes: dict[str, Any]) -> tuple[np.ndarray, tuple[tuple[str, int], ...]]:
-  """One task's MaxText value (of its row block, if split) and the CRC-32 of each source as read.
+def convert_slice(task, param, sizes: dict[str, Any],
+                  read: list[np.ndarray] | None = None) -> tuple[np.ndarray, tuple[tuple[str, int], ...]]:
+  """One task's MaxText value (of its row block, if split) and the CRC-32 of each source as read
+  (`read`: the sources' values when they were read already).
 
   A slice of a MaxText checkpoint (OrbaxRef) is already the value: only the writer's cast remains.
   """
-  sources = [read_tensor(ref, task.rows) for ref in task.sources]
+  sources = read or [read_tensor(ref, task.rows) for ref in task.sources]
   checksums = tuple((manifest.checksum_key(ref.name, task.rows), zlib.crc32(np.ascontiguousarray(s).view(np.uint8)))
                     for ref, s in zip(task.sources, sources))
   if isinstance(task.sources[0], OrbaxRef):
@@ -97,19 +99,26 @@ class WriteSliceFn(TensorCountingFn):
     self.writer = orbax_writer.SliceWriter(self.target, uuid.uuid4().hex[:16])
     self.copier = ChunkCopier(self.writer)
 
-  def process(self, task) -> Iterator[tuple[str, int]]:
+  def process(self, element) -> Iterator[tuple[str, int, tuple[tuple[str, int], ...]]]:
+    """`element`: one task, or tasks whose sources share stored chunks (planner.elements), read together."""
+    tasks = element if isinstance(element, tuple) else (element,)
+    together = read_together([t.sources[0] for t in tasks], tasks[0].rows) if len(tasks) > 1 else [None]
+    for task, value in zip(tasks, together):
+      yield self._write(task, None if value is None else [value])
+
+  def _write(self, task, read: list[np.ndarray] | None) -> tuple[str, int, tuple[tuple[str, int], ...]]:
     start = time.monotonic()
-    if self.copier.copyable(task):
+    if read is None and self.copier.copyable(task):
       name, crc = self.copier.copy(task)
       checksums = ((manifest.checksum_key(name, task.rows, stored=True), crc),)
       written = task.written_nbytes
       self.copied.inc()
     else:
-      value, checksums = convert_slice(task, self.param_of(task.param), self.sizes)
+      value, checksums = convert_slice(task, self.param_of(task.param), self.sizes, read)
       written = self.writer.write(task.array, task.index, value, task.window)
     self.tensor_done(task.nbytes, written)
     self.msec.update(int((time.monotonic() - start) * 1000))
-    yield self.writer.process_id, 1, checksums
+    return self.writer.process_id, 1, checksums
 
 
 class CollectWriters(beam.CombineFn):

@@ -140,6 +140,10 @@ class OrbaxRef:
   the slice that remains. Like a safetensors TensorRef, `read(rows)` may read a block of it:
   positions [start, stop) of the slice's axis `row_axis`. `name` is unique per slice
   (`params/params/decoder/layers/mlp/wi_0/kernel[:, 3, :]`): the manifest's key for its CRC-32.
+
+  `span` lists the stacked axes whose stored chunks hold several positions, (axis, chunk size):
+  MaxText's own scanned checkpoints keep every layer in each chunk. Slices that share those chunks
+  are read together (`read_together`), so each chunk is decoded once, not once per layer.
   """
   items: str
   array: str
@@ -148,6 +152,14 @@ class OrbaxRef:
   shape: tuple[int, ...]
   dtype: str
   row_axis: int = 0
+  span: tuple[tuple[int, int], ...] = ()
+
+  def shared_chunks(self, rows: tuple[int, int] | None) -> tuple | None:
+    """What slices read together share (None: this slice's chunks are its own)."""
+    if not self.span:
+      return None
+    sizes = dict(self.span)
+    return (self.items, self.array, rows, tuple((a, p // sizes[a]) if a in sizes else (a, p) for a, p in self.index))
 
   @property
   def file(self) -> str:
@@ -172,6 +184,34 @@ class OrbaxRef:
     reader = shared_reader(self.items)
     window = None if rows is None else (self.window_axis, *rows)
     return reader.result(reader.read_slice(self.array, self.index, window), self.array, self.index)
+
+
+def read_together(refs: Sequence[OrbaxRef], rows: tuple[int, int] | None) -> list[np.ndarray]:
+  """Slices that share stored chunks (the same `shared_chunks`), read with one read of the chunks'
+  positions on the spanned axes and cut apart: each chunk is decoded once for all of them."""
+  first = refs[0]
+  reader = shared_reader(first.items)
+  store = reader.array(first.array)
+  spanned = dict(first.span)
+  expr = [slice(None)] * store.rank
+  for axis, position in first.index:
+    if axis in spanned:
+      start = position // spanned[axis] * spanned[axis]
+      expr[axis] = slice(start, min(start + spanned[axis], store.shape[axis]))
+    else:
+      expr[axis] = position
+  if rows is not None:
+    expr[first.window_axis] = slice(*rows)
+  block = reader.result(store[tuple(expr)].read(), first.array, first.index)
+  kept = [a for a, e in enumerate(expr) if isinstance(e, slice)]  # the block's axes, in order
+  out = []
+  for ref in refs:
+    take = [slice(None)] * block.ndim
+    for axis, position in ref.index:
+      if axis in spanned:
+        take[kept.index(axis)] = position - expr[axis].start
+    out.append(block[tuple(take)])
+  return out
 
 
 def slice_name(array: str, rank: int, index: Sequence[tuple[int, int]]) -> str:
