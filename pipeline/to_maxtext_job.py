@@ -197,8 +197,11 @@ def convert(options: PipelineOptions, flags: Sequence[str] = ()) -> tuple[Plan, 
     todo = dataclasses.replace(plan, tasks=tuple(t for t, d in zip(plan.tasks, done) if not d))
     print(f"resuming {target.items}: {sum(done)} of {len(plan.tasks)} slices already stored", file=sys.stderr)
   provenance = build_manifest(plan, conv, source)
+  # From a MaxText checkpoint the work is tensorstore's (chunk copies, decoding, encoding), outside the
+  # GIL: the local runner's workers are threads of one process, which saves starting one per CPU.
+  mode = "multi_threading" if checkpoint is not None else "multi_processing"
   totals = runner.run(lambda p, progress: add_to_maxtext(p, todo, target, progress, provenance, access),
-                      runner.with_local_defaults(options, flags), len(todo.tasks), "to_maxtext", conv.progress)
+                      runner.with_local_defaults(options, flags, mode), len(todo.tasks), "to_maxtext", conv.progress)
   return plan, target.items, totals
 
 

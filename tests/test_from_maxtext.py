@@ -443,3 +443,21 @@ def test_layers_that_share_stored_chunks_are_read_once(tmp_path, monkeypatch):
   assert reads.count(wi_0) == 2 and len(plan.elements) < len(plan.tasks) == totals["tensors"]
   assert {t.array.chunks for t in plan.tasks if t.sources[0].array == wi_0} == {(32, 96)}
   goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("llama3.1", "unscan")))
+
+
+def test_the_command_line_runs_local_workers_as_threads(tmp_path):
+  """MaxText's words as they are; without --direct_running_mode the local runner uses threads of one
+  process for a MaxText source (tensorstore does the work): one OCDBT writer per thread, exact result."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  _, ours, _ = hf_to_maxtext(goldens.path("qwen2.5", "hf"), tmp_path / "ours", "--scan_layers=false")
+  run = subprocess.run([sys.executable, "-m", "pipeline.to_maxtext", "model_name=qwen2.5-7b", f"load_parameters_path={ours}",
+                        f"base_output_directory={tmp_path / 'out'}", "scan_layers=true", "hardware=cpu",
+                        f"--hf_model_path={goldens.path('qwen2.5', 'hf')}", "--direct_num_workers=2"],
+                       cwd=goldens.REPO, capture_output=True, text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-2000:]
+  items = str(tmp_path / "out" / "0" / "items")
+  assert run.stdout.strip().endswith(f"(load_parameters_path={items})")
+  writers = [d for d in os.listdir(items) if d.startswith("ocdbt.process_") and d != "ocdbt.process_meta"]
+  assert 1 <= len(writers) <= 2
+  goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("qwen2.5", "scan")))
