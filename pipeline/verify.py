@@ -40,7 +40,7 @@ from transforms.dofns import convert_slice
 from transforms.hub_io import HubAccess
 from transforms.shard_dofns import CheckpointReadingFn
 from transforms.orbax_layout import NUMPY_DTYPES
-from transforms.orbax_reader import CheckpointReader
+from transforms.orbax_reader import CheckpointReader, read_together
 from transforms.tensor_ops import contiguous
 
 MAXTEXT_KEYS = ("load_parameters_path", "model_name", "hf_model_path", "use_multimodal", "vocab_size",
@@ -62,20 +62,25 @@ def compare(stored: np.ndarray, expected: np.ndarray) -> str:
 
 
 class VerifySliceFn(CheckpointReadingFn):
-  """Converts one source tensor again and compares it with what the checkpoint holds."""
+  """Converts one source tensor again and compares it with what the checkpoint holds; slices whose
+  sources share stored chunks (planner.Plan.elements) are read together, each chunk once."""
 
-  def process(self, task) -> Iterator[tuple[str, str]]:
-    dtype = NUMPY_DTYPES[task.array.dtype]
-    expected = contiguous(convert_slice(task, self.param_of(task.param), self.sizes)[0], dtype)
-    stored = np.asarray(self.reader.read_slice(task.array.path, task.index, task.window).result())
-    self.tensor_done(task.nbytes, stored.nbytes)
-    yield task.array.path, compare(stored, expected)
+  def process(self, element) -> Iterator[tuple[str, str]]:
+    tasks = element if isinstance(element, tuple) else (element,)
+    together = read_together([t.sources[0] for t in tasks], tasks[0].rows) if len(tasks) > 1 else [None]
+    for task, value in zip(tasks, together):
+      dtype = NUMPY_DTYPES[task.array.dtype]
+      converted = convert_slice(task, self.param_of(task.param), self.sizes, None if value is None else [value])[0]
+      expected = contiguous(converted, dtype)
+      stored = np.asarray(self.reader.read_slice(task.array.path, task.index, task.window).result())
+      self.tensor_done(task.nbytes, stored.nbytes)
+      yield task.array.path, compare(stored, expected)
 
 
 def add_verify(pipeline: beam.Pipeline, plan: Plan, items: str, progress_path: str | None,
                hub_access: HubAccess | None = None) -> beam.PCollection:
   return (pipeline
-          | "PlanSlices" >> beam.Create(plan.tasks, reshuffle=False)
+          | "PlanSlices" >> beam.Create(plan.elements, reshuffle=False)
           | "DistributeSlices" >> beam.Reshuffle()
           | "Verify" >> beam.ParDo(VerifySliceFn(items, models.BY_NAME[plan.family], plan.sizes, progress_path, hub_access))
           | "Summarise" >> beam.combiners.Count.PerElement()

@@ -97,6 +97,37 @@ def test_relayout_of_maxtexts_checkpoints_equals_maxtexts_other_layout(tmp_path,
 
 # --- item 2: a training state's parameters alone, as generate_param_only_checkpoint writes them -----
 
+def training_goldens():
+  """Every MaxText training run among the goldens with a generate_param_only_checkpoint output."""
+  found = []
+  for name in sorted(os.listdir(goldens.GOLDENS_TRAIN)) if os.path.isdir(goldens.GOLDENS_TRAIN) else ():
+    meta_path = os.path.join(goldens.GOLDENS_TRAIN, name, "meta.json")
+    if os.path.exists(meta_path):
+      with open(meta_path) as f:
+        meta = json.load(f)
+      if "param_only" in meta:
+        found.append(pytest.param(name, meta, id=name))
+  return found
+
+
+@pytest.mark.parametrize("name,meta", training_goldens())
+def test_maxtexts_param_only_command_line_gives_maxtexts_checkpoint(tmp_path, name, meta):
+  """MaxText's generate_param_only_checkpoint command line, word for word (paths moved to the goldens,
+  base_output_directory to a temporary directory), given to to_maxtext: the same tree and bits."""
+  def local(path):
+    return os.path.join(goldens.GOLDENS_TRAIN, path.split("/", 1)[1]) if path.startswith("train_goldens/") else path
+  words = meta["param_only"]["cmd"].split(" -m ", 1)[1].split()[1:]
+  argv = [f"{w.split('=', 1)[0]}={local(w.split('=', 1)[1])}" if "=" in w else w for w in words]
+  run_name = next(w.split("=", 1)[1] for w in argv if w.startswith("run_name="))
+  argv = [w for w in argv if not w.startswith("base_output_directory=")]
+  argv += [f"base_output_directory={tmp_path / run_name / 'checkpoints'}", f"--hf_model_path={local(meta['hf_start'])}",
+           "--progress=false", *IN_PROCESS]
+  assert cli.run_main(to_maxtext_job.main, argv) == 0
+  ours = str(tmp_path / run_name / "checkpoints" / "0" / "items")
+  assert ours.endswith(meta["param_only"]["items"].split(run_name, 1)[1])
+  goldens.assert_same_checkpoint(goldens.restore(ours), goldens.restore(local(meta["param_only"]["items"])))
+
+
 def test_parameter_only_from_an_nnx_training_state_equals_maxtexts(tmp_path, monkeypatch):
   """MaxText's own command line (scan_layers=true force_unroll=true), and only parameter arrays are opened."""
   opened = []
