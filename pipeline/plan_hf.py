@@ -177,13 +177,12 @@ def plan_to_huggingface(items: str, output: str, config: dict[str, Any], where: 
   splits: dict[str, Split | None] = {}
   places = placements(family, config, sizes, layout)
   stored = {p.model_path: tree.stored(p.model_path) for p in places}
-  missing = next((p for p in places if stored[p.model_path] is None), None)
-  if missing is not None:
-    raise ConversionError(f"{items}: no array {tree.layout.stored(missing.model_path)}, which a {family.name} model "
-                          f"with this config has ({where}); wrong model_name or config?")
-  specs = reader.specs(sorted(set(stored.values())))
+  specs = reader.specs(sorted({a for a in stored.values() if a is not None}))
   for place in places:
     array = stored[place.model_path]
+    if array is None:
+      raise ConversionError(f"{items}: no array {tree.layout.stored(place.model_path)}, which a {family.name} model "
+                            f"with this config has ({where}); wrong model_name or config?")
     shape, stored_dtype = specs[array]
     if shape != place.array_shape:
       raise ConversionError(f"{items}: array {array} has shape {list(shape)} but {where} implies "

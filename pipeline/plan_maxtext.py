@@ -111,15 +111,14 @@ def _slices(reader: CheckpointReader, family: Family, places: list[Placement],
   """Each placement's slice of the source, keyed by (parameter, HF name): the same in every layout;
   and each source array's stored chunk shape."""
   tree = reader.tree
-  missing = next((p for p in places if tree.stored(p.model_path) is None), None)
-  if missing is not None:
-    raise ConversionError(f"{reader.items}: no array {tree.layout.stored(missing.model_path)}, which a {family.name} "
-                          f"model with this config has ({where}); wrong model_name or config?")
-  specs = reader.specs(sorted({tree.stored(p.model_path) for p in places}))
+  specs = reader.specs(sorted({tree.stored(p.model_path) for p in places} - {None}))
   refs = {}
   chunks = {}
   for place in places:
     array = tree.stored(place.model_path)
+    if array is None:
+      raise ConversionError(f"{reader.items}: no array {tree.layout.stored(place.model_path)}, which a {family.name} "
+                            f"model with this config has ({where}); wrong model_name or config?")
     shape, dtype = specs[array]
     if shape != place.array_shape:
       raise ConversionError(f"{reader.items}: array {array} has shape {list(shape)} but {where} implies "

@@ -315,15 +315,15 @@ class HfTensors:
 def split_by_rows(place: Placement, ref: SourceRef, sizes: dict[str, Any], itemsize: int,
                   split_bytes: int) -> Split | None:
   """Row blocks of whole units of the HF tensor's first axis (pipeline.row_blocks), at most `split_bytes`."""
-  return find_split(place.param, sizes, tuple(mt_shape(place.param, sizes)), ref.nbytes // max(math.prod(ref.shape), 1),
-                    itemsize, split_bytes)
+  source_itemsize = ref.nbytes // max(math.prod(ref.shape), 1)
+  return find_split(place.param, sizes, tuple(mt_shape(place.param, sizes)), source_itemsize, itemsize, split_bytes)
 
 
 def elements(tasks: tuple[SliceTask, ...]) -> tuple[tuple[SliceTask, ...], ...]:
   """Tasks grouped by the stored chunks their sources share (OrbaxRef.shared_chunks), in plan order."""
   groups: dict[Any, list[SliceTask]] = {}
   for n, task in enumerate(tasks):
-    (ref,) = task.sources[:1]
+    ref = task.sources[0]
     shared = ref.shared_chunks(task.rows) if isinstance(ref, OrbaxRef) else None
     groups.setdefault(n if shared is None else shared, []).append(task)
   return tuple(tuple(group) for group in groups.values())

@@ -223,7 +223,9 @@ def main(argv: list[str]) -> int:
   if not runner.waits(options):
     print(f"the job writes {items} and commits it when every slice is written (load_parameters_path={items})")
     return 0
-  print(f"{plan.family}: {runner.summary(totals, time.monotonic() - start)}", file=sys.stderr)
+  copied = totals.get("slices-copied-as-stored")
+  note = f" ({copied} of {len(plan.tasks)} slices copied as stored)" if copied else ""
+  print(f"{plan.family}: {runner.summary(totals, time.monotonic() - start)}{note}", file=sys.stderr)
   print(f"wrote {items} (load_parameters_path={items})")
   return 0
 

@@ -196,10 +196,11 @@ def training_state(family, step_dir, kind):
       for k in keys[:-1]:
         node = node.setdefault(k, {})
       node[keys[-1]] = leaf
-  state = {"params": {"params": model}, "step": np.int32(3),
-           "opt_state": [{"count": np.int32(3), "mu": {"params": zeros}, "nu": {"params": zeros}}, {"count": np.int32(3)}]}
+  adam = {"count": np.int32(3), "mu": {"params": zeros}, "nu": {"params": zeros}}
+  state = {"params": {"params": model}, "step": np.int32(3), "opt_state": [adam, {"count": np.int32(3)}]}
   if kind.startswith("nnx"):
-    state["nnx_aux"] = {"model": {"decoder": {"rngs": {"params": {"count": np.uint32(3), "key": np.zeros(4, np.uint32)}}}}}
+    rngs = {"params": {"count": np.uint32(3), "key": np.zeros(4, np.uint32)}}
+    state["nnx_aux"] = {"model": {"decoder": {"rngs": rngs}}}
   items = os.path.join(step_dir, "items")
   ocp.PyTreeCheckpointer().save(items, state)
   return items
@@ -273,6 +274,15 @@ def test_a_relayout_of_our_own_checkpoint_copies_every_chunk_as_stored(tmp_path,
   goldens.assert_same_checkpoint(goldens.restore(other), goldens.restore(goldens.items(family, "scan")))
 
 
+def test_zarr2_chunks_are_copied_as_stored_too(tmp_path):
+  zarr2 = ("--checkpoint_storage_use_ocdbt=false", "--checkpoint_storage_use_zarr3=false")
+  _, source, _ = hf_to_maxtext(goldens.path("llama3.1", "hf"), tmp_path / "scan", "--scan_layers=true", *zarr2)
+  plan, items, totals = relayout(source, tmp_path / "unscan", "--scan_layers=false", *zarr2, *config_flags("llama3.1"))
+  assert totals["slices-copied-as-stored"] == len(plan.tasks)
+  assert os.path.exists(os.path.join(items, "params.params.decoder.layers_2.mlp.wo.kernel", "0.0"))
+  goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("llama3.1", "unscan")))
+
+
 def test_copied_and_converted_slices_share_one_writer(tmp_path):
   """MaxText's own checkpoint at its own zstd level and chunking: arrays without layers are copied as
   stored, layered ones (whose chunks hold every layer) are read and cut, in the same sub-database."""
@@ -311,11 +321,13 @@ def test_trees_that_are_not_this_maxtext_model_are_refused_in_one_line(tmp_path,
   adapter = os.path.join(LORA, "maxtext_adapter_scan", "llama3.1-8b", "hf_adapter", "0", "items")
   cases = [
       ([f"load_parameters_path={goldens.items('llama3.1', 'scan')}", "model_name=qwen3-4b"],
-       "no array params/params/decoder/layers/self_attention/query_norm/scale, which a qwen3 model"),
+       "array params/params/token_embedder/embedding has shape [512, 64] but the built-in config of qwen3-4b"),
       ([f"load_parameters_path={goldens.items('llama3.1', 'scan')}", "model_name=qwen3-4b",
         f"--hf_model_path={goldens.path('llama3.1', 'hf')}"], "model_name=qwen3-4b is a qwen3 model but"),
       ([f"load_parameters_path={goldens.items('qwen3', 'scan')}", f"--hf_model_path={goldens.path('qwen2.5', 'hf')}"],
-       "which a qwen2.5 model with this config has"),
+       "array params/params/decoder/layers/self_attention/query/kernel has shape [64, 3, 4, 32] but"),
+      ([f"load_parameters_path={goldens.items('qwen3', 'scan')}", f"--hf_model_path={goldens.path('llama3.1', 'hf')}"],
+       "no array params/params/decoder/logits_dense/kernel, which a llama3.1 model with this config has"),
       ([f"load_parameters_path={adapter}", "model_name=llama3.1-8b"], "holds a LoRA adapter"),
       ([f"load_parameters_path={incomplete}/0/items", *config_flags("llama3.1")], "no commit_success.txt"),
       ([f"load_full_state_path={goldens.items('llama3.1', 'scan')}", *config_flags("llama3.1")],
@@ -466,7 +478,8 @@ def test_layers_that_share_stored_chunks_are_read_once(tmp_path, monkeypatch):
   source = rechunked_copy(goldens.items("llama3.1", "scan"), str(tmp_path / "src" / "0"))
   reads = []
   real = CheckpointReader.result
-  monkeypatch.setattr(CheckpointReader, "result", lambda r, f, path, fixed=(): reads.append(path) or real(r, f, path, fixed))
+  monkeypatch.setattr(CheckpointReader, "result",
+                      lambda r, f, path, fixed=(): reads.append(path) or real(r, f, path, fixed))
   plan, items, totals = relayout(source, tmp_path / "out", "--scan_layers=false", "--max_element_size=8KB",
                                  *config_flags("llama3.1"))
   wi_0 = "params/params/decoder/layers/mlp/wi_0/kernel"
@@ -482,9 +495,9 @@ def test_the_command_line_runs_local_workers_as_threads(tmp_path):
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
   _, ours, _ = hf_to_maxtext(goldens.path("qwen2.5", "hf"), tmp_path / "ours", "--scan_layers=false")
-  run = subprocess.run([sys.executable, "-m", "pipeline.to_maxtext", "model_name=qwen2.5-7b", f"load_parameters_path={ours}",
-                        f"base_output_directory={tmp_path / 'out'}", "scan_layers=true", "hardware=cpu",
-                        f"--hf_model_path={goldens.path('qwen2.5', 'hf')}", "--direct_num_workers=2"],
+  run = subprocess.run([sys.executable, "-m", "pipeline.to_maxtext", "model_name=qwen2.5-7b",
+                        f"load_parameters_path={ours}", f"base_output_directory={tmp_path / 'out'}", "scan_layers=true",
+                        "hardware=cpu", f"--hf_model_path={goldens.path('qwen2.5', 'hf')}", "--direct_num_workers=2"],
                        cwd=goldens.REPO, capture_output=True, text=True, timeout=300)
   assert run.returncode == 0, run.stderr[-2000:]
   items = str(tmp_path / "out" / "0" / "items")

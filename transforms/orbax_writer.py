@@ -194,7 +194,8 @@ def commit(target: CheckpointTarget, arrays: Iterable[ArraySpec], process_ids: I
     os.sync()  # Local writers skipped fsync: make every byte durable before anything says "committed".
   paths = [a.path for a in arrays]
   storage.write_text(storage.join(target.items, orbax_layout.METADATA),
-                     json.dumps(orbax_layout.pytree_metadata(paths, target.use_ocdbt, target.use_zarr3, target.with_step)))
+                     json.dumps(orbax_layout.pytree_metadata(paths, target.use_ocdbt, target.use_zarr3,
+                                                             target.with_step)))
   storage.write_text(storage.join(target.step_dir, orbax_layout.CHECKPOINT_METADATA),
                      json.dumps(orbax_layout.checkpoint_metadata(scan_layers, init_ns, time.time_ns())))
   for directory in (target.items, target.step_dir):
