@@ -505,3 +505,37 @@ def test_the_command_line_runs_local_workers_as_threads(tmp_path):
   writers = [d for d in os.listdir(items) if d.startswith("ocdbt.process_") and d != "ocdbt.process_meta"]
   assert 1 <= len(writers) <= 2
   goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("qwen2.5", "scan")))
+
+
+def test_dataflow_job_from_a_maxtext_checkpoint_commits_inside_the_graph(gcs_bucket, monkeypatch, capsys):
+  """Submit-and-return on Dataflow (Beam's own dry run builds the job), then the graph alone, run
+  from its proto on the local runner, re-lays out and commits; local paths are refused first."""
+  from tests.gcs_emulator import upload_dir  # pylint: disable=import-outside-toplevel
+  from tests.test_dataflow import DATAFLOW, run_locally, top_level  # pylint: disable=import-outside-toplevel
+  import apache_beam as beam  # pylint: disable=import-outside-toplevel
+  from transforms import storage  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(to_maxtext_job, "is_dry_run", lambda options: False)  # --dry_run=True is Beam's here
+  line = run_cli_on_dataflow([*DATAFLOW, f"load_full_state_path={TRAIN_STEP2}", "base_output_directory=gs://b/o",
+                              "model_name=llama3.1-8b"], capsys)
+  assert line == (f"error: --load_full_state_path={TRAIN_STEP2}: Dataflow workers cannot see this machine's disk; "
+                  "use a gs:// path")
+  upload_dir(goldens.path("llama3.1", "maxtext_scan"), f"gs://{gcs_bucket}/ckpt")
+  upload_dir(goldens.path("llama3.1", "hf"), f"gs://{gcs_bucket}/config")
+  protos, run = [], beam.Pipeline.run
+  monkeypatch.setattr(beam.Pipeline, "run", lambda p, *a, **k: protos.append(p.to_runner_api()) or run(p, *a, **k))
+  out = f"gs://{gcs_bucket}/unscan"
+  assert cli.run_main(to_maxtext_job.main, [*DATAFLOW, f"load_parameters_path=gs://{gcs_bucket}/ckpt/0/items",
+                                            f"base_output_directory={out}", "scan_layers=false",
+                                            f"--hf_model_path=gs://{gcs_bucket}/config"]) == 0
+  assert f"the job writes {out}/0/items" in capsys.readouterr().out and storage.find(out) == []
+  assert top_level(protos[-1]) == ["Seed", "CreateArrays", "Plan", "Distribute", "WriteSlices", "AllWrites", "Barrier",
+                                   "Commit"]
+  run_locally(protos[-1])
+  goldens.assert_same_checkpoint(goldens.restore(f"{out}/0/items"), goldens.restore(goldens.items("llama3.1", "unscan")))
+
+
+def run_cli_on_dataflow(argv, capsys):
+  assert cli.run_main(to_maxtext_job.main, argv) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1, err
+  return err[0]
