@@ -222,6 +222,17 @@ def test_parameter_only_from_linen_and_nnx_training_states(tmp_path, family, kin
   assert plan.save_dtype == "bfloat16" and not plan.scan_layers
 
 
+def test_the_config_is_all_a_maxtext_source_needs_of_hf(tmp_path):
+  """--hf_model_path may hold config.json alone: no weights are read (there are none)."""
+  config_only = tmp_path / "config"
+  config_only.mkdir()
+  shutil.copy(goldens.path("deepseek3", "hf", "config.json"), config_only / "config.json")
+  plan, items, _ = relayout(goldens.items("deepseek3", "unscan"), tmp_path / "out", "--scan_layers=true",
+                            f"--hf_model_path={config_only}")
+  assert all(s.items == goldens.items("deepseek3", "unscan") for t in plan.tasks for s in t.sources)
+  goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("deepseek3", "scan")))
+
+
 # --- dtype and storage changes; chunks copied as stored ---------------------------------------------
 
 def test_dtype_change_both_ways_is_exact(tmp_path):

@@ -16,8 +16,12 @@ never opens them, so an optimizer state is never read. Layers are scanned when `
 says so (`custom_metadata.scan_layers`), else when the decoder holds a stacked container (`layers`,
 `dense_layers`, ...) rather than numbered ones (`layers_0`, ...).
 
-A LoRA adapter checkpoint (leaves such as `kernel_lora_a`) is recognised and listed in `lora`, so a
-caller can refuse it or read it with its own options; `require_model` refuses it.
+A LoRA adapter checkpoint (leaves such as `kernel_lora_a`) is recognised and its leaves are listed in
+`lora` (stored paths; `layout.model_path` gives `decoder/layers/mlp/wi_0/kernel_lora_a`), so a caller
+can read it with its own options; `require_model`, which every model reader calls, refuses it.
+
+The reader (`transforms/orbax_reader.CheckpointReader.tree`) detects the tree once per checkpoint;
+both directions (pipeline/plan_hf.py, pipeline/plan_maxtext.py) look parameters up by model path.
 """
 from __future__ import annotations
 
@@ -100,19 +104,21 @@ class CheckpointTree:
                             f"{', '.join(r + '/' for r in MODEL_ROOTS)}); is it a MaxText checkpoint?")
 
 
-def detect(paths: Iterable[str], custom_metadata: dict[str, Any] | None = None, where: str = "") -> CheckpointTree:
+def detect(paths: Iterable[str], custom_metadata: dict[str, Any] | None = None) -> CheckpointTree:
   """The tree of a checkpoint from its leaves' paths (`_METADATA`) and its step's custom metadata."""
   leaves = sorted(paths)
   skipped = [p for p in leaves if p == STEP or p.split("/", 1)[0] in NOT_PARAMETERS]
-  candidates = [p for p in leaves if p not in set(skipped)]
+  candidates = [p for p in leaves if p != STEP and p.split("/", 1)[0] not in NOT_PARAMETERS]
   prefix = next((c for c in (PARAMS_PREFIX, "params/") if candidates and all(p.startswith(c) for p in candidates)), "")
   inner = [p[len(prefix):] for p in candidates]
   suffix = VALUE_SUFFIX if inner and all(p.endswith(VALUE_SUFFIX) for p in inner) else ""
   model_paths = {p[:len(p) - len(suffix)]: prefix + p for p in inner}
   lora = tuple(stored for path, stored in model_paths.items() if any(_LORA.fullmatch(c) for c in path.split("/")))
+  adapter = set(lora)
   params = {path: stored for path, stored in model_paths.items()
-            if path.split("/", 1)[0] in MODEL_ROOTS and stored not in lora}
-  skipped += [stored for stored in model_paths.values() if stored not in params.values() and stored not in lora]
+            if path.split("/", 1)[0] in MODEL_ROOTS and stored not in adapter}
+  kept = set(params.values()) | adapter
+  skipped += [stored for stored in model_paths.values() if stored not in kept]
   nnx = any(p.startswith("nnx_aux/") for p in leaves) or prefix != PARAMS_PREFIX or (suffix != "" and not lora)
   layout = TreeLayout("nnx" if nnx else "linen", prefix, suffix, step=STEP in leaves)
   # A parameter-only TrainState keeps an empty `opt_state` placeholder leaf; a training state has leaves under it.

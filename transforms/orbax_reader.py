@@ -85,7 +85,7 @@ class CheckpointReader:
   @functools.cached_property
   def tree(self) -> checkpoint_tree.CheckpointTree:
     """Which leaves are parameters, in which tree layout, scanned or not."""
-    return checkpoint_tree.detect(self.paths, self.custom_metadata, self.items)
+    return checkpoint_tree.detect(self.paths, self.custom_metadata)
 
   def spec(self, path: str) -> tuple[tuple[int, ...], str]:
     """(shape, zarr dtype name) of an array, from its metadata only."""
