@@ -17,6 +17,8 @@ setup(
         "ml_dtypes==0.6.0",
         "fsspec==2026.9.0",
         "gcsfs==2026.10.1",
+        # Checksums of chunks copied as stored (already installed with apache-beam[gcp]).
+        "google-crc32c==1.9.0",
     ],
     extras_require={
         # hf:// destinations.

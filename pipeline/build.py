@@ -28,7 +28,7 @@ def add_to_maxtext(pipeline: beam.Pipeline, plan: Plan, target: CheckpointTarget
              | "Seed" >> beam.Create([None])
              | "CreateArrays" >> beam.ParDo(CreateArraysFn(target, plan.arrays)))
   written = (pipeline
-             | "Plan" >> beam.Create(plan.tasks, reshuffle=False)
+             | "Plan" >> beam.Create(plan.elements, reshuffle=False)
              | "Distribute" >> beam.Reshuffle()
              | "WriteSlices" >> beam.ParDo(WriteSliceFn(target, models.BY_NAME[plan.family], plan.sizes, progress_path, hub)))
   return ((created, written)

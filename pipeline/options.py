@@ -34,7 +34,8 @@ class ConversionOptions(PipelineOptions):
         help="HF model: a local or gs:// directory with config.json and *.safetensors, or a Hub repo "
              "(org/repo when no such local directory exists, or hf://org/repo). to_maxtext: the source (without "
              "it, model_name's repo on the Hub, e.g. qwen3-4b -> Qwen/Qwen3-4B). to_huggingface: where config.json "
-             "and the tokenizer files come from (default: MaxText's built-in config for model_name).")
+             "and the tokenizer files come from (default: MaxText's built-in config for model_name); likewise "
+             "config.json for to_maxtext from a MaxText source.")
     add("--base_output_directory", default=None,
         help="to_maxtext: where the checkpoint goes, <dir>/0/items (MaxText's load_parameters_path). "
              "to_huggingface: the model directory (local, gs:// or hf://user/repo).")
@@ -42,15 +43,24 @@ class ConversionOptions(PipelineOptions):
         help="MaxText model name (e.g. llama3.1-8b). Optional: the family is read from config.json; "
              "when given it must agree with it.")
     add("--scan_layers", type=str2bool, default=None,
-        help="to_maxtext: stack decoder layers into one array per parameter (default true). "
+        help="to_maxtext: stack decoder layers into one array per parameter (default true; from a MaxText "
+             "source, the source's layout). "
              "to_huggingface: the layout the checkpoint must have (default: read from the checkpoint).")
     add("--load_parameters_path", default=None,
-        help="to_huggingface: the MaxText checkpoint item, <dir>/0/items (local or gs://), its step directory, or a "
-             "training run (its checkpoints/ directory): the latest committed step, or --step. to_maxtext: with "
-             "hf_lora_adapter_path=, selects MaxText's merged mode (the base weights come from --hf_model_path, as in "
-             "MaxText).")
+        help="The MaxText checkpoint item, <dir>/0/items (local or gs://). to_huggingface: the source; also its step "
+             "directory, or a training run (its checkpoints/ directory): the latest committed step, or --step. "
+             "to_maxtext: a MaxText source instead of an HF one (re-layout, dtype or storage change); config.json "
+             "then comes from --hf_model_path (no weights needed) or model_name. With hf_lora_adapter_path=, it "
+             "selects MaxText's merged LoRA mode instead (the base weights come from --hf_model_path, as in MaxText).")
+    add("--load_full_state_path", default=None,
+        help="to_maxtext: a MaxText training state, <dir>/<step>/items, whose parameters alone become a "
+             "parameter-only checkpoint (generate_param_only_checkpoint); its optimizer state is never read.")
+    add("--force_unroll", type=str2bool, nargs="?", const=True, default=False,
+        help="to_maxtext: write unscanned layers (layers_0, layers_1, ...) whatever scan_layers= says, as "
+             "MaxText's generate_param_only_checkpoint does with force_unroll=true.")
     add("--weight_dtype", default=None, choices=("bfloat16", "float32", "float16"),
-        help="to_huggingface: dtype of the HF tensors (default: config.json's dtype, else bfloat16).")
+        help="to_huggingface: dtype of the HF tensors (default: config.json's dtype, else bfloat16). to_maxtext "
+             "from load_parameters_path: the saved dtype, as reshard_checkpoint reads it (--save_dtype wins).")
     add("--max_shard_size", default="5GB",
         help="to_huggingface: largest safetensors shard, as transformers reads it (5GB = 5e9 bytes).")
     add("--quantize_fp8_blocks", type=str2bool, nargs="?", const=True, default=False,
@@ -63,8 +73,9 @@ class ConversionOptions(PipelineOptions):
     add("--hf_cache_dir", default=None,
         help="Keep every byte range read from the Hub under this directory (local or gs://), keyed by commit, "
              "file and range; a later run at the same commit reads identical ranges from there. Off by default.")
-    add("--save_dtype", default="bfloat16", choices=("bfloat16", "float32"),
-        help="dtype of the saved MaxText weights. Default bfloat16.")
+    add("--save_dtype", default=None, choices=("bfloat16", "float32"),
+        help="dtype of the saved MaxText weights. Default bfloat16 from an HF source; a MaxText source keeps each "
+             "array's dtype, except a training state (load_full_state_path), which is cast to bfloat16.")
     add("--checkpoint_storage_use_zarr3", type=str2bool, default=True,
         help="zarr3 arrays (true, McJAX and Pathways) or zarr v2 (false).")
     add("--checkpoint_storage_use_ocdbt", type=str2bool, default=True,

@@ -1,6 +1,7 @@
 """The driver-side plan of MaxText -> HF: checkpoint metadata + HF config in, shards of tensors out.
 
-Reads only `_METADATA`, `_CHECKPOINT_METADATA` and each array's zarr metadata. Shards are filled
+Reads only `_METADATA`, `_CHECKPOINT_METADATA` and each parameter array's zarr metadata, in any of
+MaxText's tree layouts (transforms/checkpoint_tree.py: Linen or NNX, TrainState or parameter-only). Shards are filled
 in HF module order up to `max_shard_size`, exactly as transformers' save_pretrained splits a
 state dict, and named as the Hub names them; within a file tensors follow the safetensors
 package's order, so a shard can be written front to back, one tensor at a time.
@@ -169,32 +170,36 @@ def plan_to_huggingface(items: str, output: str, config: dict[str, Any], where: 
   if weight_dtype not in WEIGHT_DTYPES:
     raise ConversionError(f"weight_dtype={weight_dtype} is not supported; use one of {list(WEIGHT_DTYPES)}")
   reader = CheckpointReader(items)
-  layout = reader.scan_layers()
+  tree = reader.tree
+  tree.require_model(items)
+  layout = tree.scan_layers
   if layout is None:
     raise ConversionError(f"{items}: no decoder layers in the checkpoint tree; is it a MaxText checkpoint?")
   if scan_layers is not None and scan_layers != layout:
     have = "scanned layers (scan_layers=true)" if layout else "unscanned layers (scan_layers=false)"
     raise ConversionError(f"{items} holds {have}; drop scan_layers= or set it to {str(layout).lower()}")
 
-  present = set(reader.paths)
   code = WEIGHT_DTYPES[weight_dtype]
   by_name: dict[str, list[TensorSource]] = {}
   shapes: dict[str, tuple[int, ...]] = {}
   splits: dict[str, Split | None] = {}
-  for place in placements(family, config, sizes, layout):
-    if place.array_path not in present:
-      raise ConversionError(f"{items}: no array {place.array_path}, which a {family.name} model with this "
-                            f"config has ({where}); wrong model_name or config?")
-    shape, stored_dtype = reader.spec(place.array_path)
+  places = placements(family, config, sizes, layout)
+  stored = {p.model_path: tree.stored(p.model_path) for p in places}
+  specs = reader.specs(sorted({a for a in stored.values() if a is not None}))
+  for place in places:
+    array = stored[place.model_path]
+    if array is None:
+      raise ConversionError(f"{items}: no array {tree.layout.stored(place.model_path)}, which a {family.name} model "
+                            f"with this config has ({where}); wrong model_name or config?")
+    shape, stored_dtype = specs[array]
     if shape != place.array_shape:
-      raise ConversionError(f"{items}: array {place.array_path} has shape {list(shape)} but {where} implies "
+      raise ConversionError(f"{items}: array {array} has shape {list(shape)} but {where} implies "
                             f"{list(place.array_shape)}")
     split = splits.setdefault(place.hf_name, find_split(
         place.param, sizes, tuple(mt_shape(place.param, sizes)), DTYPES[code].itemsize,
         NUMPY_DTYPES.get(stored_dtype, NUMPY_DTYPES["float32"]).itemsize, split_bytes))
     axis = None if split is None else place.free_axes[split.slice_axis]
-    by_name.setdefault(place.hf_name, []).append(TensorSource(family.key(place.param), place.array_path, place.index,
-                                                              axis))
+    by_name.setdefault(place.hf_name, []).append(TensorSource(family.key(place.param), array, place.index, axis))
     shapes[place.hf_name] = axes_shape(place.param.hf_axes, sizes)
   tensors = [TensorTask(name, code, shapes[name], tuple(sources), splits[name]) for name, sources in by_name.items()]
   out_config["dtype" if "dtype" in out_config else "torch_dtype"] = weight_dtype

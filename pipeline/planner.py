@@ -10,20 +10,23 @@ import itertools
 import json
 import math
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import models
 from models.known_configs import known_config, maxtext_vocab
 from models.spec import Family, Param
 from transforms.errors import ConversionError
-from pipeline.row_blocks import SPLIT_BYTES, RowBlock, find_split
-from transforms import orbax_layout, storage
+from pipeline.row_blocks import SPLIT_BYTES, RowBlock, Split, find_split
+from transforms import checkpoint_tree, orbax_layout, storage
+from transforms.checkpoint_tree import PARAMS_PREFIX, TreeLayout
 from transforms.orbax_layout import ArraySpec
+from transforms.orbax_reader import OrbaxRef
 from transforms.quantized import QuantizedRef, dequantized_nbytes, logical_tensors
 from transforms.safetensors_io import TensorRef, list_checkpoint
 from transforms.tensor_ops import axes_shape
 
-PARAMS_PREFIX = "params/params/"
+# A conversion source: an HF tensor (plain or quantized), or a slice of a MaxText checkpoint array.
+SourceRef = TensorRef | QuantizedRef | OrbaxRef
 # MaxText stacks scanned layers on this axis (its `param_scan_axis`).
 SCAN_AXIS = 1
 SAVE_DTYPES = ("bfloat16", "float32")
@@ -32,7 +35,8 @@ SOURCE_DTYPES = {"BF16", "F16", "F32"}
 
 @dataclasses.dataclass(frozen=True)
 class SliceTask:
-  """Write `sources` (one HF tensor, transformed by the family's `param`-th Param) into `array` at `index`.
+  """Write `sources` into `array` at `index`: one HF tensor transformed by the family's `param`-th
+  Param, or one slice of a MaxText checkpoint (already in MaxText's layout: only cast and re-chunked).
 
   `index` holds (axis, position) pairs for the stacked axes; empty when the task fills the array.
   A tensor too big for one element is split: `block` says which rows of the source it reads and
@@ -44,7 +48,7 @@ class SliceTask:
   array: ArraySpec
   param: int | tuple[int, ...]
   index: tuple[tuple[int, int], ...]
-  sources: tuple[TensorRef | QuantizedRef, ...]
+  sources: tuple[SourceRef, ...]
   block: RowBlock | None = None
   block_axis: int | None = None
   source_dtype: str | None = None
@@ -72,6 +76,11 @@ class SliceTask:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
+  """What a conversion to MaxText writes: every array and one task per slice, from any source.
+
+  `tree` is the target's tree layout (Linen `params/params/...` + `step`, or NNX parameter-only);
+  `source` the HF model directory or the MaxText checkpoint item read.
+  """
   family: str
   sizes: dict[str, Any]
   scan_layers: bool
@@ -79,10 +88,18 @@ class Plan:
   arrays: tuple[ArraySpec, ...]
   tasks: tuple[SliceTask, ...]
   unused: tuple[str, ...]
+  tree: TreeLayout = checkpoint_tree.LINEN
+  source: str | None = None
 
   @property
   def source_bytes(self) -> int:
     return sum(t.nbytes for t in self.tasks)
+
+  @property
+  def elements(self) -> tuple[tuple[SliceTask, ...], ...]:
+    """The pipeline's elements: each task alone, except tasks whose sources share stored chunks (a
+    MaxText checkpoint whose chunks hold every layer), which go together so the chunks are read once."""
+    return elements(self.tasks)
 
   @property
   def dequantized_bytes(self) -> int:
@@ -171,12 +188,18 @@ def family_sizes(family: Family, config: dict[str, Any], where: str) -> dict[str
 
 @dataclasses.dataclass(frozen=True)
 class Placement:
-  """Where one HF tensor (or one part of it) lives in MaxText: the array, its shape, the slice."""
+  """Where one HF tensor (or one part of it) lives in MaxText: the array's model path
+  (`decoder/layers/mlp/wi_0/kernel`, the same in every tree layout), its shape, the slice."""
   param: Param
   hf_name: str
-  array_path: str
+  model_path: str
   array_shape: tuple[int, ...]
   index: tuple[tuple[int, int], ...]
+
+  @property
+  def array_path(self) -> str:
+    """The array's path in a Linen tree (`params/params/<model path>`), as to_maxtext writes it."""
+    return checkpoint_tree.LINEN.stored(self.model_path)
 
   @property
   def stacked_axes(self) -> tuple[int, ...]:
@@ -265,8 +288,7 @@ def _place(family: Family, param: Param, layer: int | None, expert: int | None, 
     else:
       container = f"{stack.remainder}/{stack.member.format(j=member)}"
     path = param.mt.format(layers=container)
-  return Placement(param, param.hf.format(layer=layer, expert=expert), PARAMS_PREFIX + path, tuple(shape),
-                   tuple(index))
+  return Placement(param, param.hf.format(layer=layer, expert=expert), path, tuple(shape), tuple(index))
 
 
 def _nested_member(stack, member: int) -> tuple[str, int, int]:
@@ -279,15 +301,123 @@ def _nested_member(stack, member: int) -> tuple[str, int, int]:
   raise ValueError(f"stack {stack.name}: block member {member} is in none of {stack.nested}")
 
 
-def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: str = "bfloat16",
+class SliceSources(Protocol):
+  """Where a plan's slices come from: the one thing that differs between an HF model and a MaxText checkpoint."""
+
+  def find(self, place: Placement) -> SourceRef:
+    """The source of one placement (raises ConversionError when the source lacks it)."""
+
+  def dtype(self, place: Placement, ref: SourceRef) -> str:
+    """The saved dtype of the placement's array."""
+
+  def block(self, ref: SourceRef, split: Split, block: RowBlock) -> tuple[SourceRef, RowBlock]:
+    """The source and block a split task reads (`block.rows` index the source's rows)."""
+
+  def split(self, place: Placement, ref: SourceRef, itemsize: int, split_bytes: int) -> Split | None:
+    """How the placement's slice divides into row blocks (None: one task)."""
+
+
+class HfTensors:
+  """An HF model's tensors, each transformed by its Param; the family's pinned dtypes, else `save_dtype`."""
+
+  def __init__(self, model_dir: str, tensors: dict[str, TensorRef | QuantizedRef], sizes: dict[str, Any],
+               save_dtype: str):
+    self.model_dir, self.tensors, self.sizes, self.save_dtype = model_dir, tensors, sizes, save_dtype
+
+  def find(self, place: Placement) -> SourceRef:
+    return _source(place, self.tensors, self.sizes, self.model_dir)
+
+  def dtype(self, place: Placement, ref: SourceRef) -> str:
+    return place.param.dtype or self.save_dtype
+
+  def block(self, ref: SourceRef, split: Split, block: RowBlock) -> tuple[SourceRef, RowBlock]:
+    return ref, block
+
+  def split(self, place: Placement, ref: SourceRef, itemsize: int, split_bytes: int) -> Split | None:
+    return split_by_rows(place, ref, self.sizes, itemsize, split_bytes)
+
+
+def split_by_rows(place: Placement, ref: SourceRef, sizes: dict[str, Any], itemsize: int,
+                  split_bytes: int) -> Split | None:
+  """Row blocks of whole units of the HF tensor's first axis (pipeline.row_blocks), at most `split_bytes`."""
+  source_itemsize = ref.nbytes // max(math.prod(ref.shape), 1)
+  return find_split(place.param, sizes, tuple(mt_shape(place.param, sizes)), source_itemsize, itemsize, split_bytes)
+
+
+def elements(tasks: tuple[SliceTask, ...]) -> tuple[tuple[SliceTask, ...], ...]:
+  """Tasks grouped by the stored chunks their sources share (OrbaxRef.shared_chunks), in plan order."""
+  groups: dict[Any, list[SliceTask]] = {}
+  for n, task in enumerate(tasks):
+    ref = task.sources[0]
+    shared = ref.shared_chunks(task.rows) if isinstance(ref, OrbaxRef) else None
+    groups.setdefault(n if shared is None else shared, []).append(task)
+  return tuple(tuple(group) for group in groups.values())
+
+
+def plan_slices(family: Family, config: dict[str, Any], sizes: dict[str, Any], scan_layers: bool,
+                sources: SliceSources, chunk_split: int = orbax_layout.DEFAULT_SPLIT, split_bytes: int = SPLIT_BYTES,
+                tree: TreeLayout = checkpoint_tree.LINEN,
+                source_dtype: str | None = None) -> tuple[tuple[ArraySpec, ...], tuple[SliceTask, ...]]:
+  """Every array of the target layout and one task per slice (per row block of a big one), whatever the source.
+
+  Arrays are chunked like MaxText's (`chunk_split` ways along the first axis it divides, 1 on
+  stacked axes), or one row block wide along a split axis, so no two tasks share a chunk. An array
+  that joins several HF tensors (`Param.piece`) is one task once all its pieces are placed (a MaxText
+  source holds it joined already: one task of its first piece). `source_dtype`: the eager cast.
+  """
+  arrays: dict[str, ArraySpec] = {}
+  tasks: list[SliceTask] = []
+  pieces: dict[tuple[str, tuple[tuple[int, int], ...]], list[tuple[Param, SourceRef]]] = {}
+  for place in placements(family, config, sizes, scan_layers):
+    if place.param.piece is not None and not isinstance(sources, HfTensors) and place.param.piece[0] != 0:
+      continue
+    source = sources.find(place)
+    dtype = sources.dtype(place, source)
+    itemsize = orbax_layout.NUMPY_DTYPES[dtype].itemsize
+    key = family.key(place.param)
+    path = tree.stored(place.model_path)
+    if place.param.piece is not None:
+      group = pieces.setdefault((path, place.index), [])
+      group.append((place.param, source))
+      if isinstance(sources, HfTensors) and len(group) < len(place.param.piece[1]):
+        continue
+      chunks = orbax_layout.choose_chunks(place.array_shape, itemsize, place.stacked_axes, chunk_split)
+      array = arrays.setdefault(path, ArraySpec(path, place.array_shape, dtype, chunks))
+      tasks.append(SliceTask(array=array, param=tuple(family.key(p) for p, _ in group), index=place.index,
+                             sources=tuple(ref for _, ref in group), source_dtype=source_dtype))
+      continue
+    split = sources.split(place, source, itemsize, split_bytes)
+    if split is None:
+      chunks = orbax_layout.choose_chunks(place.array_shape, itemsize, place.stacked_axes, chunk_split)
+      array = arrays.setdefault(path, ArraySpec(path, place.array_shape, dtype, chunks))
+      tasks.append(SliceTask(array=array, param=key, index=place.index, sources=(source,), source_dtype=source_dtype))
+      continue
+    axis = place.free_axes[split.slice_axis]
+    chunks = tuple(1 if a in place.stacked_axes else split.chunk if a == axis else n
+                   for a, n in enumerate(place.array_shape))
+    array = arrays.setdefault(path, ArraySpec(path, place.array_shape, dtype, chunks))
+    for block in split.blocks():
+      if block.positions[1] > block.positions[0]:
+        ref, read = sources.block(source, split, block)
+        tasks.append(SliceTask(array=array, param=key, index=place.index, sources=(ref,), block=read,
+                               block_axis=axis, source_dtype=source_dtype))
+  return tuple(arrays[k] for k in sorted(arrays)), tuple(tasks)
+
+
+def check_save_dtype(save_dtype: str | None) -> None:
+  if save_dtype is not None and save_dtype not in SAVE_DTYPES:
+    raise ConversionError(f"--save_dtype={save_dtype} is not supported; use one of {list(SAVE_DTYPES)}")
+
+
+def plan_to_maxtext(hf_model_path: str, scan_layers: bool = True, save_dtype: str | None = "bfloat16",
                     model_name: str | None = None, chunk_split: int = orbax_layout.DEFAULT_SPLIT,
                     use_multimodal: bool = False, vocab_size: int | None = None,
                     split_bytes: int = SPLIT_BYTES, source_view: Callable[..., dict[str, Any]] | None = None) -> Plan:
   """Plans HF -> MaxText from headers only; raises ConversionError on any mismatch.
 
-  Tensors above `split_bytes` become several tasks, one per row block. `source_view(family, config,
-  tensors)`, when given, returns the source tensors the plan reads instead (e.g. merged with a LoRA)."""
-  _check_save_dtype(save_dtype)
+  Tensors above `split_bytes` become several tasks, one per row block."""
+  save_dtype = save_dtype or "bfloat16"
+  check_save_dtype(save_dtype)
   config_path = storage.join(hf_model_path, "config.json")
   config = with_options(read_config(hf_model_path), use_multimodal, model_name, vocab_size)
   family = detect_family(config, model_name, config_path)
@@ -303,53 +433,18 @@ def plan_tensors(family: Family, config: dict[str, Any], sizes: dict[str, Any],
                  tensors: dict[str, TensorRef | QuantizedRef], model_dir: str, scan_layers: bool = True,
                  save_dtype: str = "bfloat16", chunk_split: int = orbax_layout.DEFAULT_SPLIT,
                  split_bytes: int = SPLIT_BYTES) -> Plan:
-  """The plan of `family`'s placements, read from `tensors` (header refs of the files in `model_dir`)."""
-  _check_save_dtype(save_dtype)
+  """The plan of `family`'s placements read from HF `tensors` (header refs of the files in `model_dir`)."""
+  check_save_dtype(save_dtype)
   # MaxText's eager loading (the family's, or any use_multimodal=true conversion's): sources are cast
   # to the save dtype before any transform, so e.g. a float32 norm is rounded before its +1.
   cast = save_dtype if family.eager_load or config.get("use_multimodal") else None
-  arrays: dict[str, ArraySpec] = {}
-  tasks: list[SliceTask] = []
-  pieces: dict[tuple[str, tuple[tuple[int, int], ...]], list[tuple[Param, TensorRef | QuantizedRef]]] = {}
-  for place in placements(family, config, sizes, scan_layers):
-    source = _source(place, tensors, sizes, model_dir)
-    dtype = place.param.dtype or save_dtype
-    itemsize = orbax_layout.NUMPY_DTYPES[dtype].itemsize
-    if place.param.piece is not None:  # one task once every HF tensor the array joins is placed
-      group = pieces.setdefault((place.array_path, place.index), [])
-      group.append((place.param, source))
-      if len(group) == len(place.param.piece[1]):
-        chunks = orbax_layout.choose_chunks(place.array_shape, itemsize, place.stacked_axes, chunk_split)
-        array = arrays.setdefault(place.array_path, ArraySpec(place.array_path, place.array_shape, dtype, chunks))
-        tasks.append(SliceTask(array=array, param=tuple(family.key(p) for p, _ in group), index=place.index,
-                               sources=tuple(s for _, s in group), source_dtype=cast))
-      continue
-    split = find_split(place.param, sizes, tuple(mt_shape(place.param, sizes)), source.nbytes // max(
-        math.prod(source.shape), 1), itemsize, split_bytes)
-    key = family.key(place.param)
-    if split is None:
-      chunks = orbax_layout.choose_chunks(place.array_shape, itemsize, place.stacked_axes, chunk_split)
-      array = arrays.setdefault(place.array_path, ArraySpec(place.array_path, place.array_shape, dtype, chunks))
-      tasks.append(SliceTask(array=array, param=key, index=place.index, sources=(source,), source_dtype=cast))
-      continue
-    axis = place.free_axes[split.slice_axis]
-    chunks = tuple(1 if a in place.stacked_axes else split.chunk if a == axis else n
-                   for a, n in enumerate(place.array_shape))
-    array = arrays.setdefault(place.array_path, ArraySpec(place.array_path, place.array_shape, dtype, chunks))
-    tasks += [SliceTask(array=array, param=key, index=place.index, sources=(source,), block=block, block_axis=axis,
-                        source_dtype=cast)
-              for block in split.blocks() if block.positions[1] > block.positions[0]]
-
+  arrays, tasks = plan_slices(family, config, sizes, scan_layers, HfTensors(model_dir, tensors, sizes, save_dtype),
+                              chunk_split, split_bytes, source_dtype=cast)
   used = {s.name for t in tasks for s in t.sources}
   ignored = [re.compile(p) for p in family.ignored]
   unused = sorted(n for n in tensors if n not in used and not any(p.fullmatch(n) for p in ignored))
-  return Plan(family=family.name, sizes=sizes, scan_layers=scan_layers, save_dtype=save_dtype,
-              arrays=tuple(arrays[k] for k in sorted(arrays)), tasks=tuple(tasks), unused=tuple(unused))
-
-
-def _check_save_dtype(save_dtype: str) -> None:
-  if save_dtype not in SAVE_DTYPES:
-    raise ConversionError(f"--save_dtype={save_dtype} is not supported; use one of {list(SAVE_DTYPES)}")
+  return Plan(family=family.name, sizes=sizes, scan_layers=scan_layers, save_dtype=save_dtype, arrays=arrays,
+              tasks=tasks, unused=tuple(unused), source=model_dir)
 
 
 def _source(place: Placement, tensors: dict[str, TensorRef | QuantizedRef], sizes: dict[str, Any],

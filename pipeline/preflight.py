@@ -74,25 +74,33 @@ def format_seconds(seconds: float) -> str:
 
 def to_maxtext_preflight(plan: Plan) -> Preflight:
   """A worker holds one element's source bytes, its converted value (float32 when the family
-  rescales 16-bit weights) and one write block being copied, above its base."""
+  rescales 16-bit weights) and one write block being copied, above its base. An element of slices
+  that share stored chunks (planner.Plan.elements) holds all their source bytes, read at once."""
   def footprint(task) -> int:
     rescaled = any(hasattr(op, "factor") or hasattr(op, "amount") for op in _ops(plan, task))
     wide = 4 if rescaled or any(isinstance(s, QuantizedRef) for s in task.sources) else 0
     elements = task.written_nbytes // NUMPY_DTYPES[task.array.dtype].itemsize
     return task.nbytes + max(task.written_nbytes, elements * wide) + min(task.written_nbytes, WRITE_BLOCK_BYTES)
 
-  largest = max(plan.tasks, key=lambda t: max(t.nbytes, t.written_nbytes))
+  def element_footprint(group) -> int:
+    return sum(t.nbytes for t in group) + max(footprint(t) - t.nbytes for t in group)
+
+  groups = plan.elements
+  largest = max(groups, key=lambda g: max(sum(t.nbytes for t in g), max(t.written_nbytes for t in g)))
   chunks = sum(math.prod(-(-n // c) for n, c in zip(a.shape, a.chunks)) for a in plan.arrays)
-  name = largest.sources[0].name + (f" rows {largest.rows[0]}:{largest.rows[1]}" if largest.rows else "")
+  first = largest[0]
+  name = first.sources[0].name + (f" rows {first.rows[0]}:{first.rows[1]}" if first.rows else "")
+  if len(largest) > 1:
+    name += f" and {len(largest) - 1} more slices of its chunks"
   extra = ()
   quantized = sum(1 for s in {s.name: s for t in plan.tasks for s in t.sources}.values() if isinstance(s, QuantizedRef))
   if quantized:  # (a fused tensor read once per array it splits into also makes the two differ)
     extra = (("dequantized", f"{human_bytes(plan.dequantized_bytes)} in float32 from {quantized:,} quantized "
                              "tensors (read above: their data and scales)"),)
-  return Preflight("to_maxtext", plan.family, len({s.name for t in plan.tasks for s in t.sources}), len(plan.tasks),
+  return Preflight("to_maxtext", plan.family, len({s.name for t in plan.tasks for s in t.sources}), len(groups),
                    plan.source_bytes, sum(t.written_nbytes for t in plan.tasks), name,
-                   max(largest.nbytes, largest.written_nbytes),
-                   WORKER_BASE_BYTES + max(footprint(t) for t in plan.tasks), len(plan.arrays), chunks, extra)
+                   max(sum(t.nbytes for t in largest), max(t.written_nbytes for t in largest)),
+                   WORKER_BASE_BYTES + max(element_footprint(g) for g in groups), len(plan.arrays), chunks, extra)
 
 
 def _ops(plan: Plan, task) -> tuple:

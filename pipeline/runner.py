@@ -25,8 +25,10 @@ LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 LOCAL_RUNNERS = {LOCAL_RUNNER, "FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"}
 
 
-def with_local_defaults(options: PipelineOptions, flags: Sequence[str]) -> PipelineOptions:
-  """No --runner means the offline multi-process local runner, one worker per CPU.
+def with_local_defaults(options: PipelineOptions, flags: Sequence[str],
+                        running_mode: str = "multi_processing") -> PipelineOptions:
+  """No --runner means the offline local runner, one worker per CPU: processes by default, or
+  `running_mode` (threads of one process, when the work runs in tensorstore, outside the GIL).
 
   `flags` are the user's, so explicit --direct_running_mode / --direct_num_workers win.
   """
@@ -35,7 +37,7 @@ def with_local_defaults(options: PipelineOptions, flags: Sequence[str]) -> Pipel
     standard.runner = LOCAL_RUNNER
     direct = options.view_as(DirectOptions)
     if not any(f.startswith("--direct_running_mode") for f in flags):
-      direct.direct_running_mode = "multi_processing"
+      direct.direct_running_mode = running_mode
     if not any(f.startswith("--direct_num_workers") for f in flags):
       direct.direct_num_workers = os.cpu_count() or 1
   return options

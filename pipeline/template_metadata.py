@@ -21,8 +21,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIRECTIONS = {"to_maxtext": to_maxtext_job, "to_huggingface": to_huggingface_job}
 TITLES = {
     "to_maxtext": ("ckptflow: Hugging Face safetensors to MaxText Orbax",
-                   "Converts an HF checkpoint (config.json + *.safetensors on gs://) into a MaxText checkpoint at "
-                   "<base_output_directory>/0/items (zarr3 + OCDBT), committed inside the job after every slice."),
+                   "Converts an HF checkpoint (config.json + *.safetensors on gs://), or a MaxText checkpoint "
+                   "(load_parameters_path, or a training state's parameters: load_full_state_path), into a MaxText "
+                   "checkpoint at <base_output_directory>/0/items (zarr3 + OCDBT), committed inside the job after "
+                   "every slice."),
     "to_huggingface": ("ckptflow: MaxText Orbax to Hugging Face safetensors",
                        "Converts a MaxText checkpoint (<dir>/0/items on gs://) into sharded safetensors, the index "
                        "and config.json (written last), inside the job."),
@@ -47,6 +49,7 @@ REGEXES = {
     "hf_model_path": r"^(gs://[a-z0-9][-_.a-z0-9]*[a-z0-9](/[^\r\n]*)?|hf://[A-Za-z0-9][-\w.]*/[-\w.]+(@[-\w./]+)?)$",
     "base_output_directory": _GCS,
     "load_parameters_path": _GCS,
+    "load_full_state_path": _GCS,
     "model_name": r"^[a-z0-9][-a-z0-9._]*$",
     "max_shard_size": _SIZE,
     "max_element_size": _SIZE,
@@ -65,6 +68,8 @@ LABELS = {
     "hf_model_path": "Hugging Face model directory",
     "base_output_directory": "Output directory",
     "load_parameters_path": "MaxText checkpoint items",
+    "load_full_state_path": "MaxText training state items",
+    "force_unroll": "Unscanned layers",
     "model_name": "MaxText model name",
     "scan_layers": "Scanned layers",
     "weight_dtype": "HF weight dtype",
@@ -95,6 +100,8 @@ EXAMPLES = {
     "base_output_directory": {"to_maxtext": "gs://my-bucket/maxtext/llama3.1-8b",
                               "to_huggingface": "gs://my-bucket/hf-out/qwen3-4b"},
     "load_parameters_path": "gs://my-bucket/maxtext/qwen3-4b/0/items",
+    "load_full_state_path": "gs://my-bucket/runs/qwen3-4b/checkpoints/2000/items",
+    "force_unroll": "true",
     "model_name": "llama3.1-8b",
     "scan_layers": "true",
     "weight_dtype": "bfloat16",

@@ -1,13 +1,20 @@
-"""HF safetensors -> MaxText Orbax checkpoint, as a Beam pipeline.
+"""HF safetensors or a MaxText checkpoint -> a MaxText Orbax checkpoint, as a Beam pipeline.
 
   python -m pipeline.to_maxtext model_name=llama3.1-8b base_output_directory=gs://b/out \\
       scan_layers=True --hf_model_path=/data/Llama-3.1-8B --save_dtype=bfloat16
+  python -m pipeline.to_maxtext model_name=llama3.1-8b base_output_directory=gs://b/decode \\
+      load_full_state_path=gs://b/run/checkpoints/2000/items force_unroll=true
 
 writes <base_output_directory>/0/items, which MaxText loads with load_parameters_path=.../0/items.
+A MaxText source (load_parameters_path= parameters, load_full_state_path= a training state, whose
+optimizer state is never read) is re-laid out (scan_layers=, force_unroll=true), re-typed
+(--save_dtype) or re-stored (--checkpoint_storage_use_ocdbt/_zarr3) slice by slice; --hf_model_path
+then only gives config.json, or model_name= a released model's.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 from typing import Sequence
@@ -18,21 +25,24 @@ from pipeline import cli, destination, hub, lora, outputs, preflight, runner
 from pipeline.build import add_to_maxtext
 from transforms.errors import ConversionError
 from pipeline.options import ConversionOptions, is_dry_run
-from pipeline.planner import Plan, parse_size, plan_to_maxtext
+from pipeline.plan_hf import target_config
+from pipeline.plan_maxtext import plan_from_maxtext
+from pipeline.planner import SAVE_DTYPES, Plan, parse_size, plan_to_maxtext
 from transforms import hub_io, manifest, orbax_layout, orbax_writer, storage
 from transforms.orbax_writer import CheckpointTarget
 
 MAXTEXT_KEYS = ("model_name", "base_output_directory", "scan_layers", "checkpoint_storage_use_zarr3",
                 "checkpoint_storage_use_ocdbt", "hf_model_path", "save_dtype", "use_multimodal", "vocab_size",
                 "hf_access_token", "revision", "hf_lora_adapter_path", "load_parameters_path", "lora.lora_rank",
-                "lora.lora_alpha")
+                "lora.lora_alpha", "load_full_state_path", "force_unroll", "weight_dtype")
 # Every ConversionOptions field this command reads; its flex template's parameters are these minus
 # template_metadata.NOT_TEMPLATE_PARAMETERS.
 OPTIONS = ("hf_model_path", "base_output_directory", "model_name", "scan_layers", "save_dtype",
            "checkpoint_storage_use_zarr3", "checkpoint_storage_use_ocdbt", "simulated_cpu_devices_count",
            "use_multimodal", "vocab_size", "zstd_level", "max_element_size", "hf_access_token", "revision",
            "hf_cache_dir", "workers", "worker_mbps", "overwrite", "resume", "progress", "wait", "verbose",
-           "hf_lora_adapter_path", "merge_lora", "load_parameters_path", "lora_rank", "lora_alpha")
+           "hf_lora_adapter_path", "merge_lora", "load_parameters_path", "lora_rank", "lora_alpha",
+           "load_full_state_path", "force_unroll", "weight_dtype")
 REQUIRED = ("base_output_directory",)
 # Step 0, as MaxText's CheckpointManager numbers it.
 STEP = "0"
@@ -60,15 +70,22 @@ def build_manifest(plan: Plan, conv: ConversionOptions, source: str | None = Non
 
   Options are listed by name (never hf_access_token); a Hub source is recorded as
   hf://org/repo@<commit>, and any credentials in a URL are masked. `config_files` are the configs
-  the plan was made from (default: the config.json beside the source shards).
+  the plan was made from (default: the config.json beside the source shards). A MaxText source is
+  fingerprinted by its metadata, markers and OCDBT root, which change whenever it is saved again.
   """
   options = {k: getattr(conv, k) for k in ("hf_model_path", "model_name", "scan_layers", "save_dtype",
                                             "checkpoint_storage_use_zarr3", "checkpoint_storage_use_ocdbt",
                                             "simulated_cpu_devices_count", "zstd_level", "use_multimodal",
                                             "vocab_size", "max_element_size", "resume", "revision",
                                             "hf_lora_adapter_path", "merge_lora", "load_parameters_path",
-                                            "lora_rank", "lora_alpha")}
+                                            "lora_rank", "lora_alpha", "load_full_state_path", "force_unroll",
+                                            "weight_dtype")}
   sources = [ref for task in plan.tasks for ref in task.sources]
+  checkpoint = maxtext_source(conv)
+  if checkpoint is not None:
+    config = config_source(conv)
+    files = manifest.orbax_source_files(checkpoint[0]) + ([storage.join(config, "config.json")] if config else [])
+    return manifest.build("to_maxtext", plan.family, options, files, (ref.name for ref in sources), checkpoint[0])
   # The shards, and the config.json beside them (it decides shapes and transforms); a quantized
   # source's scales may sit in another shard, a merged LoRA's factors and adapter_config.json in the adapter.
   shards = [f for ref in sources for f in getattr(ref, "files", (ref.file,))]
@@ -86,13 +103,77 @@ def model_source(conv: ConversionOptions) -> str:
   return source
 
 
+def maxtext_source(conv: ConversionOptions) -> tuple[str, bool] | None:
+  """(items, is a training state) of a MaxText source, or None when the source is an HF model.
+
+  With hf_lora_adapter_path=, load_parameters_path= is MaxText's switch for its merged LoRA mode (the
+  base is the HF model; see pipeline/lora.py), not a source.
+  """
+  if conv.hf_lora_adapter_path and not conv.load_full_state_path:
+    return None
+  if conv.load_parameters_path and conv.load_full_state_path:
+    raise ConversionError("give load_parameters_path= (parameters) or load_full_state_path= (a training state), "
+                          "not both")
+  if conv.load_full_state_path:
+    return conv.load_full_state_path, True
+  return (conv.load_parameters_path, False) if conv.load_parameters_path else None
+
+
+def config_source(conv: ConversionOptions) -> str | None:
+  """With a MaxText source, where config.json comes from: --hf_model_path (no weights needed), maybe on the Hub."""
+  return conv.hf_model_path and hub.resolve_source(conv.hf_model_path, None, conv.revision)
+
+
+def target_scan_layers(conv: ConversionOptions, default: bool | None) -> bool | None:
+  """MaxText's force_unroll=true unrolls whatever scan_layers= says; else scan_layers=, else `default`."""
+  if conv.force_unroll:
+    return False
+  return default if conv.scan_layers is None else conv.scan_layers
+
+
+def maxtext_save_dtype(conv: ConversionOptions) -> str | None:
+  """--save_dtype, else (parameters only) weight_dtype= as reshard_checkpoint reads it, else None: as stored."""
+  if conv.save_dtype or not conv.load_parameters_path or not conv.weight_dtype:
+    return conv.save_dtype
+  if conv.weight_dtype not in SAVE_DTYPES:
+    raise ConversionError(f"weight_dtype={conv.weight_dtype}: a MaxText checkpoint is saved as one of "
+                          f"{list(SAVE_DTYPES)}")
+  return conv.weight_dtype
+
+
 def plan_from_options(conv: ConversionOptions, source: str | None = None) -> Plan:
   split_bytes = parse_size(conv.max_element_size, "--max_element_size")
   if lora.to_maxtext_mode(conv) == lora.ADAPTER:
     return lora.plan_adapter_to_maxtext(conv, split_bytes)
-  return plan_to_maxtext(source or model_source(conv), conv.scan_layers is not False, conv.save_dtype,
+  checkpoint = maxtext_source(conv)
+  if checkpoint is not None:
+    items, full_state = checkpoint
+    config, where = target_config(config_source(conv), conv.model_name)
+    return plan_from_maxtext(items, config, where, conv.model_name, target_scan_layers(conv, None),
+                             maxtext_save_dtype(conv), conv.simulated_cpu_devices_count, conv.use_multimodal,
+                             conv.vocab_size, split_bytes, full_state)
+  if conv.weight_dtype:
+    print(f"note: weight_dtype={conv.weight_dtype} sets the dtype of a MaxText source (as reshard_checkpoint's); "
+          "an HF source is saved as --save_dtype", file=sys.stderr)
+  return plan_to_maxtext(source or model_source(conv), target_scan_layers(conv, True), conv.save_dtype,
                          conv.model_name, conv.simulated_cpu_devices_count, conv.use_multimodal, conv.vocab_size,
                          split_bytes, lora.merged_view(conv))
+
+
+def refuse_overlap(items: str, base_output_directory: str) -> None:
+  """A conversion never writes into its own source: not the same step, not inside it, not around it."""
+  source_step, target_step = storage.parent(items), storage.join(base_output_directory, STEP)
+
+  def norm(path: str) -> str:
+    return path.rstrip("/") if storage.is_gcs(path) or hub.is_hub(path) else os.path.realpath(path)
+  a, b = norm(source_step), norm(target_step)
+  if a == b:
+    raise ConversionError(f"base_output_directory={base_output_directory} would write {target_step}, the checkpoint "
+                          f"being read ({items}); choose another base_output_directory")
+  if b.startswith(a + "/") or a.startswith(b + "/"):
+    where = "inside" if b.startswith(a + "/") else "around"
+    raise ConversionError(f"base_output_directory={base_output_directory} would write {target_step} {where} the "
+                          f"checkpoint being read ({source_step}); choose a directory outside it")
 
 
 def lock_options(conv: ConversionOptions) -> dict:
@@ -116,10 +197,18 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
     raise ConversionError(f"base_output_directory={conv.base_output_directory}: a MaxText checkpoint goes to a local "
                           "or gs:// directory; hf:// destinations are for to_huggingface")
   access = hub.access(conv.hf_access_token, conv.hf_cache_dir)
+  checkpoint = maxtext_source(conv)
   adapter_only = lora.to_maxtext_mode(conv) == lora.ADAPTER
-  source = lora.adapter_location(conv) if adapter_only else model_source(conv)
-  runner.check_dataflow(options, {"hf_model_path": source, "base_output_directory": conv.base_output_directory,
-                                  "hf_lora_adapter_path": lora.adapter_location(conv)})
+  if checkpoint is not None:
+    source = checkpoint[0]
+    refuse_overlap(source, conv.base_output_directory)
+    runner.check_dataflow(options, {"load_full_state_path" if checkpoint[1] else "load_parameters_path": source,
+                                    "base_output_directory": conv.base_output_directory,
+                                    "hf_model_path": config_source(conv)})
+  else:
+    source = lora.adapter_location(conv) if adapter_only else model_source(conv)
+    runner.check_dataflow(options, {"hf_model_path": source, "base_output_directory": conv.base_output_directory,
+                                    "hf_lora_adapter_path": lora.adapter_location(conv)})
   take_over = conv.resume or conv.overwrite if take_over is None else take_over
   remote = None if runner.is_local(options) else runner.runner_name(options)
   with destination.claim(conv.base_output_directory, "to_maxtext", lock_options(conv), take_over,
@@ -129,7 +218,7 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
     base = adapter.base_directory if adapter else conv.base_output_directory
     target = CheckpointTarget(storage.join(base, STEP), use_ocdbt=conv.checkpoint_storage_use_ocdbt,
                               use_zarr3=conv.checkpoint_storage_use_zarr3, zstd_level=conv.zstd_level,
-                              custom_metadata=adapter.custom_metadata if adapter else "")
+                              custom_metadata=adapter.custom_metadata if adapter else "", with_step=plan.tree.step)
     slices = [(t.array, t.index, t.window) for t in plan.tasks]
     output = outputs.MaxTextOutput(target, slices)
     existed = storage.exists(target.step_dir)
@@ -147,7 +236,10 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
       print(f"resuming {target.items}: {len(plan.tasks) - len(todo.tasks)} of {len(plan.tasks)} slices already stored",
             file=sys.stderr)
     provenance = build_manifest(plan, conv, source, adapter.config_files if adapter else None)
-    run_options = runner.with_local_defaults(options, flags)
+    # From a MaxText checkpoint the work is tensorstore's (chunk copies, decoding, encoding), outside the
+    # GIL: the local runner's workers are threads of one process, which saves starting one per CPU.
+    mode = "multi_threading" if checkpoint is not None else "multi_processing"
+    run_options = runner.with_local_defaults(options, flags, mode)
     with destination.guarded(output, conv.resume):
       totals = runner.run(lambda p, progress: add_to_maxtext(p, todo, target, progress, provenance, access,
                                                              lock=claim.held),
@@ -170,11 +262,14 @@ def main(argv: list[str]) -> int:
   plan, items, totals = convert(options, flags)
   if plan.unused:
     shown = ", ".join(plan.unused[:8]) + (f", ... ({len(plan.unused) - 8} more)" if len(plan.unused) > 8 else "")
-    print(f"ignored: {len(plan.unused)} tensors a MaxText {plan.family} model does not use: {shown}", file=sys.stderr)
+    what = "arrays" if maxtext_source(options.view_as(ConversionOptions)) else "tensors"
+    print(f"ignored: {len(plan.unused)} {what} a MaxText {plan.family} model does not use: {shown}", file=sys.stderr)
   if not runner.waits(options):
     print(f"the job writes {items} and commits it when every slice is written (load_parameters_path={items})")
     return 0
-  print(f"{plan.family}: {runner.summary(totals, time.monotonic() - start)}", file=sys.stderr)
+  copied = totals.get("slices-copied-as-stored")
+  note = f" ({copied} of {len(plan.tasks)} slices copied as stored)" if copied else ""
+  print(f"{plan.family}: {runner.summary(totals, time.monotonic() - start)}{note}", file=sys.stderr)
   print(f"wrote {items} ({'lora.lora_restore_path' if lora.is_adapter(plan.family) else 'load_parameters_path'}"
         f"={items})")
   return 0

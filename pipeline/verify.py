@@ -1,6 +1,11 @@
-"""Re-check a finished HF -> MaxText conversion against its source, one slice per Beam element.
+"""Re-check a finished conversion to MaxText against its source, one slice per Beam element.
 
   python -m pipeline.verify load_parameters_path=<out>/0/items --hf_model_path=DIR [--runner=...]
+  python -m pipeline.verify load_parameters_path=<out>/0/items [load_full_state_path=<run>/<step>/items]
+
+The source is the HF model at --hf_model_path, or a MaxText checkpoint: load_full_state_path=, or
+the one the checkpoint's ckptflow_manifest.json records (to_maxtext from a MaxText source; then
+--hf_model_path or model_name= only give config.json, as they did for the conversion).
 
 Each element reads one source tensor (a ranged read) and its slice of the checkpoint, converts the
 source again and compares: bit-identical, or within one rounding of the stored dtype (a checkpoint
@@ -27,17 +32,19 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline import cli, hub, runner
 from transforms.errors import ConversionError
 from pipeline.options import ConversionOptions
+from pipeline.plan_hf import target_config
+from pipeline.plan_maxtext import plan_from_maxtext
 from pipeline.planner import Plan, plan_to_maxtext
-from transforms import storage
+from transforms import manifest, storage
 from transforms.dofns import convert_slice
 from transforms.hub_io import HubAccess
 from transforms.shard_dofns import CheckpointReadingFn
 from transforms.orbax_layout import NUMPY_DTYPES
-from transforms.orbax_reader import CheckpointReader
+from transforms.orbax_reader import CheckpointReader, read_together
 from transforms.tensor_ops import contiguous
 
 MAXTEXT_KEYS = ("load_parameters_path", "model_name", "hf_model_path", "use_multimodal", "vocab_size",
-                "hf_access_token", "revision")
+                "hf_access_token", "revision", "load_full_state_path")
 # Every ConversionOptions field this command reads.
 OPTIONS = (*MAXTEXT_KEYS, "hf_cache_dir", "verify_report", "progress")
 EXACT, ROUNDED, MISMATCH = "bit-identical", "within one rounding", "MISMATCH"
@@ -55,20 +62,25 @@ def compare(stored: np.ndarray, expected: np.ndarray) -> str:
 
 
 class VerifySliceFn(CheckpointReadingFn):
-  """Converts one source tensor again and compares it with what the checkpoint holds."""
+  """Converts one source tensor again and compares it with what the checkpoint holds; slices whose
+  sources share stored chunks (planner.Plan.elements) are read together, each chunk once."""
 
-  def process(self, task) -> Iterator[tuple[str, str]]:
-    dtype = NUMPY_DTYPES[task.array.dtype]
-    expected = contiguous(convert_slice(task, self.param_of(task.param), self.sizes)[0], dtype)
-    stored = np.asarray(self.reader.read_slice(task.array.path, task.index, task.window).result())
-    self.tensor_done(task.nbytes, stored.nbytes)
-    yield task.array.path, compare(stored, expected)
+  def process(self, element) -> Iterator[tuple[str, str]]:
+    tasks = element if isinstance(element, tuple) else (element,)
+    together = read_together([t.sources[0] for t in tasks], tasks[0].rows) if len(tasks) > 1 else [None]
+    for task, value in zip(tasks, together):
+      dtype = NUMPY_DTYPES[task.array.dtype]
+      converted = convert_slice(task, self.param_of(task.param), self.sizes, None if value is None else [value])[0]
+      expected = contiguous(converted, dtype)
+      stored = np.asarray(self.reader.read_slice(task.array.path, task.index, task.window).result())
+      self.tensor_done(task.nbytes, stored.nbytes)
+      yield task.array.path, compare(stored, expected)
 
 
 def add_verify(pipeline: beam.Pipeline, plan: Plan, items: str, progress_path: str | None,
                hub_access: HubAccess | None = None) -> beam.PCollection:
   return (pipeline
-          | "PlanSlices" >> beam.Create(plan.tasks, reshuffle=False)
+          | "PlanSlices" >> beam.Create(plan.elements, reshuffle=False)
           | "DistributeSlices" >> beam.Reshuffle()
           | "Verify" >> beam.ParDo(VerifySliceFn(items, models.BY_NAME[plan.family], plan.sizes, progress_path, hub_access))
           | "Summarise" >> beam.combiners.Count.PerElement()
@@ -79,25 +91,25 @@ def verify(options: PipelineOptions, flags=()) -> tuple[str, dict[tuple[str, str
   """The family, and {(array path, verdict): slices} for every slice of the checkpoint."""
   conv = options.view_as(ConversionOptions)
   access = hub.access(conv.hf_access_token, conv.hf_cache_dir)
-  source = conv.load_parameters_path and hub.resolve_source(conv.hf_model_path, conv.model_name, conv.revision)
-  if not source:
-    raise ConversionError("verify needs load_parameters_path=<dir>/0/items and --hf_model_path=<its HF source>")
+  if not conv.load_parameters_path:
+    raise ConversionError("verify needs load_parameters_path=<dir>/0/items and its source (--hf_model_path=<its HF "
+                          "source>, or load_full_state_path=, or a ckptflow_manifest.json that records it)")
   if runner.on_dataflow(options) and not conv.verify_report:
     raise ConversionError("verify on Dataflow needs --verify_report=gs://...: the report is read back from there")
   runner.check_dataflow(options, {"load_parameters_path": conv.load_parameters_path,
-                                  "hf_model_path": conv.hf_model_path, "verify_report": conv.verify_report})
+                                  "hf_model_path": conv.hf_model_path, "verify_report": conv.verify_report,
+                                  "load_full_state_path": conv.load_full_state_path})
   reader = CheckpointReader(conv.load_parameters_path)
-  plan = plan_to_maxtext(source, bool(reader.scan_layers()), "bfloat16", conv.model_name,
-                         use_multimodal=conv.use_multimodal, vocab_size=conv.vocab_size)
+  plan = source_plan(conv, reader)
   present = set(reader.paths)
   missing = sorted(a.path for a in plan.arrays if a.path not in present)
   if missing:
     raise ConversionError(f"{conv.load_parameters_path}: no array {missing[0]} ({len(missing)} missing); "
                           "not a conversion of this model")
-  stored = {a.path: reader.spec(a.path)[1] for a in plan.arrays}
-  arrays = {a.path: a.__class__(a.path, a.shape, stored[a.path], a.chunks) for a in plan.arrays}
-  plan = Plan(plan.family, plan.sizes, plan.scan_layers, plan.save_dtype, tuple(arrays.values()),
-              tuple(dataclasses.replace(t, array=arrays[t.array.path]) for t in plan.tasks), plan.unused)
+  stored = reader.specs([a.path for a in plan.arrays])
+  arrays = {a.path: dataclasses.replace(a, dtype=stored[a.path][1]) for a in plan.arrays}
+  plan = dataclasses.replace(plan, arrays=tuple(arrays.values()),
+                             tasks=tuple(dataclasses.replace(t, array=arrays[t.array.path]) for t in plan.tasks))
   with tempfile.TemporaryDirectory(prefix="ckptflow-verify-") as tmp:
     report = conv.verify_report or os.path.join(tmp, "report.json")
 
@@ -108,6 +120,30 @@ def verify(options: PipelineOptions, flags=()) -> tuple[str, dict[tuple[str, str
     runner.run(build, runner.with_local_defaults(options, flags), len(plan.tasks), "verify", conv.progress,
                wait=True)
     return plan.family, {(path, verdict): n for path, verdict, n in json.loads(storage.read_text(report))}
+
+
+def source_plan(conv: ConversionOptions, reader: CheckpointReader) -> Plan:
+  """The plan of converting the checkpoint's source again into the checkpoint's own layout."""
+  recorded = manifest.read(storage.parent(conv.load_parameters_path)) or {}
+  options = recorded.get("options") or {}
+  scan_layers = bool(reader.tree.scan_layers)
+  source, full_state = conv.load_full_state_path, True
+  if not source and not conv.hf_model_path and (options.get("load_parameters_path") or
+                                               options.get("load_full_state_path")):
+    source, full_state = recorded.get("source"), bool(options.get("load_full_state_path"))
+  if source:
+    config_path = conv.hf_model_path or options.get("hf_model_path")
+    config_dir = config_path and hub.resolve_source(config_path, None, conv.revision or options.get("revision"))
+    config, where = target_config(config_dir, conv.model_name or options.get("model_name"))
+    return plan_from_maxtext(source, config, where, conv.model_name or options.get("model_name"), scan_layers,
+                             use_multimodal=conv.use_multimodal or bool(options.get("use_multimodal")),
+                             vocab_size=conv.vocab_size or options.get("vocab_size"), full_state=full_state)
+  hf = hub.resolve_source(conv.hf_model_path or options.get("hf_model_path"), conv.model_name, conv.revision)
+  if not hf:
+    raise ConversionError("verify needs the checkpoint's source: --hf_model_path=<its HF source>, or "
+                          "load_full_state_path=<the training state it came from>")
+  return plan_to_maxtext(hf, scan_layers, "bfloat16", conv.model_name, use_multimodal=conv.use_multimodal,
+                         vocab_size=conv.vocab_size)
 
 
 def main(argv: list[str]) -> int:

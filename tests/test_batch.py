@@ -65,7 +65,7 @@ def test_removed_source_is_redone(converted):
 
 @pytest.mark.parametrize("options, reason", [
     (("--scan_layers=false",), "option scan_layers changed: True -> False"),
-    (("--scan_layers=true", "--save_dtype=float32"), "option save_dtype changed: 'bfloat16' -> 'float32'"),
+    (("--scan_layers=true", "--save_dtype=float32"), "option save_dtype changed: None -> 'float32'"),
     (("--scan_layers=true", "--zstd_level=3"), "option zstd_level changed: 1 -> 3"),
     # Not given is not the same as given: the recorded value is what the run was told.
     ((), "option scan_layers changed: True -> None"),

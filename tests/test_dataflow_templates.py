@@ -75,6 +75,8 @@ BAD = {
     "hf_model_path": ["/data/Llama-3.1-8B", "gs://", "s3://bucket/model", "gs://Bad_Bucket/x", "gs://b/x\nfoo"],
     "base_output_directory": ["hf://me/model", "/tmp/out", "gs:/bucket/out", "bucket/out"],
     "load_parameters_path": ["./ckpt/0/items", "gs://b", "file:///ckpt/0/items"],
+    "load_full_state_path": ["run/checkpoints/2/items", "gs://", "/ckpt/2/items"],
+    "force_unroll": ["unroll"],
     "model_name": ["Llama 3.1", "-llama", "llama/8b", ""],
     "scan_layers": ["maybe", "truee", ""],
     "weight_dtype": ["fp8", "bf16", "float64"],

@@ -11,20 +11,29 @@ import numpy as np
 
 from transforms.errors import ConversionError
 from transforms import disk_full, hub_io, manifest, orbax_writer, writer_lock
+from transforms.chunk_copy import ChunkCopier
 from transforms.convert import hf_to_maxtext
 from transforms.orbax_layout import NUMPY_DTYPES, ArraySpec
+from transforms.orbax_reader import OrbaxRef, read_together
 from transforms.orbax_writer import CheckpointTarget
 from transforms.safetensors_io import read_tensor
 
 METRICS_NAMESPACE = "ckptflow"
 
 
-def convert_slice(task, param, sizes: dict[str, Any]) -> tuple[np.ndarray, tuple[tuple[str, int], ...]]:
+def convert_slice(task, param, sizes: dict[str, Any],
+                  read: list[np.ndarray] | None = None) -> tuple[np.ndarray, tuple[tuple[str, int], ...]]:
   """One task's MaxText value (of its row block, if split) and the CRC-32 of each source as read
-  (before the eager cast to `task.source_dtype`, if any)."""
-  sources = [read_tensor(ref, task.rows) for ref in task.sources]
+  (`read`: the sources' values when they were read already), before the eager cast to
+  `task.source_dtype`, if any.
+
+  A slice of a MaxText checkpoint (OrbaxRef) is already the value: only the writer's cast remains.
+  """
+  sources = read or [read_tensor(ref, task.rows) for ref in task.sources]
   checksums = tuple((manifest.checksum_key(ref.name, task.rows), zlib.crc32(np.ascontiguousarray(s).view(np.uint8)))
                     for ref, s in zip(task.sources, sources))
+  if isinstance(task.sources[0], OrbaxRef):
+    return sources[0], checksums
   if task.source_dtype is not None:
     sources = [s.astype(NUMPY_DTYPES[task.source_dtype], copy=False) for s in sources]
   value = hf_to_maxtext(sources, param, sizes if task.block is None else task.block.with_sizes(sizes))
@@ -77,26 +86,44 @@ class TensorCountingFn(beam.DoFn):
 
 
 class WriteSliceFn(TensorCountingFn):
-  """Reads one HF tensor, transforms it and writes it into its slice; yields (writer id, 1)."""
+  """Reads one source tensor, transforms it and writes it into its slice; yields (writer id, 1, CRC-32s).
+
+  A slice of a MaxText checkpoint whose chunks stay the same is copied as stored (transforms/chunk_copy.py).
+  """
 
   def __init__(self, target: CheckpointTarget, family: Any, sizes: dict[str, Any],
                progress_path: str | None = None, hub: hub_io.HubAccess | None = None):
     super().__init__(family, sizes, progress_path, hub)
     self.target = target
+    self.copied = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "slices-copied-as-stored")
 
   def setup(self) -> None:
     super().setup()
     # One OCDBT sub-database per DoFn instance: a single writer each, never shared.
     self.writer = orbax_writer.SliceWriter(self.target, uuid.uuid4().hex[:16])
+    self.copier = ChunkCopier(self.writer)
 
-  def process(self, task) -> Iterator[tuple[str, int]]:
+  def process(self, element) -> Iterator[tuple[str, int, tuple[tuple[str, int], ...]]]:
+    """`element`: one task, or tasks whose sources share stored chunks (planner.elements), read together."""
+    tasks = element if isinstance(element, tuple) else (element,)
+    together = read_together([t.sources[0] for t in tasks], tasks[0].rows) if len(tasks) > 1 else [None]
+    for task, value in zip(tasks, together):
+      yield self._write(task, None if value is None else [value])
+
+  def _write(self, task, read: list[np.ndarray] | None) -> tuple[str, int, tuple[tuple[str, int], ...]]:
     start = time.monotonic()
-    value, checksums = convert_slice(task, self.param_of(task.param), self.sizes)
     with disk_full.writing(self.target.items, slice_name(task)):
-      written = self.writer.write(task.array, task.index, value, task.window)
+      if read is None and self.copier.copyable(task):
+        name, crc = self.copier.copy(task)
+        checksums = ((manifest.checksum_key(name, task.rows, stored=True), crc),)
+        written = task.written_nbytes
+        self.copied.inc()
+      else:
+        value, checksums = convert_slice(task, self.param_of(task.param), self.sizes, read)
+        written = self.writer.write(task.array, task.index, value, task.window)
     self.tensor_done(task.nbytes, written)
     self.msec.update(int((time.monotonic() - start) * 1000))
-    yield self.writer.process_id, 1, checksums
+    return self.writer.process_id, 1, checksums
 
 
 def slice_name(task) -> str:

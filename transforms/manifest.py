@@ -38,21 +38,34 @@ def build(direction: str, family: str, options: dict[str, Any], source_files: It
   return json.loads(hub_io.redact(json.dumps(manifest)))
 
 
-def checksum_key(name: str, rows: tuple[int, int] | None) -> str:
-  """A tensor read whole is checksummed whole; a split one per row block, `name@start:stop`."""
-  return name if rows is None else f"{name}@{rows[0]}:{rows[1]}"
+# Marks a checksum of a source slice's stored chunk bytes (copied without decoding), not of its values:
+# a CRC-32C (Castagnoli, as GCS and zarr3's shard index use), over the chunks in key order.
+STORED = "#stored"
+
+
+def checksum_key(name: str, rows: tuple[int, int] | None, stored: bool = False) -> str:
+  """A tensor read whole is checksummed whole; a split one per row block, `name@start:stop`; a slice
+  copied as stored (transforms/chunk_copy.py) over its chunks' bytes (CRC-32C), `...#stored`."""
+  return (name if rows is None else f"{name}@{rows[0]}:{rows[1]}") + (STORED if stored else "")
 
 
 def write(directory: str, manifest: dict[str, Any], checksums: dict[str, int]) -> None:
-  """Adds each tensor's CRC-32, or for a tensor read in row blocks each block's (by its rows); null
-  for tensors an interrupted run wrote before --resume."""
-  blocks: dict[str, dict[str, int]] = {}
+  """Adds each tensor's CRC-32 (`crc32`; for a slice copied as stored, the CRC-32C of its stored chunk
+  bytes: `crc32c_stored`), or for a tensor read in row blocks each block's (by its rows: `crc32_by_rows`,
+  `crc32c_stored_by_rows`); null for tensors an interrupted run wrote before --resume."""
+  whole: dict[str, dict[str, int]] = {}
+  blocks: dict[str, dict[str, dict[str, int]]] = {}
   for key, crc in checksums.items():
+    field = "crc32c_stored" if key.endswith(STORED) else "crc32"
+    key = key[:-len(STORED)] if key.endswith(STORED) else key
     if "@" in key:
       name, rows = key.rsplit("@", 1)
-      blocks.setdefault(name, {})[rows] = crc
-  tensors = {name: {"crc32_by_rows": dict(sorted(blocks[name].items(), key=lambda kv: int(kv[0].split(":")[0])))}
-             if name in blocks else {"crc32": checksums.get(name)} for name in manifest.get("tensors", ())}
+      blocks.setdefault(name, {}).setdefault(field + "_by_rows", {})[rows] = crc
+    else:
+      whole[key] = {field: crc}
+  tensors = {name: {field: dict(sorted(rows.items(), key=lambda kv: int(kv[0].split(":")[0])))
+                    for field, rows in blocks[name].items()}
+             if name in blocks else whole.get(name, {"crc32": None}) for name in manifest.get("tensors", ())}
   storage.write_text(storage.join(directory, MANIFEST),
                      json.dumps({**manifest, "tensors": tensors}, indent=1, sort_keys=True))
 

@@ -121,9 +121,10 @@ def zarr2_metadata(shape: Sequence[int], dtype: str, chunks: Sequence[int],
   }
 
 
-def pytree_metadata(array_paths: Iterable[str], use_ocdbt: bool, use_zarr3: bool) -> dict[str, Any]:
-  """items/_METADATA: the TrainState tree (step + params), every value an np.ndarray."""
-  tree = {"('step',)": _leaf(("step",), "scalar")}
+def pytree_metadata(array_paths: Iterable[str], use_ocdbt: bool, use_zarr3: bool,
+                    with_step: bool = True) -> dict[str, Any]:
+  """items/_METADATA: the tree (a TrainState's step + params, or the params alone), every value an np.ndarray."""
+  tree = {"('step',)": _leaf(("step",), "scalar")} if with_step else {}
   for path in sorted(array_paths):
     keys = tuple(path.split("/"))
     tree[str(keys)] = _leaf(keys, "np.ndarray")

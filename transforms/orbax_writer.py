@@ -31,13 +31,17 @@ META_PROCESS = "meta"
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointTarget:
-  """Where a checkpoint step goes and how it is stored (McJAX: zarr3 + OCDBT; Pathways: no OCDBT)."""
+  """Where a checkpoint step goes and how it is stored (McJAX: zarr3 + OCDBT; Pathways: no OCDBT).
+
+  `with_step`: the tree has the TrainState's `step` leaf (Linen trees; NNX parameter-only trees do not).
+  """
   step_dir: str
   use_ocdbt: bool = True
   use_zarr3: bool = True
   zstd_level: int = orbax_layout.DEFAULT_ZSTD_LEVEL
   # More _CHECKPOINT_METADATA custom_metadata beside scan_layers (a JSON object), e.g. MaxText's `lora`.
   custom_metadata: str = ""
+  with_step: bool = True
 
   @property
   def items(self) -> str:
@@ -80,6 +84,8 @@ def create_arrays(target: CheckpointTarget, arrays: Iterable[ArraySpec]) -> None
            for a in arrays]
   for future in opens:
     future.result()
+  if not target.with_step:
+    return
   step = ts.open({**_array_spec(target, step_array(), META_PROCESS), "create": True, "open": True},
                  context=ctx).result()
   step.write(np.int64(0)).result()
@@ -93,7 +99,7 @@ class SliceWriter:
     self.process_id = process_id
     self._stores: dict[str, ts.TensorStore] = {}
 
-  def _store(self, array: ArraySpec) -> ts.TensorStore:
+  def store(self, array: ArraySpec) -> ts.TensorStore:
     store = self._stores.get(array.path)
     if store is None:
       spec = {**_array_spec(self.target, array, self.process_id), "assume_metadata": True}
@@ -103,7 +109,7 @@ class SliceWriter:
   def write(self, array: ArraySpec, index: Sequence[tuple[int, int]], value: np.ndarray,
             window: orbax_layout.Window | None = None) -> int:
     """Writes `value` at the stacked positions `index` (and row block `window`); returns the bytes written."""
-    store = self._store(array)
+    store = self.store(array)
     dtype = NUMPY_DTYPES[array.dtype]
     expr = list(orbax_layout.region(len(array.shape), index, window))
     free = [a for a, e in enumerate(expr) if isinstance(e, slice)]
@@ -130,6 +136,11 @@ class SliceWriter:
       pending = future
     pending.result()
     return value.size * dtype.itemsize
+
+  def write_stored_chunk(self, array: ArraySpec, key: str, data: bytes) -> ts.Future:
+    """Starts writing one already-encoded chunk (`key` as orbax_layout.chunk_keys names it), through the
+    array's own key-value store: the same OCDBT sub-database its values go to."""
+    return self.store(array).kvstore.write(key[len(array.key) + 1:], data)
 
 
 def merge_writers(target: CheckpointTarget, process_ids: Iterable[str]) -> None:
@@ -185,7 +196,8 @@ def commit(target: CheckpointTarget, arrays: Iterable[ArraySpec], process_ids: I
     os.sync()  # Local writers skipped fsync: make every byte durable before anything says "committed".
   paths = [a.path for a in arrays]
   storage.write_text(storage.join(target.items, orbax_layout.METADATA),
-                     json.dumps(orbax_layout.pytree_metadata(paths, target.use_ocdbt, target.use_zarr3)))
+                     json.dumps(orbax_layout.pytree_metadata(paths, target.use_ocdbt, target.use_zarr3,
+                                                             target.with_step)))
   storage.write_text(storage.join(target.step_dir, orbax_layout.CHECKPOINT_METADATA),
                      json.dumps(orbax_layout.checkpoint_metadata(scan_layers, init_ns, time.time_ns(),
                                                                  json.loads(target.custom_metadata or "{}"))))

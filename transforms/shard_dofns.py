@@ -109,7 +109,7 @@ def hf_blocks(reader: CheckpointReader, tasks: Sequence, param_of: Callable[[int
   read = 0
   for i, piece in enumerate(pieces):
     task, block, last = piece
-    values = [_result(f, reader, s) for f, s in zip(pending or start(piece), task.sources)]
+    values = [reader.result(f, s.array, s.index) for f, s in zip(pending or start(piece), task.sources)]
     following = pieces[i + 1] if i + 1 < len(pieces) else None
     pending = start(following) if following and following[0].block_nbytes(following[1]) <= PREFETCH_BYTES else None
     read += sum(v.nbytes for v in values)
@@ -134,14 +134,6 @@ def hf_tensors(reader: CheckpointReader, tasks: Sequence, param_of: Callable[[in
     if last:
       yield task, parts[0] if len(parts) == 1 else np.concatenate(parts), read
       parts = []
-
-
-def _result(future, reader: CheckpointReader, source) -> np.ndarray:
-  try:
-    return np.asarray(future.result())
-  except ValueError as e:  # tensorstore: a chunk that should be there is not (NOT_FOUND), or is corrupt
-    raise ConversionError(f"{reader.items}: cannot read {source.array} {list(source.index)}: "
-                          f"{str(e).splitlines()[0][:300]}; the checkpoint is incomplete or damaged") from None
 
 
 class CountTensors(beam.CombineFn):
