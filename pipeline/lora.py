@@ -65,9 +65,9 @@ def to_maxtext_mode(conv: ConversionOptions) -> str | None:
                           "takes hf_lora_adapter_path= (a PEFT adapter directory)")
   if conv.hf_lora_adapter_path:
     return MERGED if conv.merge_lora or conv.load_parameters_path else ADAPTER
+  # Without an adapter, load_parameters_path= is a MaxText checkpoint to convert (pipeline/to_maxtext_job.py).
   for given, what in ((conv.merge_lora, "--merge_lora"), (conv.lora_rank, "lora.lora_rank"),
-                      (conv.lora_alpha, "lora.lora_alpha"),
-                      (conv.load_parameters_path, "load_parameters_path (MaxText's merged LoRA mode)")):
+                      (conv.lora_alpha, "lora.lora_alpha")):
     if given:
       raise ConversionError(f"{what} given without hf_lora_adapter_path=: there is no adapter to apply it to; give "
                             "hf_lora_adapter_path=<PEFT adapter directory> or drop it")

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from models.known_configs import known_config
+from models.lora import base_family
 from models.spec import Family
 from transforms.errors import ConversionError
 from pipeline.row_blocks import SPLIT_BYTES, RowBlock, Split, find_split
@@ -171,6 +172,8 @@ def plan_to_huggingface(items: str, output: str, config: dict[str, Any], where: 
     raise ConversionError(f"weight_dtype={weight_dtype} is not supported; use one of {list(WEIGHT_DTYPES)}")
   reader = CheckpointReader(items)
   tree = reader.tree
+  if base_family(family) is not None:  # a derived LoRA family reads an adapter checkpoint
+    tree = tree.adapters()
   tree.require_model(items)
   layout = tree.scan_layers
   if layout is None:

@@ -434,6 +434,7 @@ def plan_tensors(family: Family, config: dict[str, Any], sizes: dict[str, Any],
                  save_dtype: str = "bfloat16", chunk_split: int = orbax_layout.DEFAULT_SPLIT,
                  split_bytes: int = SPLIT_BYTES) -> Plan:
   """The plan of `family`'s placements read from HF `tensors` (header refs of the files in `model_dir`)."""
+  save_dtype = save_dtype or "bfloat16"
   check_save_dtype(save_dtype)
   # MaxText's eager loading (the family's, or any use_multimodal=true conversion's): sources are cast
   # to the save dtype before any transform, so e.g. a float32 norm is rounded before its +1.

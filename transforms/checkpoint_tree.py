@@ -93,6 +93,13 @@ class CheckpointTree:
     """Where the parameter at `model_path` is stored, or None when the tree does not have it."""
     return self.params.get(model_path)
 
+  def adapters(self) -> "CheckpointTree":
+    """This tree read as a LoRA adapter: its adapter leaves by their path under the layout's prefix
+    (`decoder/layers/.../kernel_lora_a/value`, as a derived LoRA family names them)."""
+    prefix = self.layout.prefix
+    return dataclasses.replace(self, params={stored[len(prefix):]: stored for stored in self.lora
+                                             if stored.startswith(prefix)}, lora=())
+
   def require_model(self, where: str) -> None:
     """Refuses, in one line, a tree that is not a MaxText model's parameters."""
     if self.lora:

@@ -82,8 +82,8 @@ class ChunkCopier:
     reuse_freed_buffers()
 
   def copyable(self, task: Any) -> bool:
-    (ref,) = task.sources
-    if not isinstance(ref, OrbaxRef) or ref.dtype != task.array.dtype:
+    ref = task.sources[0]
+    if len(task.sources) != 1 or not isinstance(ref, OrbaxRef) or ref.dtype != task.array.dtype:
       return False
     key = (ref.items, ref.array, task.array.path, ref.index)
     if key not in self._decisions:
