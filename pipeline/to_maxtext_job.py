@@ -178,8 +178,11 @@ def refuse_overlap(items: str, base_output_directory: str) -> None:
 
 def lock_options(conv: ConversionOptions) -> dict:
   """What the writer lock records about this run, so a run it stops can say what is being written."""
-  return {k: hub_io.redact(getattr(conv, k)) if isinstance(getattr(conv, k), str) else getattr(conv, k)
-          for k in ("hf_model_path", "model_name", "scan_layers", "save_dtype", "resume", "overwrite")}
+  recorded = {k: hub_io.redact(getattr(conv, k)) if isinstance(getattr(conv, k), str) else getattr(conv, k)
+              for k in ("hf_model_path", "model_name", "scan_layers", "save_dtype", "resume", "overwrite")}
+  if maxtext_source(conv) is None:  # from HF the saved dtype defaults to bfloat16; from MaxText it is the source's
+    recorded["save_dtype"] = conv.save_dtype or "bfloat16"
+  return recorded
 
 
 def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool | None = None

@@ -524,7 +524,7 @@ def test_dataflow_job_from_a_maxtext_checkpoint_commits_inside_the_graph(gcs_buc
   from tests.gcs_emulator import upload_dir  # pylint: disable=import-outside-toplevel
   from tests.test_dataflow import DATAFLOW, run_locally, top_level  # pylint: disable=import-outside-toplevel
   import apache_beam as beam  # pylint: disable=import-outside-toplevel
-  from transforms import storage  # pylint: disable=import-outside-toplevel
+  from transforms import storage, writer_lock  # pylint: disable=import-outside-toplevel
   monkeypatch.setattr(to_maxtext_job, "is_dry_run", lambda options: False)  # --dry_run=True is Beam's here
   line = run_cli_on_dataflow([*DATAFLOW, f"load_full_state_path={TRAIN_STEP2}", "base_output_directory=gs://b/o",
                               "model_name=llama3.1-8b"], capsys)
@@ -538,11 +538,13 @@ def test_dataflow_job_from_a_maxtext_checkpoint_commits_inside_the_graph(gcs_buc
   assert cli.run_main(to_maxtext_job.main, [*DATAFLOW, f"load_parameters_path=gs://{gcs_bucket}/ckpt/0/items",
                                             f"base_output_directory={out}", "scan_layers=false",
                                             f"--hf_model_path=gs://{gcs_bucket}/config"]) == 0
-  assert f"the job writes {out}/0/items" in capsys.readouterr().out and storage.find(out) == []
+  # Submitted, nothing written yet but the writer lock, which the job's commit step releases.
+  assert f"the job writes {out}/0/items" in capsys.readouterr().out and storage.find(out) == [writer_lock.LOCK_NAME]
   assert top_level(protos[-1]) == ["Seed", "CreateArrays", "Plan", "Distribute", "WriteSlices", "AllWrites", "Barrier",
                                    "Commit"]
   run_locally(protos[-1])
   goldens.assert_same_checkpoint(goldens.restore(f"{out}/0/items"), goldens.restore(goldens.items("llama3.1", "unscan")))
+  assert writer_lock.LOCK_NAME not in storage.list_names(out)
 
 
 def run_cli_on_dataflow(argv, capsys):

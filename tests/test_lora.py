@@ -400,7 +400,8 @@ def _cli(command, argv) -> tuple[int, str]:
     (to_maxtext_job, ["--lora_restore_path=x"], "lora.lora_restore_path= is to_huggingface's"),
     (to_huggingface_job, ["--hf_lora_adapter_path=x"], "are to_maxtext's"),
     (to_maxtext_job, ["lora.lora_rank=4"], "lora.lora_rank given without hf_lora_adapter_path="),
-    (to_maxtext_job, ["load_parameters_path=gs://b/base/0/items"], "merged LoRA mode"),
+    # Without an adapter, load_parameters_path= is a MaxText source; an adapter given there is named as one.
+    (to_maxtext_job, [f"load_parameters_path={maxtext_adapter('scan')}"], "holds a LoRA adapter"),
     (to_huggingface_job, ["lora.lora_alpha=8", f"load_parameters_path={goldens.items('llama3.1', 'scan')}"],
      "lora.lora_alpha given without lora.lora_restore_path="),
 ])
