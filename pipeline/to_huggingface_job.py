@@ -82,13 +82,37 @@ def plan_from_options(conv: ConversionOptions, output: str, hf_model_path: str |
     return lora.plan_adapter_to_huggingface(conv, output, hf_model_path or config_source(conv), split_bytes)
   if not conv.load_parameters_path:
     raise ConversionError("load_parameters_path=<dir>/0/items is required (or a training run's checkpoints/)")
-  config, where = target_config(hf_model_path or config_source(conv), conv.model_name)
-  plan = plan_to_huggingface(run_dirs.resolve(conv.load_parameters_path, conv.step), output, config, where,
+  items = run_dirs.resolve(conv.load_parameters_path, conv.step)
+  config, where = target_config(hf_model_path or config_source(conv), conv.model_name, items)
+  plan = plan_to_huggingface(items, output, config, where,
                              conv.model_name, conv.scan_layers, conv.weight_dtype, conv.max_shard_size,
                              conv.use_multimodal, conv.vocab_size, split_bytes, conv.quantize_fp8_blocks)
   if mode == lora.MERGED:
     plan = lora.merge_into(plan, conv, hf_model_path or config_source(conv), split_bytes)
   return plan
+
+
+def carried_files(plan: HfPlan, hf_model_path: str | None) -> tuple[dict[str, str], str | None]:
+  """Without --hf_model_path, what a checkpoint ckptflow wrote carries in its manifest: the files to write
+  as recorded (generation_config.json; config.json is the plan's) and where to copy tokenizer files
+  from (the model it was made from, when still there). With it: nothing carried, and --hf_model_path."""
+  recorded = None if hf_model_path or plan.config_file != "config.json" else manifest.recorded_model(plan.items)
+  if recorded is None:
+    return {}, hf_model_path
+  files = {name: text for name, text in recorded.files.items() if name != "config.json"}
+  source = recorded.tokenizer_from
+  try:
+    reachable = bool(source) and storage.exists(storage.join(source, "config.json"))
+  except ConversionError:
+    reachable = False
+  if reachable:
+    print(f"note: {', '.join(['config.json', *files])} as recorded in {recorded.path}; tokenizer files from {source}",
+          file=sys.stderr)
+    return files, source
+  why = f"{source} is not reachable" if source else "it records no HF model directory"
+  print(f"note: {', '.join(['config.json', *files])} as recorded in {recorded.path}; no tokenizer files copied "
+        f"({why}): pass --hf_model_path=DIR to copy them", file=sys.stderr)
+  return files, None
 
 
 def stored_itemsizes(plan: HfPlan) -> dict[str, int]:
@@ -145,7 +169,9 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
     if resuming:  # a shard exists only once it is whole (written to a temp name, then renamed or committed)
       todo = dataclasses.replace(plan, shards=tuple(s for s in plan.shards
                                                     if not (storage.exists(s.file) and storage.size(s.file) == s.size)))
-    aux_from = None if plan.config_file == lora.ADAPTER_CONFIG else hf_model_path  # an adapter has no tokenizer
+    carried, aux_from = carried_files(plan, hf_model_path)
+    if plan.config_file == lora.ADAPTER_CONFIG:
+      aux_from = None  # an adapter has no tokenizer
     if not hub.is_hub(output):
       reclaimed = outputs.existing_bytes(output, written.names()) if conv.overwrite and not resuming else 0
       destination.check_space(outputs.hf_needs(output, todo.shards, outputs.aux_bytes(aux_from), reclaimed, 0))
@@ -158,7 +184,8 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
     provenance = build_manifest(plan, conv, hf_model_path)
     with destination.guarded(written, conv.resume):
       totals = runner.run(lambda p, progress: add_to_huggingface(p, todo, aux_from, progress, index=plan.index(),
-                                                                 provenance=provenance, hub=access, lock=claim.held),
+                                                                 provenance=provenance, hub=access, lock=claim.held,
+                                                                 carried=carried),
                           run_options, todo.tensor_count, "to_huggingface", conv.progress)
     if not runner.waits(run_options):
       claim.hand_over()  # the job's last step releases the lock
