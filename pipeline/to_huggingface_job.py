@@ -122,6 +122,14 @@ def stored_itemsizes(plan: HfPlan) -> dict[str, int]:
   return {a: NUMPY_DTYPES.get(reader.spec(a)[1], NUMPY_DTYPES["float32"]).itemsize for a in arrays}
 
 
+def read_bytes(plan: HfPlan) -> int | None:
+  """The bytes the plan's shards read (for the progress line's ETA); None when unknown."""
+  try:
+    return preflight.to_huggingface_preflight(plan, stored_itemsizes(plan)).read_bytes if plan.shards else 0
+  except ConversionError:
+    return None
+
+
 def preflight_report(conv: ConversionOptions) -> preflight.Preflight:
   plan = plan_from_options(conv, conv.base_output_directory or ".")
   return preflight.to_huggingface_preflight(plan, stored_itemsizes(plan))
@@ -186,7 +194,8 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
       totals = runner.run(lambda p, progress: add_to_huggingface(p, todo, aux_from, progress, index=plan.index(),
                                                                  provenance=provenance, hub=access, lock=claim.held,
                                                                  carried=carried),
-                          run_options, todo.tensor_count, "to_huggingface", conv.progress)
+                          run_options, todo.tensor_count, "to_huggingface", conv.progress, unit="tensors",
+                          total_bytes=read_bytes(todo))
     if not runner.waits(run_options):
       claim.hand_over()  # the job's last step releases the lock
   return plan, totals
@@ -210,7 +219,9 @@ def main(argv: list[str]) -> int:
     print(f"the job writes {len(plan.shards)} shard(s) to {destination}, then the index and {plan.config_file} (last)")
     return 0
   layout = "scanned" if plan.scan_layers else "unscanned"
-  print(f"{plan.family} ({layout}): {runner.summary(totals, time.monotonic() - start)}", file=sys.stderr)
+  stored = storage.stored_bytes(destination, outputs.HfOutput(plan, destination).names())
+  print(f"{plan.family} ({layout}): {runner.summary(totals, time.monotonic() - start, stored, 'tensor')}",
+        file=sys.stderr)
   print(f"wrote {len(plan.shards)} shard(s) and {plan.config_file} to {destination}")
   return 0
 

@@ -264,7 +264,8 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
     with destination.guarded(output, conv.resume):
       totals = runner.run(lambda p, progress: add_to_maxtext(p, todo, target, progress, provenance, access,
                                                              lock=claim.held),
-                          run_options, len(todo.tasks), "to_maxtext", conv.progress)
+                          run_options, len(todo.tasks), "to_maxtext", conv.progress, unit="slices",
+                          total_bytes=todo.source_bytes)
     if not runner.waits(run_options):
       claim.hand_over()  # the job's commit step releases the lock
   return plan, target.items, totals
@@ -289,8 +290,9 @@ def main(argv: list[str]) -> int:
     print(f"the job writes {items} and commits it when every slice is written (load_parameters_path={items})")
     return 0
   copied = totals.get("slices-copied-as-stored")
-  note = f" ({copied} of {len(plan.tasks)} slices copied as stored)" if copied else ""
-  print(f"{plan.family}: {runner.summary(totals, time.monotonic() - start)}{note}", file=sys.stderr)
+  note = f" ({copied} of {runner.plural(len(plan.tasks), 'slice')} copied as stored)" if copied else ""
+  stored = storage.stored_bytes(storage.parent(items))
+  print(f"{plan.family}: {runner.summary(totals, time.monotonic() - start, stored)}{note}", file=sys.stderr)
   print(f"wrote {items} ({'lora.lora_restore_path' if lora.is_adapter(plan.family) else 'load_parameters_path'}"
         f"={items})")
   return 0

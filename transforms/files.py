@@ -242,6 +242,15 @@ def find(path: str) -> list[str]:
   return sorted(f[len(own):].lstrip("/") for f in found if f.startswith(own + "/"))
 
 
+def stored_bytes(path: str, names: list[str] | None = None) -> int:
+  """The bytes the files below `path` take in storage (all of them, or only `names` directly in it)."""
+  relative = find(path) if names is None else [n for n in names if exists(join(path, n))]
+  if not is_gcs(path):
+    return sum(os.path.getsize(os.path.join(path, r)) for r in relative)
+  fs = filesystem(path)
+  return sum(int(fs.size(join(path, r))) for r in relative)
+
+
 def kvstore_spec(path: str) -> dict[str, Any]:
   """A tensorstore kvstore for the directory `path` (also valid as an OCDBT `base`)."""
   if is_gcs(path):
