@@ -106,8 +106,9 @@ def carried_files(plan: HfPlan, hf_model_path: str | None) -> tuple[dict[str, st
   except ConversionError:
     reachable = False
   if reachable:
-    print(f"note: {', '.join(['config.json', *files])} as recorded in {recorded.path}; tokenizer files from {source}",
-          file=sys.stderr)
+    found = [n for n in AUX_FILES if n not in files and storage.exists(storage.join(source, n))]
+    tokenizer = f"{', '.join(found)} from {source}" if found else f"no tokenizer files in {source}"
+    print(f"note: {', '.join(['config.json', *files])} as recorded in {recorded.path}; {tokenizer}", file=sys.stderr)
     return files, source
   why = f"{source} is not reachable" if source else "it records no HF model directory"
   print(f"note: {', '.join(['config.json', *files])} as recorded in {recorded.path}; no tokenizer files copied "

@@ -40,7 +40,9 @@ def test_the_way_back_without_hf_model_path_equals_the_way_back_with_it(tmp_path
   to_hf(items, tmp_path / "with", hf_model_path=source)
   capsys.readouterr()
   to_hf(items, tmp_path / "without")
-  assert f"as recorded in {tmp_path / 'mt' / '0' / manifest.MANIFEST}" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  recorded = tmp_path / "mt" / "0" / manifest.MANIFEST
+  assert f"as recorded in {recorded}; tokenizer.json, tokenizer_config.json from {source}" in err
   names = same_files(tmp_path / "with", tmp_path / "without")
   for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
     assert name in names
