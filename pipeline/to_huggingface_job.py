@@ -5,7 +5,9 @@
 
 writes sharded safetensors (model-0000i-of-0000N.safetensors + model.safetensors.index.json, or
 model.safetensors), config.json and the tokenizer files of --hf_model_path to base_output_directory
-(local, gs://, or hf://user/repo).
+(local, gs://, or hf://user/repo). A checkpoint ckptflow wrote needs no --hf_model_path: its
+ckptflow_manifest.json carries config.json and generation_config.json, and names where the
+tokenizer files are.
 """
 from __future__ import annotations
 
