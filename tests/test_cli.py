@@ -25,7 +25,7 @@ def test_maxtext_command_line_works_unchanged(tmp_path):
   assert p.returncode == 0, p.stderr
   assert "note: ignored 'hardware=cpu'" in p.stderr
   assert "note: ignored 'src/maxtext/configs/base.yml'" in p.stderr
-  assert "qwen3: 35 tensors" in p.stderr
+  assert "qwen3: 35 slices" in p.stderr
   assert p.stdout.strip() == f"wrote {out}/0/items (load_parameters_path={out}/0/items)"
   goldens.assert_same_checkpoint(goldens.restore(f"{out}/0/items"), goldens.restore(goldens.items("qwen3", "scan")))
 
