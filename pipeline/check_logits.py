@@ -285,7 +285,8 @@ def read_golden(path: str) -> list[dict[str, Any]]:
     for point in value if isinstance(value, list) else [value]:
       if not isinstance(point, dict) or "tokens" not in point or "logits" not in point:
         raise ConversionError(f"{path}: line {number} has no tokens and logits")
-      points.append({**point, "prompt": point.get("formatted_prompt", point.get("prompt", f"golden #{len(points) + 1}"))})
+      prompt = point.get("formatted_prompt", point.get("prompt", f"golden #{len(points) + 1}"))
+      points.append({**point, "prompt": prompt})
   if not points:
     raise ConversionError(f"{path}: no golden logits in it")
   return points

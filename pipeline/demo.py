@@ -101,7 +101,8 @@ def compare_logits(original_dir: str, converted_dir: str, vocab_size: int) -> fl
                      ) from None
   converted, info = transformers.AutoModelForCausalLM.from_pretrained(converted_dir, dtype=torch.float32,
                                                                       output_loading_info=True)
-  wrong = {k: sorted(v)[:3] for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+  wrong = {k: sorted(v)[:3] for k, v in info.items()
+           if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
   if wrong:
     raise SystemExit(f"MISMATCH: transformers loads {converted_dir} with {wrong}")
   original = transformers.AutoModelForCausalLM.from_pretrained(original_dir, dtype=torch.float32)

@@ -198,7 +198,7 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
                                                                  provenance=provenance, hub=access, lock=claim.held,
                                                                  carried=carried),
                           run_options, todo.tensor_count, "to_huggingface", conv.progress, unit="tensors",
-                          total_bytes=read_bytes(todo))
+                          total_bytes=read_bytes(todo) if conv.progress and runner.is_local(run_options) else None)
     if not runner.waits(run_options):
       claim.hand_over()  # the job's last step releases the lock
   return plan, totals

@@ -83,4 +83,5 @@ def list_names(path: str) -> list[str]:
 
 
 __all__ = ["check_writable", "exists", "filesystem", "find", "fingerprint", "is_gcs", "is_hub", "join", "kvstore_spec",
-           "list_names", "parent", "read_bytes", "read_text", "remove_tree", "size", "stored_bytes", "write_bytes", "write_text"]
+           "list_names", "parent", "read_bytes", "read_text", "remove_tree", "size", "stored_bytes", "write_bytes",
+           "write_text"]
