@@ -41,12 +41,13 @@ def add_to_maxtext(pipeline: beam.Pipeline, plan: Plan, target: CheckpointTarget
 def add_to_huggingface(pipeline: beam.Pipeline, plan: HfPlan, hf_model_path: str | None,
                        progress_path: str | None = None, index: dict | None = None,
                        provenance: dict | None = None, hub: HubAccess | None = None,
-                       lock: Held | None = None) -> beam.PCollection:
+                       lock: Held | None = None, carried: dict[str, str] | None = None) -> beam.PCollection:
   """Adds the MaxText -> HF steps: Create(shards) | Reshuffle | WriteShards | barrier | Finalize.
 
   `index` is the whole model's (when `plan` holds only the shards a resumed run still writes).
   `hub` is how workers reach an hf:// destination or a Hub --hf_model_path; `lock` is the
-  destination's writer lock, released once config.json is written.
+  destination's writer lock, released once config.json is written. `carried` are files written as
+  given (by name; a checkpoint's manifest carries its generation_config.json), not from `hf_model_path`.
   """
   return (pipeline
           | "PlanShards" >> beam.Create(plan.shards, reshuffle=False)
@@ -55,4 +56,5 @@ def add_to_huggingface(pipeline: beam.Pipeline, plan: HfPlan, hf_model_path: str
           | "ShardBarrier" >> beam.CombineGlobally(CountTensors())
           | "Finalize" >> beam.ParDo(FinalizeFn(plan.output, plan.tensor_count,
                                                 plan.index() if index is None else index, plan.config,
-                                                hf_model_path, provenance, hub, lock, plan.config_file)))
+                                                hf_model_path, provenance, hub, lock, plan.config_file,
+                                                carried)))

@@ -1,11 +1,20 @@
 """Forward-pass check: the HF model and the converted MaxText checkpoint on the same prompts.
 
   python -m pipeline.check_logits load_parameters_path=<dir>/0/items model_name=llama3.1-8b \\
-      --hf_model_path=DIR [--run_hf_model=true] [--max_kl_div=0.01] [--golden_logits_path=F.jsonl]
+      --hf_model_path=DIR [--run_hf_model=true] [--max_kl_div=0.01] [--atol=0.1 --rtol=0.01] \\
+      [--golden_logits_path=F.jsonl] [--output_logits_path=OUT.jsonl] [--token_size=N] [tokenizer_path=DIR]
 
 Prints per prompt the top-k tokens of both models at the last position, their overlap, Jaccard
-similarity and rank agreement, and the average and maximum per-token KL(P_hf || Q_converted);
-exits 1 when the maximum exceeds --max_kl_div.
+similarity and rank agreement, and the average and maximum per-token KL(P_hf || Q_converted).
+MaxText's forward_pass_logit_checker flags mean what they mean there: it fails (exit 1) when a
+token's KL reaches --max_kl_div, or, with --atol, when the logits are not allclose(rtol=--rtol,
+atol=--atol); both over the first --token_size positions (default: all; --skip_first_token
+leaves out position 0) and the vocabulary both models have. With neither --atol nor --max_kl_div,
+--max_kl_div=0.01. --output_logits_path saves the converted model's logits (JSON lines).
+Golden logits are JSON lines (prompt, tokens, logits) or .npz (tokens_<i>, logits_<i>, prompt_<i>);
+pickle files are refused: unpickling runs code. Token ids come from tokenizer_path=, else
+--hf_model_path's tokenizer, else the model the checkpoint was converted from (its manifest);
+without any, synthetic ids, and it says so.
 
 The converted side runs MaxText's own model on the checkpoint when `maxtext` is importable
 (--backend=maxtext; MaxText-only key=value overrides such as per_device_batch_size=1 are passed to
@@ -33,7 +42,7 @@ from pipeline import cli
 from transforms.errors import ConversionError
 from pipeline.options import str2bool
 from pipeline.plan_hf import plan_to_huggingface, target_config
-from transforms import storage
+from transforms import manifest, storage
 from transforms.orbax_reader import CheckpointReader
 from transforms.safetensors_io import HF_FILE_METADATA, SafetensorsWriter
 from transforms.shard_dofns import hf_tensors
@@ -45,7 +54,9 @@ _PASSAGE = ("A lighthouse keeper on a rocky northern island logs the weather eve
 LONG_PROMPT = _PASSAGE * 8 + "\nAccording to the passage, the keeper rows to the mainland to fetch"
 DEFAULT_PROMPTS = ("I love to", "Today is a", "What is the", LONG_PROMPT)
 MAXTEXT_KEYS = ("load_parameters_path", "model_name", "scan_layers", "max_prefill_predict_length",
-                "max_target_length", "hf_model_path")
+                "max_target_length", "hf_model_path", "tokenizer_path")
+# With neither --atol nor --max_kl_div (MaxText's checker wants one of them).
+DEFAULT_MAX_KL_DIV = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,15 +117,16 @@ def report(c: Comparison, decode) -> str:
 
 
 def converted_model(items: str, config: dict[str, Any], where: str, model_name: str | None,
-                    scan_layers: bool | None):
-  """An HF model whose weights stream from the MaxText checkpoint through our inverse conversion.
+                    scan_layers: bool | None, plan=None):
+  """An HF model whose weights stream from the MaxText checkpoint through our inverse conversion
+  (`plan`: plan_to_huggingface's in float32, when already made).
 
   The tensors go through a temporary safetensors file, one at a time, and transformers loads it
   as it loads any checkpoint (including its own renames, e.g. fused expert weights).
   """
   import torch  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
-  plan = plan_to_huggingface(items, "", config, where, model_name, scan_layers, "float32")
+  plan = plan or plan_to_huggingface(items, "", config, where, model_name, scan_layers, "float32")
   reader = CheckpointReader(items)
   param_of = models.BY_NAME[plan.family].param
   tasks = [t for shard in plan.shards for t in shard.tensors]
@@ -201,28 +213,119 @@ def forward(model, tokens: Sequence[int]) -> np.ndarray:
     return model(torch.tensor([list(tokens)])).logits[0].float().numpy()
 
 
-def tokenize(hf_model_path: str | None, prompts: Sequence[str], vocab_size: int, max_tokens: int):
+@dataclasses.dataclass(frozen=True)
+class Tokens:
+  """Token ids per prompt, how to show a token, and whether the ids are synthetic (no tokenizer)."""
+  lists: list[list[int]]
+  decode: Any
+  synthetic: bool = False
+
+
+def load_tokenizer(where: str):
+  """A tokenizer from a directory (or Hub repo) with tokenizer files, or a tokenizer.json file."""
+  import transformers  # pylint: disable=import-outside-toplevel
+  try:
+    if where.endswith(".json") and storage.exists(where):
+      return transformers.PreTrainedTokenizerFast(tokenizer_file=where)
+    return transformers.AutoTokenizer.from_pretrained(where)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConversionError(f"tokenizer_path={where}: no tokenizer could be loaded from it ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:160] if str(e) else ''}); give a directory with tokenizer "
+                          "files or a tokenizer.json") from None
+
+
+def tokenizer_source(tokenizer_path: str | None, hf_model_path: str | None, items: str) -> str | None:
+  """tokenizer_path= (MaxText's key), else --hf_model_path when it has a tokenizer, else the HF model
+  the checkpoint was made from when its manifest records one and it is still there."""
+  if tokenizer_path:
+    return tokenizer_path
+  recorded = manifest.recorded_model(items)
+  for where in (hf_model_path, recorded.tokenizer_from if recorded else None):
+    if where and not storage.is_hub(where) and storage.exists(storage.join(where, "tokenizer.json")):
+      return where
+  return None
+
+
+def tokenize(tokenizer_from: str | None, prompts: Sequence[str], vocab_size: int, max_tokens: int) -> Tokens:
   """Token ids per prompt and a decoder; without a tokenizer, fixed pseudo-random ids per prompt."""
-  tokenizer = None
-  if hf_model_path and storage.exists(storage.join(hf_model_path, "tokenizer.json")):
-    import transformers  # pylint: disable=import-outside-toplevel
-    tokenizer = transformers.AutoTokenizer.from_pretrained(hf_model_path)
-  if tokenizer is not None:
-    token_lists = [tokenizer(p)["input_ids"][:max_tokens] for p in prompts]
-    return token_lists, lambda t: repr(tokenizer.decode([t]))[:24]
-  token_lists = [list(np.random.default_rng(sum(map(ord, p))).integers(0, vocab_size, size=max_tokens))
-                 for p in prompts]
-  return token_lists, str
+  if tokenizer_from:
+    tokenizer = load_tokenizer(tokenizer_from)
+    return Tokens([tokenizer(p)["input_ids"][:max_tokens] for p in prompts],
+                  lambda t: repr(tokenizer.decode([t]))[:24])
+  return Tokens([[int(t) for t in np.random.default_rng(sum(map(ord, p))).integers(0, vocab_size, size=max_tokens)]
+                 for p in prompts], str, synthetic=True)
 
 
 def read_golden(path: str) -> list[dict[str, Any]]:
-  return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]
+  """Golden logits as MaxText's checker writes them (JSON lines: prompt, tokens, logits; a line may hold
+  a list of them), or .npz arrays tokens_<i>, logits_<i> (and prompt_<i>). Never unpickled."""
+  if path.endswith((".pkl", ".pickle")):
+    raise ConversionError(f"{path}: pickle files are not read (unpickling runs arbitrary code); save the golden "
+                          "logits as .jsonl (prompt, tokens, logits per line) or .npz")
+  if path.endswith(".npz"):
+    import io  # pylint: disable=import-outside-toplevel
+    try:
+      arrays = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
+      count = len([k for k in arrays.files if k.startswith("logits_")])
+      return [{"prompt": str(arrays[f"prompt_{i}"]) if f"prompt_{i}" in arrays.files else f"golden #{i + 1}",
+               "tokens": arrays[f"tokens_{i}"].tolist(), "logits": arrays[f"logits_{i}"]} for i in range(count)]
+    except (ValueError, KeyError, OSError) as e:
+      raise ConversionError(f"{path}: not an .npz of tokens_<i> and logits_<i> arrays without pickled objects "
+                            f"({str(e).splitlines()[0][:160]})") from None
+  if not path.endswith((".jsonl", ".json")):
+    raise ConversionError(f"{path}: golden logits are read from .jsonl (prompt, tokens, logits) or .npz")
+  points = []
+  for number, line in enumerate(storage.read_text(path).splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      value = json.loads(line)
+    except json.JSONDecodeError:
+      raise ConversionError(f"{path}: line {number} is not JSON") from None
+    for point in value if isinstance(value, list) else [value]:
+      if not isinstance(point, dict) or "tokens" not in point or "logits" not in point:
+        raise ConversionError(f"{path}: line {number} has no tokens and logits")
+      prompt = point.get("formatted_prompt", point.get("prompt", f"golden #{len(points) + 1}"))
+      points.append({**point, "prompt": prompt})
+  if not points:
+    raise ConversionError(f"{path}: no golden logits in it")
+  return points
 
 
 def write_golden(path: str, prompts, token_lists, logits) -> None:
   storage.write_text(path, "".join(json.dumps({"prompt": p, "tokens": [int(t) for t in toks],
                                                "logits": np.asarray(l, np.float32).tolist()}) + "\n"
                                    for p, toks, l in zip(prompts, token_lists, logits)))
+
+
+def write_output_logits(path: str, prompts, token_lists, ours, ref, golden: bool) -> None:
+  """--output_logits_path, as MaxText's checker fills it: the converted model's logits per prompt
+  (prompt, tokens, logits: usable as golden logits) against goldens, or mt_logits and hf_logits
+  against the HF model; one JSON object per line."""
+  def line(prompt, tokens, mine, theirs):
+    record = {"prompt": prompt, "tokens": [int(t) for t in tokens]}
+    if golden:
+      record["logits"] = np.asarray(mine, np.float32).tolist()
+    else:
+      record.update(mt_logits=np.asarray(mine, np.float32).tolist(), hf_logits=np.asarray(theirs, np.float32).tolist())
+    return json.dumps(record) + "\n"
+  storage.write_text(path, "".join(line(*row) for row in zip(prompts, token_lists, ours, ref)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Criteria:
+  """MaxText's test criteria: per-token KL below `max_kl_div`; with `atol`, allclose(rtol, atol); over
+  positions [start, token_size) and the vocabulary both sides have."""
+  max_kl_div: float | None
+  atol: float | None
+  rtol: float
+  token_size: int | None
+  start: int
+
+  def window(self, ref: np.ndarray, ours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    vocab = min(ref.shape[-1], ours.shape[-1])
+    stop = self.token_size
+    return ref[self.start:stop, :vocab], ours[self.start:stop, :vocab]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -235,9 +338,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
   add("--hf_model_path", default=None, help="the HF model: reference weights, config and tokenizer")
   add("--run_hf_model", type=str2bool, nargs="?", const=True, default=True,
       help="run the HF model for the reference logits (else --golden_logits_path)")
-  add("--golden_logits_path", default=None, help="reference logits saved by --save_golden_logits")
+  add("--golden_logits_path", default=None,
+      help="reference logits: .jsonl (prompt, tokens, logits per line, as MaxText's checker reads) or .npz")
   add("--save_golden_logits", default=None, help="write the reference logits here (JSON lines)")
-  add("--max_kl_div", type=float, default=0.01, help="fail above this per-token KL(P_hf || Q). Default 0.01")
+  add("--output_logits_path", default=None, help="write the converted model's logits here (JSON lines)")
+  add("--max_kl_div", type=float, default=None,
+      help="fail when a token's KL(P_ref || Q) is not below this (default 0.01 unless --atol is given)")
+  add("--atol", type=float, default=None, help="also fail unless the logits are allclose with this atol")
+  add("--rtol", type=float, default=1e-05, help="the rtol used with --atol. Default 1e-05 (as jnp.allclose)")
+  add("--token_size", type=int, default=None, help="compare the first N positions only (default: all)")
+  add("--skip_first_token", action="store_true", help="leave position 0 out of the comparison (BOS effects)")
+  add("--tokenizer_path", default=None, help="where the tokenizer is: a directory, a Hub repo or a tokenizer.json")
   add("--max_prefill_predict_length", type=int, default=512, help="prompt tokens used, at most")
   add("--max_target_length", type=int, default=1024, help="sequence length limit, at most")
   add("--prompt", action="append", default=None, help="a prompt (repeatable); default: three short ones")
@@ -255,37 +366,65 @@ def main(argv: list[str]) -> int:
   if any(a in ("-h", "--help") for a in argv):
     parse(["--help"])
   args = parse(argv)
-  config, where = target_config(args.hf_model_path, args.model_name)
+  items = args.load_parameters_path
+  config, where = target_config(args.hf_model_path, args.model_name, items)
+  # Layout and shapes are checked from metadata, before any model is loaded.
+  plan = plan_to_huggingface(items, "", config, where, args.model_name, args.scan_layers, "float32")
   vocab_size = config.get("text_config", config)["vocab_size"]  # multimodal configs nest the text model
+  criteria = Criteria(DEFAULT_MAX_KL_DIV if args.max_kl_div is None and args.atol is None else args.max_kl_div,
+                      args.atol, args.rtol, args.token_size, 1 if args.skip_first_token else 0)
   prompts = args.prompt or list(DEFAULT_PROMPTS)
   max_tokens = min(args.max_prefill_predict_length, args.max_target_length)
-  if args.golden_logits_path:
-    golden = read_golden(args.golden_logits_path)
-    prompts = [g["prompt"] for g in golden]
-    token_lists = [g["tokens"] for g in golden]
-    ref = [np.asarray(g["logits"], np.float32) for g in golden]
-    _, decode = tokenize(args.hf_model_path, prompts, vocab_size, max_tokens)
+  tokenizer_from = tokenizer_source(args.tokenizer_path, args.hf_model_path, items)
+  golden = bool(args.golden_logits_path)
+  if golden:
+    points = read_golden(args.golden_logits_path)
+    prompts = [g["prompt"] for g in points]
+    tokens = Tokens([list(g["tokens"]) for g in points], str)
+    if tokenizer_from:
+      tokens = dataclasses.replace(tokens, decode=tokenize(tokenizer_from, [], vocab_size, max_tokens).decode)
+    ref = [np.asarray(g["logits"], np.float32) for g in points]
   elif args.run_hf_model and args.hf_model_path:
-    token_lists, decode = tokenize(args.hf_model_path, prompts, vocab_size, max_tokens)
-    ref = reference_logits(args.hf_model_path, token_lists)
+    tokens = tokenize(tokenizer_from, prompts, vocab_size, max_tokens)
+    if tokens.synthetic:
+      print(f"note: no tokenizer (no tokenizer_path=, and no tokenizer.json in --hf_model_path or the model the "
+            f"checkpoint was made from): comparing on {len(prompts)} sequences of {max_tokens} synthetic token ids, "
+            "not on the prompts", file=sys.stderr)
+      prompts = [f"synthetic ids #{i + 1}" for i in range(len(prompts))]
+    ref = reference_logits(args.hf_model_path, tokens.lists)
   else:
     raise ConversionError("the reference needs --hf_model_path with --run_hf_model=true, or --golden_logits_path")
   if args.save_golden_logits:
-    write_golden(args.save_golden_logits, prompts, token_lists, ref)
+    write_golden(args.save_golden_logits, prompts, tokens.lists, ref)
   backend = choose_backend(args.backend)
   if backend == "maxtext":
     ours = maxtext_logits(maxtext_argv(argv, args))
   else:
-    model = converted_model(args.load_parameters_path, config, where, args.model_name, args.scan_layers)
-    ours = functools.partial(forward, model)
+    ours = functools.partial(forward, converted_model(items, config, where, args.model_name, args.scan_layers,
+                                                        plan))
   print(f"converted model: {backend} backend")
-  worst = 0.0
-  for prompt, tokens, ref_logits in zip(prompts, token_lists, ref):
-    comparison = compare(prompt, ref_logits, ours(tokens), args.top_k)
-    print(report(comparison, decode))
+  worst, worst_abs, worst_rel, close = 0.0, 0.0, 0.0, True
+  outputs = []
+  for prompt, token_list, ref_logits in zip(prompts, tokens.lists, ref):
+    our_logits = ours(token_list)
+    outputs.append(our_logits)
+    theirs, mine = criteria.window(ref_logits, our_logits)
+    comparison = compare(prompt, theirs, mine, args.top_k)
+    print(report(comparison, tokens.decode))
     worst = max(worst, float(comparison.kl_per_token.max()))
-  verdict = "PASS" if worst <= args.max_kl_div else "FAIL"
-  print(f"{verdict}: max per-token KL {worst:.3e} (limit {args.max_kl_div:g})")
+    difference = np.abs(mine.astype(np.float64) - theirs.astype(np.float64))
+    worst_abs = max(worst_abs, float(difference.max()))
+    worst_rel = max(worst_rel, float((difference / np.abs(np.where(theirs == 0, 1e-8, theirs))).max()))
+    if criteria.atol is not None:
+      close = close and bool(np.allclose(mine, theirs, rtol=criteria.rtol, atol=criteria.atol))
+  if args.output_logits_path:
+    write_output_logits(args.output_logits_path, prompts, tokens.lists, outputs, ref, golden)
+  kl_ok = criteria.max_kl_div is None or worst < criteria.max_kl_div
+  verdict = "PASS" if kl_ok and close else "FAIL"
+  limit = "none" if criteria.max_kl_div is None else f"{criteria.max_kl_div:g}"
+  allclose = "" if criteria.atol is None else f", allclose(rtol={criteria.rtol:g}, atol={criteria.atol:g}) {close}"
+  print(f"{verdict}: max per-token KL {worst:.3e} (limit {limit}), max |diff| {worst_abs:.3e}, "
+        f"max relative diff {worst_rel:.3e}{allclose}")
   return 0 if verdict == "PASS" else 1
 
 

@@ -1,8 +1,12 @@
 """The README's first command: make a small Llama-3.1-shaped model, convert it to MaxText with
-the local runner (scanned and unscanned), check every array against its source, convert each
-checkpoint back to HF and compare with the original.
+the local runner (scanned and unscanned), check each checkpoint with Orbax's own restore (every
+slice bit for bit against its converted source), convert it back to HF (the scanned one with
+--hf_model_path, the unscanned one from what its manifest carries), and check the way back with
+transformers' from_pretrained (no missing or unexpected keys) and its logits against the original's.
 
   python -m pipeline.demo [--workdir DIR] [--layers N]
+
+Orbax, torch and transformers are in the `test` extra, which scripts/venv.sh installs.
 """
 from __future__ import annotations
 
@@ -19,7 +23,6 @@ import models
 from pipeline import cli, to_huggingface_job, to_maxtext_job
 from pipeline.planner import plan_to_maxtext
 from transforms.dofns import convert_slice
-from transforms.orbax_reader import CheckpointReader
 from transforms.orbax_layout import NUMPY_DTYPES, region
 from transforms.safetensors_io import list_checkpoint, read_tensor, write_safetensors
 from transforms.tensor_ops import axes_shape
@@ -52,18 +55,66 @@ def make_model(model_dir: str, config: dict, seed: int = 0) -> None:
     json.dump(config, f, indent=2)
 
 
-def verify(hf_dir: str, items: str, scan_layers: bool) -> int:
-  """Re-reads every slice of the checkpoint and compares it bit for bit with its converted source."""
+def orbax_restore(items: str) -> dict[str, np.ndarray]:
+  """The checkpoint as Orbax itself restores it: {'params/params/decoder/...': array}."""
+  try:
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise SystemExit("the demo checks with orbax-checkpoint: pip install -e '.[test]' (scripts/venv.sh does)") from None
+  flat: dict[str, np.ndarray] = {}
+
+  def walk(node, prefix):
+    if isinstance(node, dict):
+      for key, value in node.items():
+        walk(value, (*prefix, str(key)))
+    else:
+      flat["/".join(prefix)] = np.asarray(node)
+  walk(ocp.PyTreeCheckpointer().restore(os.path.abspath(items)), ())
+  return flat
+
+
+def verify(hf_dir: str, items: str, scan_layers: bool, restored: dict[str, np.ndarray] | None = None) -> int:
+  """Compares every slice of the checkpoint, as Orbax restores it, bit for bit with its converted source."""
   plan = plan_to_maxtext(hf_dir, scan_layers=scan_layers)
   family = models.BY_NAME[plan.family]
-  reader = CheckpointReader(items)
+  restored = orbax_restore(items) if restored is None else restored
   for task in plan.tasks:
     expected = convert_slice(task, family.param(task.param), plan.sizes)[0]
     expected = np.ascontiguousarray(expected, NUMPY_DTYPES[task.array.dtype])
-    got = reader.read(task.array.path, region(len(task.array.shape), task.index, task.window))
+    array = restored.get(task.array.path)
+    if array is None:
+      raise SystemExit(f"MISMATCH: Orbax restored no {task.array.path} from {items}")
+    got = np.ascontiguousarray(array[region(len(task.array.shape), task.index, task.window)])
     if got.shape != expected.shape or not np.array_equal(got.view(np.uint8), expected.view(np.uint8)):
       raise SystemExit(f"MISMATCH in {task.array.path} {task.index}")
   return len(plan.tasks)
+
+
+def compare_logits(original_dir: str, converted_dir: str, vocab_size: int) -> float:
+  """Loads both with transformers' from_pretrained (the converted one must fit the model exactly) and
+  returns the largest logit difference over a few token sequences, relative to the largest logit."""
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+    import transformers  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise SystemExit("the demo checks with torch and transformers: pip install -e '.[test]' (scripts/venv.sh does)"
+                     ) from None
+  converted, info = transformers.AutoModelForCausalLM.from_pretrained(converted_dir, dtype=torch.float32,
+                                                                      output_loading_info=True)
+  wrong = {k: sorted(v)[:3] for k, v in info.items()
+           if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+  if wrong:
+    raise SystemExit(f"MISMATCH: transformers loads {converted_dir} with {wrong}")
+  original = transformers.AutoModelForCausalLM.from_pretrained(original_dir, dtype=torch.float32)
+  ids = torch.tensor(np.random.default_rng(0).integers(0, vocab_size, size=(2, 64)))
+  with torch.no_grad():
+    a, b = converted.eval()(ids).logits, original.eval()(ids).logits
+  return float(torch.max(torch.abs(a - b)) / torch.max(torch.abs(b)))
+
+
+# The query is rescaled by 1/sqrt(head_dim) and rounded to bf16 on the way in: the way back's logits
+# may differ from the original's by about that rounding, never by more than this share of the largest.
+LOGIT_TOLERANCE = 0.05
 
 
 def compare_models(original_dir: str, converted_dir: str) -> tuple[int, int]:
@@ -99,14 +150,20 @@ def main(argv: list[str]) -> int:
                      "--overwrite"])
     items = os.path.join(out, "0", "items")
     checked = verify(hf_dir, items, scan)
-    print(f"scan_layers={scan}: {checked} slices bit-exact in {items} ({time.monotonic() - start:.1f}s)")
+    print(f"scan_layers={scan}: Orbax restores {items}; {checked} slices bit-exact ({time.monotonic() - start:.1f}s)")
     back = os.path.join(args.workdir, "hf_from_scan" if scan else "hf_from_unscan")
     start = time.monotonic()
-    to_huggingface_job.main([f"load_parameters_path={items}", f"base_output_directory={back}",
-                         f"--hf_model_path={hf_dir}", "--overwrite"])
+    # The unscanned way back has no --hf_model_path: its config.json travels in the checkpoint's manifest.
+    given = [f"--hf_model_path={hf_dir}"] if scan else []
+    to_huggingface_job.main([f"load_parameters_path={items}", f"base_output_directory={back}", *given, "--overwrite"])
     same, rounded = compare_models(hf_dir, back)
-    print(f"back to HF: {same} tensors bit-identical to the original, {rounded} within one bf16 rounding "
-          f"(the rescaled query) in {back} ({time.monotonic() - start:.1f}s)")
+    print(f"back to HF{'' if scan else ' (no --hf_model_path)'}: {same} tensors bit-identical to the original, "
+          f"{rounded} within one bf16 rounding (the rescaled query) in {back} ({time.monotonic() - start:.1f}s)")
+    difference = compare_logits(hf_dir, back, DEMO_CONFIG["vocab_size"])
+    if difference > LOGIT_TOLERANCE:
+      raise SystemExit(f"MISMATCH: logits of {back} differ from the original's by {difference:.3g} of the largest")
+    print(f"transformers loads {back} with no missing or unexpected keys; logits within {difference:.2e} of the "
+          "original's (relative to the largest)")
   return 0
 
 

@@ -19,7 +19,7 @@ from transforms.errors import ConversionError
 from pipeline.row_blocks import SPLIT_BYTES, RowBlock, Split, find_split
 from pipeline.planner import (detect_family, family_sizes, mt_shape, parse_size, placements, read_config, with_options,
                            without_options)
-from transforms import quantized, storage
+from transforms import manifest, quantized, storage
 from transforms.orbax_layout import NUMPY_DTYPES
 from transforms.lora import LoraFactors
 from transforms.orbax_reader import CheckpointReader
@@ -131,10 +131,15 @@ class HfPlan:
             "weight_map": dict(sorted(weight_map.items()))}
 
 
-def target_config(hf_model_path: str | None, model_name: str | None) -> tuple[dict[str, Any], str]:
-  """The HF config to write, and where it came from: --hf_model_path, else the known configs."""
+def target_config(hf_model_path: str | None, model_name: str | None,
+                  items: str | None = None) -> tuple[dict[str, Any], str]:
+  """The HF config to write, and where it came from: --hf_model_path, else the config.json recorded in
+  the manifest ckptflow wrote beside the checkpoint `items`, else the known config of model_name."""
   if hf_model_path:
     return read_config(hf_model_path), storage.join(hf_model_path, "config.json")
+  recorded = manifest.recorded_model(items) if items else None
+  if recorded is not None:
+    return recorded.config, recorded.where
   if not model_name:
     raise ConversionError("give --hf_model_path (a directory with config.json) or model_name=... of a "
                           "released model")
@@ -142,7 +147,18 @@ def target_config(hf_model_path: str | None, model_name: str | None) -> tuple[di
   if config is None:
     raise ConversionError(f"model_name={model_name} has no built-in config; pass --hf_model_path=DIR with its "
                           "config.json")
-  return config, f"the built-in config of {model_name}"
+  return config, f"{BUILT_IN} {model_name}"
+
+
+# How `where` starts for a model_name's known config: a checkpoint of other dimensions needs its own config.json.
+BUILT_IN = "the built-in config of"
+
+
+def config_hint(where: str) -> str:
+  """What to do when a checkpoint disagrees with the config from `where`."""
+  if where.startswith(BUILT_IN):
+    return "; if the checkpoint is not that released model, pass --hf_model_path=DIR with its config.json"
+  return "; wrong model_name or config?"
 
 
 def default_weight_dtype(config: dict[str, Any]) -> str:
@@ -193,11 +209,11 @@ def plan_to_huggingface(items: str, output: str, config: dict[str, Any], where: 
     array = stored[place.model_path]
     if array is None:
       raise ConversionError(f"{items}: no array {tree.layout.stored(place.model_path)}, which a {family.name} model "
-                            f"with this config has ({where}); wrong model_name or config?")
+                            f"with this config has ({where}){config_hint(where)}")
     shape, stored_dtype = specs[array]
     if shape != place.array_shape:
       raise ConversionError(f"{items}: array {array} has shape {list(shape)} but {where} implies "
-                            f"{list(place.array_shape)}")
+                            f"{list(place.array_shape)}{config_hint(where)}")
     split = splits.setdefault(place.hf_name, find_split(
         place.param, sizes, tuple(mt_shape(place.param, sizes)), DTYPES[code].itemsize,
         NUMPY_DTYPES.get(stored_dtype, NUMPY_DTYPES["float32"]).itemsize, split_bytes))

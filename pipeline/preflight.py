@@ -24,6 +24,14 @@ from transforms.shard_dofns import PREFETCH_BYTES
 # caches. Calibrated on bench/scale.py: 1.5-1.7 GB peak per process with 256 MiB elements.
 WORKER_BASE_BYTES = 900 * 2**20
 
+# The time estimate, calibrated on the Llama-3.1-8B-shaped 4-layer benchmark (bench/README.md) with the
+# local runner on 2 shared CPUs: ~10 s before the first slice is written (Beam starting its worker
+# processes, planning) and the commit's flush of everything written (about 1 GB/s). 2 workers on 2
+# CPUs convert 1.65x as fast as one (bench/scale.py): each extra worker counts 0.8 of one.
+START_SECONDS = 10.0
+FLUSH_BYTES_PER_SECOND = 1e9
+EXTRA_WORKER_SHARE = 0.8
+
 
 @dataclasses.dataclass(frozen=True)
 class Preflight:
@@ -39,12 +47,18 @@ class Preflight:
   arrays: int
   chunks: int
   extra: tuple[tuple[str, str], ...] = ()
+  # The most bytes one worker must read by itself: the largest element going to MaxText, the largest
+  # shard going to HF (a shard is written front to back by one worker). Default: the largest element.
+  largest_unit_bytes: int | None = None
 
   def estimated_seconds(self, workers: int, worker_mbps: float) -> float:
-    """Bytes read over the workers' combined throughput; a worker cannot split an element."""
+    """Start-up, then bytes read over the workers' combined throughput (a worker cannot split its
+    unit of work), then the flush of what was written."""
     per_worker = worker_mbps * 1e6
-    spread = self.read_bytes / (per_worker * max(workers, 1))
-    return max(spread, self.largest_element_bytes / per_worker)
+    effective = 1 + EXTRA_WORKER_SHARE * (max(workers, 1) - 1)
+    unit = self.largest_element_bytes if self.largest_unit_bytes is None else self.largest_unit_bytes
+    work = max(self.read_bytes / (per_worker * effective), unit / per_worker)
+    return START_SECONDS + work + self.written_bytes / FLUSH_BYTES_PER_SECOND
 
   def lines(self, workers: tuple[int, ...], worker_mbps: float) -> list[str]:
     out = [f"{self.direction} {self.family}: pre-flight plan (headers and metadata only)",
@@ -121,8 +135,12 @@ def to_huggingface_preflight(plan: HfPlan, stored_itemsize: dict[str, int]) -> P
   name, block, read, out = max(pieces, key=lambda p: max(p[2], p[3]))
   label = name + (f" rows {block.rows[0]}:{block.rows[1]}" if block is not None else "")
   memory = WORKER_BASE_BYTES + max(r + 2 * o for _, _, r, o in pieces) + PREFETCH_BYTES
+  by_shard: dict[str, int] = {}
+  for shard in plan.shards:
+    by_shard[shard.file] = sum(p[2] for p in pieces if any(p[0] == t.name for t in shard.tensors))
   return Preflight("to_huggingface", plan.family, plan.tensor_count, len(pieces), sum(p[2] for p in pieces),
-                   plan.total_size, label, max(read, out), memory, len(plan.shards), 0)
+                   plan.total_size, label, max(read, out), memory, len(plan.shards), 0,
+                   largest_unit_bytes=max(by_shard.values()))
 
 
 def print_report(report: Preflight, conv: ConversionOptions) -> None:

@@ -128,11 +128,14 @@ def console_url(options: PipelineOptions, job_id: str) -> str:
 
 
 class Progress:
-  """Counts the dots that local workers append to a file: tensors done / total, on stderr."""
+  """Counts what local workers append to a file, one `<bytes read> ` record per finished unit (a slice
+  going to MaxText, a tensor going to HF): done / total, MB/s and an ETA, on stderr."""
 
-  def __init__(self, total: int, label: str, enabled: bool):
+  def __init__(self, total: int, label: str, enabled: bool, unit: str = "slices", total_bytes: int | None = None):
     self.total = total
     self.label = label
+    self.unit = unit
+    self.total_bytes = total_bytes
     self.enabled = enabled and total > 0
     self.path: str | None = None
     self._stop = threading.Event()
@@ -151,39 +154,65 @@ class Progress:
       self._thread.join()
       os.unlink(self.path)
 
-  def _done(self) -> int:
+  def _done(self) -> tuple[int, int]:
+    """(units done, bytes they read)."""
     try:
-      return os.path.getsize(self.path)
+      with open(self.path, encoding="ascii") as f:
+        records = f.read().split()
     except OSError:
-      return 0
+      return 0, 0
+    return len(records), sum(int(r) for r in records if r.isdigit())
 
   def _watch(self) -> None:
     tty = sys.stderr.isatty()
     start, reported = time.monotonic(), -1
     while True:
       stopping = self._stop.wait(0.25 if tty else 1.0)
-      done = self._done()
+      done, read = self._done()
       if tty:
-        print("\r" + self.line(done, time.monotonic() - start), end="", file=sys.stderr, flush=True)
+        print("\r" + self.line(done, time.monotonic() - start, read), end="", file=sys.stderr, flush=True)
       elif done != reported and (done - reported >= max(1, self.total // 10) or done == self.total):
-        print(self.line(done, time.monotonic() - start), file=sys.stderr, flush=True)
+        print(self.line(done, time.monotonic() - start, read), file=sys.stderr, flush=True)
         reported = done
       if stopping:
         break
     if tty:
       print(file=sys.stderr, flush=True)
 
-  def line(self, done: int, seconds: float) -> str:
-    """'to_maxtext: 12/39 tensors [#####...............]  31% 4.2s'."""
+  def line(self, done: int, seconds: float, read: int = 0) -> str:
+    """'to_maxtext: 12/39 slices [#######.................]  30% 210 MB/s ETA 9s, 4.2s'.
+
+    The ETA is the bytes still to read at the rate so far (the count of units left when the total
+    bytes are unknown); none before the first unit is done."""
     width = 24
     filled = width * done // self.total
-    return (f"{self.label}: {done}/{self.total} tensors [{'#' * filled}{'.' * (width - filled)}] "
-            f"{100 * done // self.total:3d}% {seconds:.1f}s")
+    rate = read / seconds if seconds > 0 else 0.0
+    if done == 0 or rate <= 0:
+      eta = "ETA --"
+    elif self.total_bytes:
+      eta = f"ETA {format_duration(max(self.total_bytes - read, 0) / rate)}"
+    else:
+      eta = f"ETA {format_duration(seconds * (self.total - done) / done)}"
+    return (f"{self.label}: {done}/{self.total} {self.unit} [{'#' * filled}{'.' * (width - filled)}] "
+            f"{100 * done // self.total:3d}% {human_bytes(rate)}/s {eta}, {seconds:.1f}s")
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  if seconds < 60:
+    return f"{seconds}s"
+  if seconds < 3600:
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def run(build: Callable[[beam.Pipeline, str | None], object], options: PipelineOptions, total: int,
-        label: str, show_progress: bool, wait: bool | None = None) -> dict[str, int]:
+        label: str, show_progress: bool, wait: bool | None = None, unit: str = "slices",
+        total_bytes: int | None = None) -> dict[str, int]:
   """Builds with `build(pipeline, progress_path)` and runs it; returns the counters.
+
+  The progress line counts `total` `unit`s (what each worker's tensor_done marks) and, with
+  `total_bytes` (the bytes the run reads), shows its ETA from the bytes read so far.
 
   Without `wait` (default: `waits(options)`), the job is only submitted: the job id and its console
   page are printed and {} comes back at once.
@@ -192,7 +221,7 @@ def run(build: Callable[[beam.Pipeline, str | None], object], options: PipelineO
   local = is_local(options)
   verbose = bool(options.view_as(ConversionOptions).verbose)
   _QUIET_WORKERS.relay_errors = verbose
-  with Progress(total, label, show_progress and local and wait) as progress:
+  with Progress(total, label, show_progress and local and wait, unit, total_bytes) as progress:
     pipeline = beam.Pipeline(options=options)
     build(pipeline, progress.path)
     with interrupts.contained_workers(verbose):
@@ -218,8 +247,16 @@ def human_bytes(n: float) -> str:
   return f"{n:.3g} TB"
 
 
-def summary(totals: dict[str, int], seconds: float) -> str:
+def plural(count: int, noun: str) -> str:
+  """'1 slice', '3 slices'."""
+  return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
+def summary(totals: dict[str, int], seconds: float, stored: int | None = None, unit: str = "slice") -> str:
+  """'39 slices, 3.84 GB read, 2.35 GB stored on disk in 17.0s (226 MB/s)': the bytes read, and the
+  bytes the written files take (compressed; measured from them), else the bytes written before compression."""
   read = totals.get("read-bytes", 0)
-  return (f"{totals.get('tensors', 0)} tensors, {human_bytes(read)} read, "
-          f"{human_bytes(totals.get('write-bytes', 0))} written in {seconds:.1f}s "
+  written = (f"{human_bytes(stored)} stored on disk" if stored is not None
+             else f"{human_bytes(totals.get('write-bytes', 0))} written")
+  return (f"{plural(totals.get('tensors', 0), unit)}, {human_bytes(read)} read, {written} in {seconds:.1f}s "
           f"({human_bytes(read / max(seconds, 1e-9))}/s)")

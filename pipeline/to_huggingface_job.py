@@ -5,7 +5,9 @@
 
 writes sharded safetensors (model-0000i-of-0000N.safetensors + model.safetensors.index.json, or
 model.safetensors), config.json and the tokenizer files of --hf_model_path to base_output_directory
-(local, gs://, or hf://user/repo).
+(local, gs://, or hf://user/repo). A checkpoint ckptflow wrote needs no --hf_model_path: its
+ckptflow_manifest.json carries config.json and generation_config.json, and names where the
+tokenizer files are.
 """
 from __future__ import annotations
 
@@ -82,8 +84,9 @@ def plan_from_options(conv: ConversionOptions, output: str, hf_model_path: str |
     return lora.plan_adapter_to_huggingface(conv, output, hf_model_path or config_source(conv), split_bytes)
   if not conv.load_parameters_path:
     raise ConversionError("load_parameters_path=<dir>/0/items is required (or a training run's checkpoints/)")
-  config, where = target_config(hf_model_path or config_source(conv), conv.model_name)
-  plan = plan_to_huggingface(run_dirs.resolve(conv.load_parameters_path, conv.step), output, config, where,
+  items = run_dirs.resolve(conv.load_parameters_path, conv.step)
+  config, where = target_config(hf_model_path or config_source(conv), conv.model_name, items)
+  plan = plan_to_huggingface(items, output, config, where,
                              conv.model_name, conv.scan_layers, conv.weight_dtype, conv.max_shard_size,
                              conv.use_multimodal, conv.vocab_size, split_bytes, conv.quantize_fp8_blocks)
   if mode == lora.MERGED:
@@ -91,11 +94,43 @@ def plan_from_options(conv: ConversionOptions, output: str, hf_model_path: str |
   return plan
 
 
+def carried_files(plan: HfPlan, hf_model_path: str | None) -> tuple[dict[str, str], str | None]:
+  """Without --hf_model_path, what a checkpoint ckptflow wrote carries in its manifest: the files to write
+  as recorded (generation_config.json; config.json is the plan's) and where to copy tokenizer files
+  from (the model it was made from, when still there). With it: nothing carried, and --hf_model_path."""
+  recorded = None if hf_model_path or plan.config_file != "config.json" else manifest.recorded_model(plan.items)
+  if recorded is None:
+    return {}, hf_model_path
+  files = {name: text for name, text in recorded.files.items() if name != "config.json"}
+  source = recorded.tokenizer_from
+  try:
+    reachable = bool(source) and storage.exists(storage.join(source, "config.json"))
+  except ConversionError:
+    reachable = False
+  if reachable:
+    found = [n for n in AUX_FILES if n not in files and storage.exists(storage.join(source, n))]
+    tokenizer = f"{', '.join(found)} from {source}" if found else f"no tokenizer files in {source}"
+    print(f"note: {', '.join(['config.json', *files])} as recorded in {recorded.path}; {tokenizer}", file=sys.stderr)
+    return files, source
+  why = f"{source} is not reachable" if source else "it records no HF model directory"
+  print(f"note: {', '.join(['config.json', *files])} as recorded in {recorded.path}; no tokenizer files copied "
+        f"({why}): pass --hf_model_path=DIR to copy them", file=sys.stderr)
+  return files, None
+
+
 def stored_itemsizes(plan: HfPlan) -> dict[str, int]:
   """Each source array's stored bytes per element (from its metadata)."""
   reader = CheckpointReader(plan.items)
   arrays = {s.array for shard in plan.shards for t in shard.tensors for s in t.sources}
   return {a: NUMPY_DTYPES.get(reader.spec(a)[1], NUMPY_DTYPES["float32"]).itemsize for a in arrays}
+
+
+def read_bytes(plan: HfPlan) -> int | None:
+  """The bytes the plan's shards read (for the progress line's ETA); None when unknown."""
+  try:
+    return preflight.to_huggingface_preflight(plan, stored_itemsizes(plan)).read_bytes if plan.shards else 0
+  except ConversionError:
+    return None
 
 
 def preflight_report(conv: ConversionOptions) -> preflight.Preflight:
@@ -145,7 +180,9 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
     if resuming:  # a shard exists only once it is whole (written to a temp name, then renamed or committed)
       todo = dataclasses.replace(plan, shards=tuple(s for s in plan.shards
                                                     if not (storage.exists(s.file) and storage.size(s.file) == s.size)))
-    aux_from = None if plan.config_file == lora.ADAPTER_CONFIG else hf_model_path  # an adapter has no tokenizer
+    carried, aux_from = carried_files(plan, hf_model_path)
+    if plan.config_file == lora.ADAPTER_CONFIG:
+      aux_from = None  # an adapter has no tokenizer
     if not hub.is_hub(output):
       reclaimed = outputs.existing_bytes(output, written.names()) if conv.overwrite and not resuming else 0
       destination.check_space(outputs.hf_needs(output, todo.shards, outputs.aux_bytes(aux_from), reclaimed, 0))
@@ -158,8 +195,10 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
     provenance = build_manifest(plan, conv, hf_model_path)
     with destination.guarded(written, conv.resume):
       totals = runner.run(lambda p, progress: add_to_huggingface(p, todo, aux_from, progress, index=plan.index(),
-                                                                 provenance=provenance, hub=access, lock=claim.held),
-                          run_options, todo.tensor_count, "to_huggingface", conv.progress)
+                                                                 provenance=provenance, hub=access, lock=claim.held,
+                                                                 carried=carried),
+                          run_options, todo.tensor_count, "to_huggingface", conv.progress, unit="tensors",
+                          total_bytes=read_bytes(todo) if conv.progress and runner.is_local(run_options) else None)
     if not runner.waits(run_options):
       claim.hand_over()  # the job's last step releases the lock
   return plan, totals
@@ -183,7 +222,9 @@ def main(argv: list[str]) -> int:
     print(f"the job writes {len(plan.shards)} shard(s) to {destination}, then the index and {plan.config_file} (last)")
     return 0
   layout = "scanned" if plan.scan_layers else "unscanned"
-  print(f"{plan.family} ({layout}): {runner.summary(totals, time.monotonic() - start)}", file=sys.stderr)
+  stored = storage.stored_bytes(destination, outputs.HfOutput(plan, destination).names())
+  print(f"{plan.family} ({layout}): {runner.summary(totals, time.monotonic() - start, stored, 'tensor')}",
+        file=sys.stderr)
   print(f"wrote {len(plan.shards)} shard(s) and {plan.config_file} to {destination}")
   return 0
 

@@ -14,6 +14,7 @@ then only gives config.json, or model_name= a released model's.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -72,6 +73,8 @@ def build_manifest(plan: Plan, conv: ConversionOptions, source: str | None = Non
   hf://org/repo@<commit>, and any credentials in a URL are masked. `config_files` are the configs
   the plan was made from (default: the config.json beside the source shards). A MaxText source is
   fingerprinted by its metadata, markers and OCDBT root, which change whenever it is saved again.
+  The HF model's config.json and generation_config.json travel in it, with where its tokenizer files
+  are, so that MaxText -> HF of the result needs no --hf_model_path.
   """
   options = {k: getattr(conv, k) for k in ("hf_model_path", "model_name", "scan_layers", "save_dtype",
                                             "checkpoint_storage_use_zarr3", "checkpoint_storage_use_ocdbt",
@@ -85,13 +88,31 @@ def build_manifest(plan: Plan, conv: ConversionOptions, source: str | None = Non
   if checkpoint is not None:
     config = config_source(conv)
     files = manifest.orbax_source_files(checkpoint[0]) + ([storage.join(config, "config.json")] if config else [])
-    return manifest.build("to_maxtext", plan.family, options, files, (ref.name for ref in sources), checkpoint[0])
+    built = manifest.build("to_maxtext", plan.family, options, files, (ref.name for ref in sources), checkpoint[0])
+    return manifest.with_model(built, *maxtext_source_model(conv, checkpoint[0]))
   # The shards, and the config.json beside them (it decides shapes and transforms); a quantized
   # source's scales may sit in another shard, a merged LoRA's factors and adapter_config.json in the adapter.
   shards = [f for ref in sources for f in getattr(ref, "files", (ref.file,))]
-  files = [*(config_files or (storage.join(storage.parent(sources[0].file), "config.json"),)), *shards]
-  return manifest.build("to_maxtext", plan.family, options, files, (ref.name for ref in sources),
-                        source or conv.hf_model_path)
+  model_dir = storage.parent(sources[0].file)
+  files = [*(config_files or (storage.join(model_dir, "config.json"),)), *shards]
+  built = manifest.build("to_maxtext", plan.family, options, files, (ref.name for ref in sources),
+                         source or conv.hf_model_path)
+  if config_files:  # an adapter: its way back is to an adapter, which has no config.json of its own
+    return built
+  return manifest.with_model(built, manifest.model_files(model_dir), model_dir)
+
+
+def maxtext_source_model(conv: ConversionOptions, items: str) -> tuple[dict[str, str], str | None]:
+  """The HF model files of a MaxText source, from where its plan's config came: --hf_model_path, else the
+  source's own manifest, else model_name's built-in config (no tokenizer then)."""
+  config = config_source(conv)
+  if config:
+    return manifest.model_files(config), config
+  recorded = manifest.recorded_model(items)
+  if recorded is not None:
+    return recorded.files, recorded.tokenizer_from
+  known, _ = target_config(None, conv.model_name)
+  return {"config.json": json.dumps(known, indent=2, sort_keys=True) + "\n"}, None
 
 
 def model_source(conv: ConversionOptions) -> str:
@@ -148,7 +169,7 @@ def plan_from_options(conv: ConversionOptions, source: str | None = None) -> Pla
   checkpoint = maxtext_source(conv)
   if checkpoint is not None:
     items, full_state = checkpoint
-    config, where = target_config(config_source(conv), conv.model_name)
+    config, where = target_config(config_source(conv), conv.model_name, items)
     return plan_from_maxtext(items, config, where, conv.model_name, target_scan_layers(conv, None),
                              maxtext_save_dtype(conv), conv.simulated_cpu_devices_count, conv.use_multimodal,
                              conv.vocab_size, split_bytes, full_state)
@@ -246,7 +267,8 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
     with destination.guarded(output, conv.resume):
       totals = runner.run(lambda p, progress: add_to_maxtext(p, todo, target, progress, provenance, access,
                                                              lock=claim.held),
-                          run_options, len(todo.tasks), "to_maxtext", conv.progress)
+                          run_options, len(todo.tasks), "to_maxtext", conv.progress, unit="slices",
+                          total_bytes=todo.source_bytes)
     if not runner.waits(run_options):
       claim.hand_over()  # the job's commit step releases the lock
   return plan, target.items, totals
@@ -271,8 +293,9 @@ def main(argv: list[str]) -> int:
     print(f"the job writes {items} and commits it when every slice is written (load_parameters_path={items})")
     return 0
   copied = totals.get("slices-copied-as-stored")
-  note = f" ({copied} of {len(plan.tasks)} slices copied as stored)" if copied else ""
-  print(f"{plan.family}: {runner.summary(totals, time.monotonic() - start)}{note}", file=sys.stderr)
+  note = f" ({copied} of {runner.plural(len(plan.tasks), 'slice')} copied as stored)" if copied else ""
+  stored = storage.stored_bytes(storage.parent(items))
+  print(f"{plan.family}: {runner.summary(totals, time.monotonic() - start, stored)}{note}", file=sys.stderr)
   print(f"wrote {items} ({'lora.lora_restore_path' if lora.is_adapter(plan.family) else 'load_parameters_path'}"
         f"={items})")
   return 0

@@ -132,3 +132,82 @@ def test_without_maxtext_the_ckptflow_backend_runs(capsys):
   assert "converted model: ckptflow backend" in capsys.readouterr().out
   with pytest.raises(check_logits.ConversionError, match="--backend=maxtext needs the maxtext package"):
     check_logits.choose_backend("maxtext")
+
+
+def test_maxtexts_checker_flags_mean_what_they_mean_there(tmp_path, capsys):
+  items = goldens.items("qwen3", "scan")
+  out_path = tmp_path / "out.jsonl"
+  assert check(items, "qwen3", "--atol=0.5", "--rtol=0.01", "--token_size=2",
+               f"--output_logits_path={out_path}") == 0
+  out = capsys.readouterr().out
+  assert "allclose(rtol=0.01, atol=0.5) True" in out and "(limit none)" in out
+  assert "(2 tokens)" in out  # only the first --token_size positions are compared
+  lines = [l for l in out_path.read_text().splitlines() if l]
+  assert len(lines) == 4
+  with open(out_path) as f:
+    first = __import__("json").loads(f.readline())
+  assert np.asarray(first["mt_logits"]).shape == np.asarray(first["hf_logits"]).shape == (len(first["tokens"]), 512)
+  # An atol nothing meets fails; a max_kl_div of 0 cannot be met either (KL must be below it).
+  assert check(items, "qwen3", "--atol=0", "--rtol=0", "--max_kl_div=1") == (0 if _exact(first) else 1)
+  assert check(items, "qwen3", "--max_kl_div=0") == 1
+  assert "FAIL: max per-token KL" in capsys.readouterr().out
+
+
+def _exact(record):
+  return np.array_equal(np.asarray(record["mt_logits"]), np.asarray(record["hf_logits"]))
+
+
+def test_golden_logits_from_npz_and_output_logits_usable_as_goldens(tmp_path, capsys):
+  items = goldens.items("qwen3", "unscan")
+  out_path = tmp_path / "ours.jsonl"
+  golden = tmp_path / "golden.jsonl"
+  assert check(items, "qwen3", f"--save_golden_logits={golden}") == 0
+  points = check_logits.read_golden(str(golden))
+  npz = tmp_path / "golden.npz"
+  capsys.readouterr()
+  np.savez(npz, **{f"{k}_{i}": np.asarray(p[k]) for i, p in enumerate(points) for k in ("tokens", "logits", "prompt")})
+  assert check(items, "qwen3", f"--golden_logits_path={npz}", f"--output_logits_path={out_path}",
+               "--max_kl_div=1e-3") == 0
+  assert capsys.readouterr().out.count("top-10 overlap 10/10") == 4
+  # What the converted model gave, saved as MaxText's checker saves it against goldens, is itself a golden file.
+  again = check_logits.read_golden(str(out_path))
+  assert [p["tokens"] for p in again] == [p["tokens"] for p in points]
+  assert check(items, "qwen3", f"--golden_logits_path={out_path}", "--atol=0", "--rtol=0") == 0
+
+
+def test_pickled_goldens_are_refused_unread(tmp_path):
+  pickled = tmp_path / "golden.pkl"
+  pickled.write_bytes(b"not read")
+  with pytest.raises(check_logits.ConversionError, match="pickle files are not read"):
+    check(goldens.items("qwen3", "scan"), "qwen3", f"--golden_logits_path={pickled}")
+
+
+def test_synthetic_ids_are_said_plainly_and_tokenizer_path_is_honoured(tmp_path, capsys):
+  import shutil  # pylint: disable=import-outside-toplevel
+  bare = tmp_path / "bare"
+  goldens.copy_hf("qwen3", bare)
+  for name in ("tokenizer.json", "tokenizer_config.json"):
+    (bare / name).unlink()
+  items = goldens.items("qwen3", "scan")
+  assert check_logits.main([f"load_parameters_path={items}", f"--hf_model_path={bare}"]) == 0
+  captured = capsys.readouterr()
+  notes = [line for line in captured.err.splitlines() if "synthetic token ids" in line]
+  assert len(notes) == 1 and notes[0].startswith("note: no tokenizer")
+  assert "I love to" not in captured.out and "prompt 'synthetic ids #1' (512 tokens)" in captured.out
+  tokenizer = tmp_path / "tok"
+  tokenizer.mkdir()
+  shutil.copy(goldens.path("qwen3", "hf", "tokenizer.json"), tokenizer)
+  shutil.copy(goldens.path("qwen3", "hf", "tokenizer_config.json"), tokenizer)
+  assert check_logits.main([f"load_parameters_path={items}", f"--hf_model_path={bare}",
+                            f"tokenizer_path={tokenizer}"]) == 0
+  captured = capsys.readouterr()
+  assert "synthetic" not in captured.err + captured.out and "prompt 'I love to'" in captured.out
+
+
+def test_a_layout_mismatch_is_reported_before_any_model_is_loaded(monkeypatch):
+  def never(*args, **kwargs):
+    raise AssertionError("a model was loaded")
+  monkeypatch.setattr(check_logits, "reference_logits", never)
+  monkeypatch.setattr(check_logits, "tokenize", never)
+  with pytest.raises(check_logits.ConversionError, match="holds scanned layers"):
+    check(goldens.items("qwen3", "scan"), "qwen3", "scan_layers=false")

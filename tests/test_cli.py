@@ -25,7 +25,7 @@ def test_maxtext_command_line_works_unchanged(tmp_path):
   assert p.returncode == 0, p.stderr
   assert "note: ignored 'hardware=cpu'" in p.stderr
   assert "note: ignored 'src/maxtext/configs/base.yml'" in p.stderr
-  assert "qwen3: 35 tensors" in p.stderr
+  assert "qwen3: 35 slices" in p.stderr
   assert p.stdout.strip() == f"wrote {out}/0/items (load_parameters_path={out}/0/items)"
   goldens.assert_same_checkpoint(goldens.restore(f"{out}/0/items"), goldens.restore(goldens.items("qwen3", "scan")))
 
@@ -75,16 +75,31 @@ def test_worker_error_is_found_in_a_runner_failure():
   assert cli.worker_error(RuntimeError("other")) is None
 
 
-def test_progress_counts_worker_dots(capsys):
+def test_progress_counts_slices_with_throughput_and_eta(capsys):
   from pipeline.runner import Progress  # pylint: disable=import-outside-toplevel
-  with Progress(total=4, label="to_maxtext", enabled=True) as progress:
+  with Progress(total=4, label="to_maxtext", enabled=True, total_bytes=4_000_000) as progress:
     for _ in range(4):
       with open(progress.path, "a") as f:
-        f.write(".")
-    assert progress.line(2, 1.0) == "to_maxtext: 2/4 tensors [############............]  50% 1.0s"
+        f.write("1000000 ")
+    assert progress._done() == (4, 4_000_000)  # pylint: disable=protected-access
+    # 2 MB of 4 MB read in 1 s: 2 MB/s, and the other 2 MB take another second.
+    assert progress.line(2, 1.0, 2_000_000) == ("to_maxtext: 2/4 slices [############............]  50% "
+                                                 "2 MB/s ETA 1s, 1.0s")
+    assert progress.line(0, 1.0, 0).endswith("ETA --, 1.0s")
   err = capsys.readouterr().err
-  assert "to_maxtext: 4/4 tensors [########################] 100%" in err
+  assert "to_maxtext: 4/4 slices [########################] 100%" in err
   assert not os.path.exists(progress.path)
+  # Without the total bytes the ETA follows the count: 1 of 4 tensors in 90 s leaves 4m30s.
+  hf = Progress(total=4, label="to_huggingface", enabled=False, unit="tensors")
+  assert hf.line(1, 90.0, 10**9) == ("to_huggingface: 1/4 tensors [######..................]  25% 11.1 MB/s "
+                                     "ETA 4m30s, 90.0s")
+
+
+def test_summary_says_bytes_read_stored_and_wall_time_with_the_right_plural():
+  from pipeline.runner import summary  # pylint: disable=import-outside-toplevel
+  totals = {"tensors": 1, "read-bytes": 3_000_000, "write-bytes": 3_000_000}
+  assert summary(totals, 2.0, 1_500_000) == "1 slice, 3 MB read, 1.5 MB stored on disk in 2.0s (1.5 MB/s)"
+  assert summary({**totals, "tensors": 27}, 2.0, None, "tensor").startswith("27 tensors, 3 MB read, 3 MB written")
 
 
 def test_to_huggingface_command_line(tmp_path):

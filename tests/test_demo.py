@@ -8,8 +8,12 @@ from tests import goldens
 def test_demo_converts_and_verifies(tmp_path, capsys):
   assert demo.main(["--workdir", str(tmp_path), "--layers", "2"]) == 0
   out = capsys.readouterr().out
-  assert "scan_layers=True: 21 slices bit-exact" in out and "scan_layers=False: 21 slices bit-exact" in out
-  assert out.count("back to HF: 19 tensors bit-identical to the original, 2 within one bf16 rounding") == 2
+  for scan in ("True", "False"):
+    assert f"scan_layers={scan}: Orbax restores {tmp_path}/maxtext_{'scan' if scan == 'True' else 'unscan'}/0/items; " \
+           "21 slices bit-exact" in out
+  assert out.count("tensors bit-identical to the original, 2 within one bf16 rounding") == 2
+  assert "back to HF (no --hf_model_path): 19 tensors bit-identical" in out
+  assert out.count("with no missing or unexpected keys; logits within") == 2
   restored = goldens.restore(str(tmp_path / "maxtext_scan" / "0" / "items"))
   assert restored["params/params/decoder/layers/mlp/wi_0/kernel"].shape == (256, 2, 688)
   with open(tmp_path / "hf" / "config.json") as f:
@@ -28,3 +32,11 @@ def test_verify_catches_a_wrong_array(tmp_path):
     assert "MISMATCH" in str(e)
   else:
     raise AssertionError("verify accepted a checkpoint made from other weights")
+
+
+def test_the_logit_check_catches_other_weights(tmp_path):
+  config = {**demo.DEMO_CONFIG, "num_hidden_layers": 1}
+  demo.make_model(str(tmp_path / "a"), config)
+  demo.make_model(str(tmp_path / "b"), config, seed=1)
+  assert demo.compare_logits(str(tmp_path / "a"), str(tmp_path / "a"), config["vocab_size"]) == 0.0
+  assert demo.compare_logits(str(tmp_path / "a"), str(tmp_path / "b"), config["vocab_size"]) > demo.LOGIT_TOLERANCE

@@ -54,7 +54,8 @@ class CreateArraysFn(beam.DoFn):
 
 
 class TensorCountingFn(beam.DoFn):
-  """Per-tensor metrics (tensors, read-bytes, write-bytes) and the local runner's progress dots.
+  """Per-tensor metrics (tensors, read-bytes, write-bytes) and the local runner's progress
+  records (the bytes each finished one read).
 
   `family` is the model family (models.spec.Family) whose `param(i)` names each task's transforms.
   `hub` is installed in each worker process: how it reaches the Hub (see hub_io.HubAccess).
@@ -82,7 +83,7 @@ class TensorCountingFn(beam.DoFn):
     self.write_bytes.inc(written)
     if self.progress_path:
       with open(self.progress_path, "a") as f:
-        f.write(".")
+        f.write(f"{read} ")
 
 
 class WriteSliceFn(TensorCountingFn):

@@ -123,8 +123,30 @@ def read_text(path: str) -> str:
     raise ConversionError(f"{path}: not UTF-8 text") from None
 
 
+def umask() -> int:
+  """The process's umask, read without changing it (os.umask would, for a moment, for every thread)."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except OSError:
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+def new_file_mode() -> int:
+  """The permissions open() gives a new file under the user's umask (0644 under 022)."""
+  return 0o666 & ~umask()
+
+
 def write_bytes(path: str, data: bytes) -> None:
-  """Writes the whole object at once; a local reader never sees a partial file."""
+  """Writes the whole object at once; a local reader never sees a partial file.
+
+  The file gets the permissions any new file would (mkstemp's own 0600 would hide a model's
+  config and metadata from the other users who can read its weights)."""
   if is_gcs(path):
     filesystem(path).pipe_file(path, data)
     return
@@ -132,6 +154,7 @@ def write_bytes(path: str, data: bytes) -> None:
   os.makedirs(parent, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=parent, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
   try:
+    os.fchmod(fd, new_file_mode())
     with os.fdopen(fd, "wb") as f:
       f.write(data)
     os.replace(tmp, path)
@@ -217,6 +240,15 @@ def find(path: str) -> list[str]:
   except FileNotFoundError:
     return []
   return sorted(f[len(own):].lstrip("/") for f in found if f.startswith(own + "/"))
+
+
+def stored_bytes(path: str, names: list[str] | None = None) -> int:
+  """The bytes the files below `path` take in storage (all of them, or only `names` directly in it)."""
+  relative = find(path) if names is None else [n for n in names if exists(join(path, n))]
+  if not is_gcs(path):
+    return sum(os.path.getsize(os.path.join(path, r)) for r in relative)
+  fs = filesystem(path)
+  return sum(int(fs.size(join(path, r))) for r in relative)
 
 
 def kvstore_spec(path: str) -> dict[str, Any]:

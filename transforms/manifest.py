@@ -7,12 +7,14 @@ MaxText, output tensors as written going to HF), gathered through the pipeline's
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import importlib.metadata
 import json
 from typing import Any, Iterable
 
 from transforms import hub_io, orbax_layout, storage
+from transforms.errors import ConversionError
 
 MANIFEST = "ckptflow_manifest.json"
 
@@ -68,6 +70,58 @@ def write(directory: str, manifest: dict[str, Any], checksums: dict[str, int]) -
              if name in blocks else whole.get(name, {"crc32": None}) for name in manifest.get("tensors", ())}
   storage.write_text(storage.join(directory, MANIFEST),
                      json.dumps({**manifest, "tensors": tensors}, indent=1, sort_keys=True))
+
+
+# The HF files that describe a model, carried in a MaxText checkpoint's manifest (as their text, so the
+# way back writes them byte for byte) so that MaxText -> HF needs no --hf_model_path.
+MODEL_FILES = ("config.json", "generation_config.json")
+
+
+def model_files(model_dir: str) -> dict[str, str]:
+  """The texts of `model_dir`'s MODEL_FILES that exist (config.json always does: the plan read it)."""
+  found = {}
+  for name in MODEL_FILES:
+    path = storage.join(model_dir, name)
+    if name == "config.json" or storage.exists(path):
+      found[name] = storage.read_text(path)
+  return found
+
+
+def with_model(manifest: dict[str, Any], files: dict[str, str], tokenizer_from: str | None) -> dict[str, Any]:
+  """`manifest` carrying the HF model's files and where its tokenizer files are (the model read)."""
+  return json.loads(hub_io.redact(json.dumps({**manifest, "hf_files": dict(files),
+                                              "tokenizer_from": tokenizer_from})))
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedModel:
+  """What a checkpoint's manifest says about the HF model it was made from."""
+  path: str  # the manifest
+  files: dict[str, str]
+  tokenizer_from: str | None
+
+  @property
+  def config(self) -> dict[str, Any]:
+    try:
+      config = json.loads(self.files["config.json"])
+    except (KeyError, json.JSONDecodeError):
+      config = None
+    if not isinstance(config, dict):
+      raise ConversionError(f"{self.path}: its hf_files hold no valid config.json; pass --hf_model_path=DIR")
+    return config
+
+  @property
+  def where(self) -> str:
+    return f"the config.json recorded in {self.path}"
+
+
+def recorded_model(items: str) -> RecordedModel | None:
+  """The HF model recorded beside the checkpoint `items` (<step>/ckptflow_manifest.json), or None."""
+  step_dir = storage.parent(items)
+  found = read(step_dir)
+  if found is None or not isinstance(found.get("hf_files"), dict) or "config.json" not in found["hf_files"]:
+    return None
+  return RecordedModel(storage.join(step_dir, MANIFEST), found["hf_files"], found.get("tokenizer_from"))
 
 
 def read(directory: str) -> dict[str, Any] | None:

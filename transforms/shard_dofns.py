@@ -156,13 +156,16 @@ class CountTensors(beam.CombineFn):
 
 
 class FinalizeFn(beam.DoFn):
-  """After every shard exists: the index, the tokenizer files, and config.json (or `config_file`), which goes last."""
+  """After every shard exists: the index, the tokenizer files, and config.json (or `config_file`), which goes last.
+
+  `carried` files (by name, as text) are written as given instead of copied from `hf_model_path`."""
 
   def __init__(self, output: str, expected_tensors: int, index: dict[str, Any] | None, config: dict[str, Any],
                hf_model_path: str | None, provenance: dict[str, Any] | None = None,
                hub: hub_io.HubAccess | None = None, lock: writer_lock.Held | None = None,
-               config_file: str = "config.json"):
+               config_file: str = "config.json", carried: dict[str, str] | None = None):
     self.output = output
+    self.carried = dict(carried or {})
     self.lock = lock
     self.config_file = config_file
     self.expected_tensors = expected_tensors
@@ -201,12 +204,15 @@ class FinalizeFn(beam.DoFn):
     if self.index is not None:
       storage.write_text(storage.join(output, INDEX_FILE), json.dumps(self.index, indent=2, sort_keys=True) + "\n")
       names.append(INDEX_FILE)
-    if self.hf_model_path:
-      for name in AUX_FILES:
-        source = storage.join(self.hf_model_path, name)
-        if storage.exists(source):
-          storage.write_bytes(storage.join(output, name), storage.read_bytes(source))
-          names.append(name)
+    for name in AUX_FILES:
+      if name in self.carried:
+        storage.write_text(storage.join(output, name), self.carried[name])
+        names.append(name)
+        continue
+      source = storage.join(self.hf_model_path, name) if self.hf_model_path else None
+      if source and storage.exists(source):
+        storage.write_bytes(storage.join(output, name), storage.read_bytes(source))
+        names.append(name)
     if self.provenance is not None:
       manifest.write(output, self.provenance, checksums)
       names.append(manifest.MANIFEST)

@@ -72,10 +72,16 @@ def remove_tree(path: str) -> None:
   files.remove_tree(path)
 
 
+def stored_bytes(path: str, names: list[str] | None = None) -> int | None:
+  """The bytes the files below `path` (or only `names` in it) take in storage; None on the Hub."""
+  return None if is_hub(path) else files.stored_bytes(path, names)
+
+
 def list_names(path: str) -> list[str]:
   """Sorted base names directly under a directory or prefix; [] if it is missing or a file."""
   return hub_io.list_names(path) if is_hub(path) else files.list_names(path)
 
 
 __all__ = ["check_writable", "exists", "filesystem", "find", "fingerprint", "is_gcs", "is_hub", "join", "kvstore_spec",
-           "list_names", "parent", "read_bytes", "read_text", "remove_tree", "size", "write_bytes", "write_text"]
+           "list_names", "parent", "read_bytes", "read_text", "remove_tree", "size", "stored_bytes", "write_bytes",
+           "write_text"]
