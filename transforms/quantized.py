@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import ml_dtypes
 import numpy as np
 
+from transforms import packed_int4
 from transforms.errors import ConversionError
 from transforms.safetensors_io import TensorRef, read_tensor
 
@@ -246,9 +247,10 @@ def quantization(config: Mapping[str, Any]) -> dict[str, Any] | None:
   if not qc:
     return None
   method = qc.get("quant_method") if isinstance(qc, dict) else None
-  if method not in (FP8, MXFP4):
+  if method not in (FP8, MXFP4, packed_int4.METHOD):
     raise ConversionError(f"config.json: quantization_config quant_method {method!r} is not supported; "
-                          f"ckptflow dequantizes {FP8!r} (DeepSeek-V3 blocks) and {MXFP4!r} (GPT-OSS)")
+                          f"ckptflow dequantizes {FP8!r} (DeepSeek-V3 blocks), {MXFP4!r} (GPT-OSS) and "
+                          f"{packed_int4.METHOD!r} int4 (Kimi K2)")
   if method == FP8 and qc.get("fmt", "e4m3") != "e4m3":
     raise ConversionError(f"config.json: FP8 format {qc.get('fmt')!r} is not supported; only e4m3")
   return qc
@@ -260,6 +262,8 @@ def logical_tensors(tensors: dict[str, TensorRef], config: Mapping[str, Any]) ->
   qc = quantization(config)
   if qc is None:
     return tensors
+  if qc["quant_method"] == packed_int4.METHOD:
+    return packed_int4.pair_int4(tensors, qc)
   pair = _pair_fp8 if qc["quant_method"] == FP8 else _pair_mxfp4
   return pair(tensors, qc)
 
@@ -319,6 +323,11 @@ def _pair_mxfp4(tensors: dict[str, TensorRef], qc: dict[str, Any]) -> dict[str, 
                             f"{name} {list(ref.shape)} needs U8 {list(ref.shape[:-1])}")
     out[base] = QuantizedRef(base, MXFP4, ref, scales)
   return out
+
+
+def is_quantized(ref: Any) -> bool:
+  """A source read quantized and dequantized as it is read (any of the formats above)."""
+  return isinstance(ref, (QuantizedRef, packed_int4.PackedInt4Ref))
 
 
 def dequantized_nbytes(ref: TensorRef | QuantizedRef) -> int:
