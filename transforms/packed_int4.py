@@ -110,10 +110,12 @@ def pair_int4(tensors: dict[str, TensorRef], qc: Mapping[str, Any]) -> dict[str,
     if ref.dtype != "I32" or len(ref.shape) != 2:
       raise ConversionError(f"{ref.file}: tensor {name} is {ref.dtype} {list(ref.shape)}; packed int4 weights are "
                             f"I32 [out, in/{PER_INT}]")
-    want = [ref.shape[0], -(-ref.shape[1] * PER_INT // group)]
-    if list(scale.shape) != want or scale.dtype not in ("BF16", "F16", "F32"):
-      raise ConversionError(f"{scale.file}: tensor {scale.name} is {scale.dtype} {list(scale.shape)} but {name} "
-                            f"{list(ref.shape)} ({ref.shape[1] * PER_INT} values a row in groups of {group}) needs "
-                            f"{want}; the packed tensor or its scales are truncated, re-download the shard")
+    values = ref.shape[1] * PER_INT
+    want = [ref.shape[0], values // group]
+    if values % group or list(scale.shape) != want or scale.dtype not in ("BF16", "F16", "F32"):
+      raise ConversionError(f"{ref.file}: tensor {name} {list(ref.shape)} ({values} values a row) and its "
+                            f"{SCALE} {scale.dtype} {list(scale.shape)} do not make whole groups of {group} (it "
+                            f"needs [{ref.shape[0]}, {values / group:g}]); the packed tensor or its scales are "
+                            "truncated, re-download the shard")
     out[f"{base}.weight"] = PackedInt4Ref(f"{base}.weight", ref, scale, group)
   return out
