@@ -225,6 +225,9 @@ def _fp8_blocks(tensors: list[TensorTask], family: str,
   if not family.startswith("deepseek"):
     raise ConversionError(f"--quantize_fp8_blocks: only DeepSeek models are released with FP8 block weights, "
                           f"not {family}; drop the flag")
+  if family == "deepseek4":
+    raise ConversionError("--quantize_fp8_blocks writes DeepSeek-V3's format (F32 weight_scale_inv); DeepSeek V4's "
+                          "release format (E8M0 scales, FP4 experts) is not written; drop the flag")
   config = dict(quantized.DEEPSEEK_FP8_CONFIG)
   if source_quantization and source_quantization.get("quant_method") == quantized.FP8:
     config = dict(source_quantization)
