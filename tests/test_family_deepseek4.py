@@ -136,3 +136,21 @@ def test_an_fp4_scale_grid_of_the_wrong_shape_is_refused(tmp_path):
   values[name] = values[name][:, :2]
   write_safetensors(shard, values)
   _refused(src, tmp_path, f"tensor {name} is F8_E8M0 \\[64, 2\\] but FP4 .* needs F8_E8M0 \\[64, 3\\]")
+
+
+def test_float32_round_trip_is_exact(tmp_path):
+  """A float32 V4 (every weight with all 24 mantissa bits, hc_*/sinks/biases too) through a float32
+  MaxText checkpoint comes back bit for bit, tid2eid as I64."""
+  src = _copy(tmp_path, FAMILY, "hf_native")
+  rng = np.random.default_rng(1)
+  values = {k: (v if v.dtype == np.int64 else
+                (v.astype(np.float32) * (1 + rng.uniform(-2**-9, 2**-9, v.shape).astype(np.float32))))
+            for k, v in tensors(src).items()}
+  shard = os.path.join(src, "model-00001-of-00001.safetensors")
+  write_safetensors(shard, values)
+  _edit_config(src, torch_dtype="float32")
+  _, items, _ = to_maxtext(src, tmp_path / "mt", "--scan_layers=true", "--save_dtype=float32")
+  to_hf(items, tmp_path / "hf", hf_model_path=src)
+  ours = tensors(tmp_path / "hf")
+  assert sorted(ours) == sorted(k for k in values if not k.startswith("mtp."))
+  assert all(ours[k].dtype == values[k].dtype and goldens.same_bits(ours[k], values[k]) for k in ours)
