@@ -154,3 +154,11 @@ def test_float32_round_trip_is_exact(tmp_path):
   ours = tensors(tmp_path / "hf")
   assert sorted(ours) == sorted(k for k in values if not k.startswith("mtp."))
   assert all(ours[k].dtype == values[k].dtype and goldens.same_bits(ours[k], values[k]) for k in ours)
+
+
+def test_row_blocks_of_fp4_and_fp8_tensors_give_the_same_checkpoint(tmp_path):
+  src = path("hf", family="deepseek4-fp4")
+  plan, items, _ = to_maxtext(src, tmp_path / "split", "--scan_layers=false", "--max_element_size=4KB")
+  split = {t.sources[0].name for t in plan.tasks if t.block is not None}
+  assert any("experts" in n for n in split) and any("attn.wq_b" in n for n in split)
+  goldens.assert_same_checkpoint(goldens.restore(items), golden("unscan", family="deepseek4-fp4"))

@@ -81,3 +81,11 @@ def test_a_truncated_packed_tensor_is_refused_in_one_line_writing_nothing(tmp_pa
   assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
   with pytest.raises(ConversionError, match="truncated"):
     plan_to_maxtext(src)
+
+
+def test_row_blocks_of_packed_tensors_give_the_same_checkpoint(tmp_path):
+  """Split into row blocks (--max_element_size), each block reads only its own packed rows and scales."""
+  plan, items, _ = to_maxtext(path("hf"), tmp_path / "split", "--scan_layers=false", "--max_element_size=2KB")
+  assert any(t.block is not None and "experts" in t.sources[0].name for t in plan.tasks)
+  _, whole, _ = to_maxtext(path("hf"), tmp_path / "whole", "--scan_layers=false")
+  goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(whole))
