@@ -114,7 +114,9 @@ def deepseek_params(routing_bias: bool, indexer: bool = False) -> tuple[Param, .
 
 DEEPSEEK2 = Family(name="deepseek2", architectures=("DeepseekV2ForCausalLM",), model_name_prefixes=("deepseek2-",),
                    sizes=deepseek_sizes, params=deepseek_params(routing_bias=False), stacks=STACKS)
-DEEPSEEK3 = Family(name="deepseek3", architectures=("DeepseekV3ForCausalLM",), model_name_prefixes=("deepseek3-",),
+# Kimi K2 is DeepSeek-V3's architecture (its int4 experts: transforms/packed_int4.py).
+DEEPSEEK3 = Family(name="deepseek3", architectures=("DeepseekV3ForCausalLM",),
+                   model_name_prefixes=("deepseek3-", "kimi-k2-"),
                    sizes=deepseek_sizes, params=deepseek_params(routing_bias=True), stacks=STACKS)
 DEEPSEEK32 = Family(name="deepseek3.2", architectures=("DeepseekV32ForCausalLM",),
                     model_name_prefixes=("deepseek3.2-",), sizes=deepseek_sizes,

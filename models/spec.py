@@ -14,6 +14,8 @@ from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
+from transforms.tensor_ops import axes_shape
+
 Config = Mapping[str, Any]
 
 
@@ -31,7 +33,8 @@ class Stack:
   None when the block's layers are told apart by parameter names (Gemma2's _local/_global).
   Layers after the last whole block go, unstacked, under `remainder`/`member`.
   Unscanned, each layer (or, without `member`, each block) is its own `unscanned` container,
-  numbered from 0 within the stack.
+  numbered from 0 within the stack (`{i}`), or by its HF layer number (`{layer}`: DeepSeek V4, whose
+  unscanned prefix and scanned blocks share one decoder/layers_N numbering).
 
   `nested` splits a scanned block into named groups of consecutive layers, (name, count) in block
   order (Gemma 4: 5 local layers, then 1 global): each group is the container `scanned`/name, and
@@ -67,6 +70,15 @@ class Param:
   cut to its own width, along that last axis (segments of the named `widths`, in order), and this one
   is segment i; `ops` then act on the whole array (Qwen3.5's in_proj_qkv and in_proj_z regrouped per
   key head into one in_proj_qkvz). Every piece of an array lists the same ops.
+  `segment` = (i, widths) is `part` with unequal parts: the HF tensor's first axis is several MaxText
+  arrays end to end (segments of the named `widths`, in order), this one segment i, and `hf_axes`
+  describe that segment alone (V4's hyper-connection `fn` = pre | post | res rows).
+  `fill`: no HF tensor at all; MaxText's array holds this value everywhere (a norm scale MaxText's
+  model has and the checkpoint does not), and the way back writes nothing for it.
+  `hf_dtype`: the HF tensor's own dtype, read as it is and written back as it (V4's float32
+  hyper-connections and int64 hash routing table, which MaxText keeps in the save dtype).
+  `scan_axis`: where scanned layers stack this array (default SCAN_AXIS; 0 for the variables MaxText
+  keeps outside its params collection, which nn.scan stacks first).
   """
   hf: str
   mt: str
@@ -79,6 +91,10 @@ class Param:
   dtype: str | None = None
   part: tuple[str, int] | None = None
   piece: tuple[int, tuple[str, ...]] | None = None
+  segment: tuple[int, tuple[str, ...]] | None = None
+  fill: float | None = None
+  hf_dtype: str | None = None
+  scan_axis: int | None = None
 
   @property
   def layered(self) -> bool:
@@ -87,6 +103,13 @@ class Param:
   @property
   def per_expert(self) -> bool:
     return "{expert}" in self.hf
+
+  def hf_shape(self, sizes: Mapping[str, Any]) -> tuple[int, ...]:
+    """The whole HF tensor's shape (all of a `segment`'s segments)."""
+    shape = axes_shape(self.hf_axes, sizes)
+    if self.segment is None:
+      return shape
+    return (sum(sizes[w] for w in self.segment[1]), *shape[1:])
 
   def applies(self, config: Config) -> bool:
     return self.when is None or bool(self.when(config))

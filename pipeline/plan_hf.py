@@ -24,7 +24,6 @@ from transforms.orbax_layout import NUMPY_DTYPES
 from transforms.lora import LoraFactors
 from transforms.orbax_reader import CheckpointReader
 from transforms.safetensors_io import DTYPES, HF_FILE_METADATA, INDEX_FILE, file_size, package_order
-from transforms.tensor_ops import axes_shape
 
 WEIGHT_DTYPES = {"bfloat16": "BF16", "float32": "F32", "float16": "F16"}
 SINGLE_FILE = "model.safetensors"
@@ -201,11 +200,14 @@ def plan_to_huggingface(items: str, output: str, config: dict[str, Any], where: 
   code = WEIGHT_DTYPES[weight_dtype]
   by_name: dict[str, list[TensorSource]] = {}
   shapes: dict[str, tuple[int, ...]] = {}
+  dtypes: dict[str, str] = {}
   splits: dict[str, Split | None] = {}
   places = placements(family, config, sizes, layout)
   stored = {p.model_path: tree.stored(p.model_path) for p in places}
   specs = reader.specs(sorted({a for a in stored.values() if a is not None}))
   for place in places:
+    if place.param.fill is not None:  # MaxText's own constant: no HF tensor to write
+      continue
     array = stored[place.model_path]
     if array is None:
       raise ConversionError(f"{items}: no array {tree.layout.stored(place.model_path)}, which a {family.name} model "
@@ -219,8 +221,10 @@ def plan_to_huggingface(items: str, output: str, config: dict[str, Any], where: 
         NUMPY_DTYPES.get(stored_dtype, NUMPY_DTYPES["float32"]).itemsize, split_bytes))
     axis = None if split is None else place.free_axes[split.slice_axis]
     by_name.setdefault(place.hf_name, []).append(TensorSource(family.key(place.param), array, place.index, axis))
-    shapes[place.hf_name] = axes_shape(place.param.hf_axes, sizes)
-  tensors = [TensorTask(name, code, shapes[name], tuple(sources), splits[name]) for name, sources in by_name.items()]
+    shapes[place.hf_name] = place.param.hf_shape(sizes)
+    dtypes[place.hf_name] = place.param.hf_dtype or code
+  tensors = [TensorTask(name, dtypes[name], shapes[name], tuple(sources), splits[name])
+             for name, sources in by_name.items()]
   out_config["dtype" if "dtype" in out_config else "torch_dtype"] = weight_dtype
   # Weights are written as they are only; a source's quantization_config would misdescribe them.
   source_quantization = out_config.pop("quantization_config", None)
@@ -237,6 +241,9 @@ def _fp8_blocks(tensors: list[TensorTask], family: str,
   if not family.startswith("deepseek"):
     raise ConversionError(f"--quantize_fp8_blocks: only DeepSeek models are released with FP8 block weights, "
                           f"not {family}; drop the flag")
+  if family == "deepseek4":
+    raise ConversionError("--quantize_fp8_blocks writes DeepSeek-V3's format (F32 weight_scale_inv); DeepSeek V4's "
+                          "release format (E8M0 scales, FP4 experts) is not written; drop the flag")
   config = dict(quantized.DEEPSEEK_FP8_CONFIG)
   if source_quantization and source_quantization.get("quant_method") == quantized.FP8:
     config = dict(source_quantization)

@@ -21,12 +21,13 @@ from transforms import checkpoint_tree, orbax_layout, storage
 from transforms.checkpoint_tree import PARAMS_PREFIX, TreeLayout
 from transforms.orbax_layout import ArraySpec
 from transforms.orbax_reader import OrbaxRef
+from transforms.filled import FilledRef
 from transforms.quantized import QuantizedRef, dequantized_nbytes, logical_tensors
 from transforms.safetensors_io import TensorRef, list_checkpoint
 from transforms.tensor_ops import axes_shape
 
 # A conversion source: an HF tensor (plain or quantized), or a slice of a MaxText checkpoint array.
-SourceRef = TensorRef | QuantizedRef | OrbaxRef
+SourceRef = TensorRef | QuantizedRef | OrbaxRef | FilledRef
 # MaxText stacks scanned layers on this axis (its `param_scan_axis`).
 SCAN_AXIS = 1
 SAVE_DTYPES = ("bfloat16", "float32")
@@ -273,10 +274,11 @@ def _place(family: Family, param: Param, layer: int | None, expert: int | None, 
     start, stop = stack.bounds(config, sizes["layers"])
     step, member = divmod(layer - start, stack.block)
     if not scan_layers or not stack.scans:
-      container = stack.unscanned.format(i=layer - start if stack.member or stack.nested else step)
+      container = stack.unscanned.format(i=layer - start if stack.member or stack.nested else step, layer=layer)
     elif step < (stop - start) // stack.block:
-      shape.insert(SCAN_AXIS, (stop - start) // stack.block)
-      index.append((SCAN_AXIS, step))
+      scan_axis = SCAN_AXIS if param.scan_axis is None else param.scan_axis
+      shape.insert(scan_axis, (stop - start) // stack.block)
+      index.append((scan_axis, step))
       if stack.nested:
         group, position, count = _nested_member(stack, member)
         container = f"{stack.scanned}/{group}"
@@ -325,6 +327,8 @@ class HfTensors:
     self.model_dir, self.tensors, self.sizes, self.save_dtype = model_dir, tensors, sizes, save_dtype
 
   def find(self, place: Placement) -> SourceRef:
+    if place.param.fill is not None:
+      return FilledRef(place.hf_name, place.param.hf_shape(self.sizes), place.param.fill)
     return _source(place, self.tensors, self.sizes, self.model_dir)
 
   def dtype(self, place: Placement, ref: SourceRef) -> str:
@@ -455,11 +459,11 @@ def _source(place: Placement, tensors: dict[str, TensorRef | QuantizedRef], size
   if ref is None:
     raise ConversionError(f"{model_dir}: tensor {name} is missing from the checkpoint; config.json says the "
                           f"model has it (re-download the shards or fix config.json)")
-  expected = axes_shape(param.hf_axes, sizes)
+  expected = param.hf_shape(sizes)
   if tuple(ref.shape) != expected:
     raise ConversionError(f"{ref.file}: tensor {name} has shape {list(ref.shape)} but config.json implies "
                           f"{list(expected)} ({param.hf_axes}); the shards and config.json disagree")
-  if ref.dtype not in SOURCE_DTYPES:
+  if ref.dtype not in SOURCE_DTYPES and ref.dtype != param.hf_dtype:
     raise ConversionError(f"{ref.file}: tensor {name} has dtype {ref.dtype}; only {sorted(SOURCE_DTYPES)} "
                           f"sources are supported")
   return ref

@@ -16,7 +16,7 @@ from pipeline.plan_hf import HfPlan
 from pipeline.runner import human_bytes
 from transforms.orbax_layout import NUMPY_DTYPES
 from transforms.orbax_writer import WRITE_BLOCK_BYTES
-from transforms.quantized import QuantizedRef
+from transforms.quantized import is_quantized
 from transforms.safetensors_io import DTYPES
 from transforms.shard_dofns import PREFETCH_BYTES
 
@@ -92,7 +92,7 @@ def to_maxtext_preflight(plan: Plan) -> Preflight:
   that share stored chunks (planner.Plan.elements) holds all their source bytes, read at once."""
   def footprint(task) -> int:
     rescaled = any(hasattr(op, "factor") or hasattr(op, "amount") for op in _ops(plan, task))
-    wide = 4 if rescaled or any(isinstance(s, QuantizedRef) for s in task.sources) else 0
+    wide = 4 if rescaled or any(is_quantized(s) for s in task.sources) else 0
     elements = task.written_nbytes // NUMPY_DTYPES[task.array.dtype].itemsize
     return task.nbytes + max(task.written_nbytes, elements * wide) + min(task.written_nbytes, WRITE_BLOCK_BYTES)
 
@@ -107,7 +107,7 @@ def to_maxtext_preflight(plan: Plan) -> Preflight:
   if len(largest) > 1:
     name += f" and {len(largest) - 1} more slices of its chunks"
   extra = ()
-  quantized = sum(1 for s in {s.name: s for t in plan.tasks for s in t.sources}.values() if isinstance(s, QuantizedRef))
+  quantized = sum(1 for s in {s.name: s for t in plan.tasks for s in t.sources}.values() if is_quantized(s))
   if quantized:  # (a fused tensor read once per array it splits into also makes the two differ)
     extra = (("dequantized", f"{human_bytes(plan.dequantized_bytes)} in float32 from {quantized:,} quantized "
                              "tensors (read above: their data and scales)"),)

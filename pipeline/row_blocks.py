@@ -73,7 +73,7 @@ def find_split(param: Param, sizes: Mapping[str, Any], mt_slice_shape: tuple[int
   if not hf_groups:
     return None
   name = hf_groups[0][0]
-  if param.part is not None and param.part[0] == name or param.piece is not None:
+  if param.part is not None and param.part[0] == name or param.piece is not None or param.segment is not None:
     return None
   mt_groups = parse_axes(param.mt_axes)
   slice_axis = next((i for i, g in enumerate(mt_groups) if g[0] == name), None)

@@ -1,6 +1,6 @@
 """One parameter's tensor math in both directions, as pure functions of the source values.
 
-`param` is a family's models.spec.Param: its axes, value ops, `part` and `piece`.
+`param` is a family's models.spec.Param: its axes, value ops, `part`, `segment` and `piece`.
 """
 from __future__ import annotations
 
@@ -22,6 +22,10 @@ def hf_to_maxtext(sources: Sequence[np.ndarray], param: Any, sizes: Mapping[str,
   if isinstance(param, tuple):
     return _joined(sources, param, sizes)
   (source,) = sources
+  if param.segment is not None:
+    index, widths = param.segment
+    start = sum(sizes[w] for w in widths[:index])
+    source = source[start:start + sizes[widths[index]]]
   if param.part is None:
     value = rearrange(source, param.hf_axes, param.mt_axes, sizes)
   else:
@@ -45,6 +49,11 @@ def maxtext_to_hf(values: Sequence[np.ndarray], params: Sequence[Any], sizes: Ma
       value = op.inverse(value, sizes)
     undone.append(value)
   first = params[0]
+  if first.segment is not None:
+    ordered = sorted(zip(params, undone), key=lambda pv: pv[0].segment[0])
+    if [p.segment[0] for p, _ in ordered] != list(range(len(first.segment[1]))):
+      raise ValueError(f"{first.hf}: segments {[p.segment[0] for p, _ in ordered]} do not make the whole tensor")
+    return np.concatenate([rearrange(v, p.mt_axes, p.hf_axes, sizes) for p, v in ordered], axis=0)
   if first.piece is not None:
     (value,) = undone
     index, widths = first.piece

@@ -1,4 +1,6 @@
-"""Quantized sources read as the float32 tensors the family specs name: FP8 blocks and MXFP4.
+"""Quantized sources read as the float32 tensors the family specs name: FP8 blocks and MXFP4, and
+(dispatched from here, by config.json's quantization_config) DeepSeek V4's E8M0-scaled FP8 / FP4
+(transforms/fp4_e2m1.py) and compressed-tensors int4 (transforms/packed_int4.py).
 
 Released DeepSeek-V3/V3.2 checkpoints keep their linear weights as float8_e4m3fn with one float32
 `weight_scale_inv` per 128x128 block; released GPT-OSS keeps its expert weights as MXFP4 (`_blocks`:
@@ -21,6 +23,8 @@ from typing import Any, Mapping
 import ml_dtypes
 import numpy as np
 
+from transforms import fp4_e2m1, packed_int4
+from transforms.fp4_e2m1 import E2M1_PAIRS as _E2M1_PAIRS, E8M0_TABLE as _E8M0_TABLE, Fp4Ref
 from transforms.errors import ConversionError
 from transforms.safetensors_io import TensorRef, read_tensor
 
@@ -42,12 +46,6 @@ DEEPSEEK_FP8_WEIGHTS = re.compile(
 
 # Every float8_e4m3fn bit pattern decoded once; a byte lookup is much faster than a cast per element.
 _E4M3_TABLE = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)
-_E2M1_VALUES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
-                         -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], np.float32)
-# One byte -> its (low nibble, high nibble) values: the low nibble is the earlier element.
-_E2M1_PAIRS = np.stack([_E2M1_VALUES[np.arange(256) & 0xF], _E2M1_VALUES[np.arange(256) >> 4]], axis=-1)
-# E8M0: 2**(s - 127) for s = 0..254 (2**-127 is a float32 subnormal, still exact); 255 is NaN.
-_E8M0_TABLE = np.append(np.ldexp(np.float32(1.0), np.arange(-127, 128)).astype(np.float32), np.float32(np.nan))
 _LOOKUP_CHUNK = 1 << 20  # bytes looked up per step
 # Above this exponent byte, 6 * 2**(s - 127) no longer fits in float32.
 _E8M0_ALWAYS_FINITE = 252
@@ -246,9 +244,10 @@ def quantization(config: Mapping[str, Any]) -> dict[str, Any] | None:
   if not qc:
     return None
   method = qc.get("quant_method") if isinstance(qc, dict) else None
-  if method not in (FP8, MXFP4):
+  if method not in (FP8, MXFP4, packed_int4.METHOD):
     raise ConversionError(f"config.json: quantization_config quant_method {method!r} is not supported; "
-                          f"ckptflow dequantizes {FP8!r} (DeepSeek-V3 blocks) and {MXFP4!r} (GPT-OSS)")
+                          f"ckptflow dequantizes {FP8!r} (DeepSeek-V3 blocks), {MXFP4!r} (GPT-OSS) and "
+                          f"{packed_int4.METHOD!r} int4 (Kimi K2)")
   if method == FP8 and qc.get("fmt", "e4m3") != "e4m3":
     raise ConversionError(f"config.json: FP8 format {qc.get('fmt')!r} is not supported; only e4m3")
   return qc
@@ -260,6 +259,10 @@ def logical_tensors(tensors: dict[str, TensorRef], config: Mapping[str, Any]) ->
   qc = quantization(config)
   if qc is None:
     return tensors
+  if qc["quant_method"] == packed_int4.METHOD:
+    return packed_int4.pair_int4(tensors, qc)
+  if is_ue8m0(qc):
+    return pair_ue8m0(tensors, qc)
   pair = _pair_fp8 if qc["quant_method"] == FP8 else _pair_mxfp4
   return pair(tensors, qc)
 
@@ -318,6 +321,45 @@ def _pair_mxfp4(tensors: dict[str, TensorRef], qc: dict[str, Any]) -> dict[str, 
       raise ConversionError(f"{scales.file}: tensor {scales.name} is {scales.dtype} {list(scales.shape)} but "
                             f"{name} {list(ref.shape)} needs U8 {list(ref.shape[:-1])}")
     out[base] = QuantizedRef(base, MXFP4, ref, scales)
+  return out
+
+
+def is_quantized(ref: Any) -> bool:
+  """A source read quantized and dequantized as it is read (any of the formats above)."""
+  return isinstance(ref, (QuantizedRef, packed_int4.PackedInt4Ref, Fp4Ref))
+
+
+def is_ue8m0(qc: Mapping[str, Any]) -> bool:
+  return qc.get("quant_method") == FP8 and qc.get("scale_fmt") == fp4_e2m1.SCALE_FMT
+
+
+def pair_ue8m0(tensors: dict[str, TensorRef], qc: Mapping[str, Any]) -> dict[str, Any]:
+  """Each quantized `<name>.weight` with its `<name>.scale`, as one float32 source; others as is."""
+  block = tuple(qc.get("weight_block_size") or FP8_BLOCK)
+  out: dict[str, Any] = {}
+  for name, ref in tensors.items():
+    base = name.removesuffix(".scale")
+    if name != base:
+      if base + ".weight" not in tensors:
+        raise ConversionError(f"{ref.file}: tensor {name} has no {base}.weight beside it; the checkpoint is "
+                              "incomplete (re-download it)")
+      continue
+    if ref.dtype not in ("F8_E4M3", fp4_e2m1.FP4_DTYPE):
+      out[name] = ref
+      continue
+    scales = tensors.get(name.removesuffix(".weight") + ".scale")
+    if scales is None or len(ref.shape) != 2:
+      raise ConversionError(f"{ref.file}: {ref.dtype} tensor {name} {list(ref.shape)} has no 2-D weight with a "
+                            f"{name.removesuffix('.weight')}.scale beside it; the checkpoint is incomplete")
+    fp4 = ref.dtype == fp4_e2m1.FP4_DTYPE
+    want = ([ref.shape[0], ref.shape[1] * 2 // fp4_e2m1.GROUP] if fp4 else
+            [math.ceil(ref.shape[0] / block[0]), math.ceil(ref.shape[1] / block[1])])
+    if list(scales.shape) != want or scales.dtype != fp4_e2m1.E8M0 or fp4 and ref.shape[1] * 2 % fp4_e2m1.GROUP:
+      grid = f"one per {fp4_e2m1.GROUP} values" if fp4 else f"one per {list(block)} block"
+      raise ConversionError(f"{scales.file}: tensor {scales.name} is {scales.dtype} {list(scales.shape)} but "
+                            f"{'FP4' if fp4 else 'FP8'} {name} {list(ref.shape)} needs {fp4_e2m1.E8M0} {want} ({grid}); "
+                            "the scale grid does not fit its weight, re-download the shard")
+    out[name] = Fp4Ref(name, ref, scales) if fp4 else QuantizedRef(name, FP8, ref, scales, block)
   return out
 
 

@@ -35,13 +35,14 @@ DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
     "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
     "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),  # power-of-two scales (DeepSeek V4's FP8 and FP4)
 }
 _CODES = {dtype: code for code, dtype in DTYPES.items()}
 
 # The safetensors package writes tensors sorted by this rank (descending), then by name;
 # write_safetensors does the same so its files are byte-identical to the package's.
 _PACKAGE_RANK = {code: rank for rank, code in enumerate(
-    ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16", "I32", "U32",
+    ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "F8_E8M0", "I16", "U16", "F16", "BF16", "I32", "U32",
      "F32", "F64", "I64", "U64"])}
 
 MAX_HEADER_BYTES = 100_000_000  # The package's own limit.
