@@ -57,14 +57,16 @@ def _words(value: Any, where: str) -> list[str]:
 
 
 def _translate(words: list[str], direction: str, where: str) -> list[str]:
-  flags, notes = cli.translate(words, COMMANDS[direction].MAXTEXT_KEYS)
+  flags, notes = cli.translate(words, COMMANDS[direction].MAXTEXT_KEYS, direction)
+  cli.check_flags(flags, where)
   for note in notes:
     print(f"note: {where}: {note}", file=sys.stderr)
   return flags
 
 
 def load_jobs(path: str, extra_flags: Sequence[str] = ()) -> list[Job]:
-  """Parses and checks the whole file before anything runs."""
+  """Parses and checks the whole file (and the command line's flags) before anything runs."""
+  cli.check_flags(extra_flags, "command line")
   try:
     spec = yaml.safe_load(storage.read_text(path))
   except yaml.YAMLError as e:

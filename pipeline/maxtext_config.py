@@ -1,0 +1,136 @@
+"""What MaxText's own config accepts, so a typo is refused here as MaxText would refuse it.
+
+pipeline/maxtext_config.json holds MaxText's config keys and model names at the commit our goldens
+come from (written once by scripts/maxtext_tables.py, which names the commit). Everything here is
+a pure lookup: which words are MaxText's, the closest ones to a typo, and the MaxText overrides
+that describe a config.json whose dimensions are not those of the model_name it was given.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import os
+from typing import Any, Iterable, Sequence
+
+from models.known_configs import known_config
+from transforms.errors import ConversionError
+
+_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "maxtext_config.json")
+
+
+@functools.lru_cache(maxsize=None)
+def _table() -> dict[str, Any]:
+  with open(_PATH, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def commit() -> str:
+  return _table()["commit"]
+
+
+@functools.lru_cache(maxsize=None)
+def keys() -> frozenset[str]:
+  return frozenset(_table()["keys"])
+
+
+@functools.lru_cache(maxsize=None)
+def model_names() -> tuple[str, ...]:
+  return tuple(_table()["model_names"])
+
+
+def is_key(key: str) -> bool:
+  """A key MaxText's config has: a base.yml key, or a field of one of its sections (lora.lora_rank)."""
+  return key in keys()
+
+
+def closest(word: str, candidates: Iterable[str], n: int = 1) -> list[str]:
+  """The nearest candidates to a typo, best first (none when nothing is close)."""
+  pool = sorted(set(candidates))
+  found = difflib.get_close_matches(word, pool, n=n, cutoff=0.6)
+  if not found:  # a different case, or a name that only lacks its tail ("qwen3" -> qwen3-0.6b ...)
+    lowered = {c.lower(): c for c in pool}
+    found = [lowered[c] for c in difflib.get_close_matches(word.lower(), list(lowered), n=n, cutoff=0.6)]
+  return found
+
+
+def did_you_mean(word: str, candidates: Iterable[str], n: int = 1, prefix: str = "") -> str:
+  """ ' (did you mean X?)' or ' (did you mean X, Y or Z?)', or '' when nothing is close."""
+  found = [prefix + c for c in closest(word, candidates, n)]
+  if not found:
+    return ""
+  shown = found[0] if len(found) == 1 else ", ".join(found[:-1]) + " or " + found[-1]
+  return f" (did you mean {shown}?)"
+
+
+def check_model_name(model_name: str) -> None:
+  """model_name must be one MaxText has, spelled as MaxText spells it."""
+  if model_name in model_names():
+    return
+  hint = did_you_mean(model_name, model_names(), n=3)
+  raise ConversionError(f"model_name={model_name} is not a MaxText model name{hint or ''}; the names are those of "
+                        f"MaxText's configs/models (MaxText {commit()[:7]})")
+
+
+# config.json field -> MaxText override, for the dimensions a model_name fixes.
+DIMENSIONS = (
+    ("hidden_size", "base_emb_dim"),
+    ("num_attention_heads", "base_num_query_heads"),
+    ("num_key_value_heads", "base_num_kv_heads"),
+    ("head_dim", "head_dim"),
+    ("intermediate_size", "base_mlp_dim"),
+    ("moe_intermediate_size", "base_moe_mlp_dim"),
+    ("num_hidden_layers", "base_num_decoder_layers"),
+    ("vocab_size", "vocab_size"),
+    ("num_local_experts", "num_experts"),
+    ("num_experts", "num_experts"),
+    ("n_routed_experts", "num_experts"),
+    ("num_experts_per_tok", "num_experts_per_tok"),
+    ("n_shared_experts", "shared_experts"),
+    ("first_k_dense_replace", "first_num_dense_layers"),
+    ("q_lora_rank", "q_lora_rank"),
+    ("kv_lora_rank", "kv_lora_rank"),
+    ("qk_nope_head_dim", "qk_nope_head_dim"),
+    ("qk_rope_head_dim", "qk_rope_head_dim"),
+    ("v_head_dim", "v_head_dim"),
+)
+
+
+def _text(config: dict[str, Any]) -> dict[str, Any]:
+  return config.get("text_config") or config  # multimodal configs nest the language model
+
+
+def _dimensions(config: dict[str, Any]) -> dict[str, Any]:
+  text = _text(config)
+  found = {field: text[field] for field, _ in DIMENSIONS if isinstance(text.get(field), int)}
+  if "head_dim" not in found and isinstance(text.get("hidden_size"), int) and text.get("num_attention_heads"):
+    found["head_dim"] = text["hidden_size"] // text["num_attention_heads"]  # MaxText's yml states it
+  return found
+
+
+def overrides(config: dict[str, Any], model_name: str) -> list[str]:
+  """The MaxText key=value words under which `model_name` has `config`'s dimensions; [] when they agree
+  (or when there is no built-in config of that model to compare with)."""
+  built_in = known_config(model_name)
+  if built_in is None:
+    return []
+  ours, theirs = _dimensions(config), _dimensions(built_in)
+  words: dict[str, str] = {}
+  for field, key in DIMENSIONS:
+    if field in ours and ours[field] != theirs.get(field) and key not in words:
+      words[key] = f"{key}={ours[field]}"
+  return list(words.values())
+
+
+def dimension_note(config: dict[str, Any], model_name: str, where: str) -> str | None:
+  """One line for a config whose dimensions are not model_name's, with the overrides that load the result."""
+  words = overrides(config, model_name)
+  if not words:
+    return None
+  return (f"{where} has other dimensions than MaxText's {model_name}; MaxText loads the result with "
+          f"model_name={model_name} " + " ".join(["override_model_config=true", *words]))
+
+
+def unknown_key(key: str, own: Sequence[str]) -> str:
+  """The error line of a key=value word that neither this command nor MaxText knows."""
+  return f"unknown key {key!r}" + did_you_mean(key, [*own, *keys()])

@@ -1,0 +1,84 @@
+"""Writes pipeline/maxtext_config.json: the config keys and model names MaxText knows, at one commit.
+
+  python scripts/maxtext_tables.py --maxtext_git=/path/to/maxtext/.git [--commit=e591f30]
+
+Run once per MaxText commit the goldens come from (tests/data/goldens/README.md names it); the
+JSON is checked in, so nothing reads MaxText at run time. Keys are the top-level keys of
+src/maxtext/configs/base.yml, plus the fields of MaxText's pydantic config (configs/types.py: the
+classes MaxTextConfig is made of, and its nested sections such as lora.* as dotted keys), which
+MaxText's pyconfig accepts on the command line as well. Model names are configs/models/*.yml and
+types.py's ModelName, the names MaxText's own validation accepts (-Instruct variants included).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import subprocess
+
+import yaml
+
+BASE_YML = "src/maxtext/configs/base.yml"
+TYPES_PY = "src/maxtext/configs/types.py"
+MODELS_DIR = "src/maxtext/configs/models"
+OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pipeline", "maxtext_config.json")
+
+
+def git(repo: str, *args: str) -> str:
+  return subprocess.run(["git", "--git-dir", repo, *args], check=True, capture_output=True, text=True).stdout
+
+
+def base_keys(text: str) -> set[str]:
+  return set(yaml.safe_load(text))
+
+
+def pydantic_keys(text: str) -> tuple[set[str], list[str]]:
+  """(MaxTextConfig's field names, nested sections as section.field), and types.py's ModelName."""
+  tree = ast.parse(text)
+  classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+
+  def fields(name: str, seen: set[str]) -> set[str]:
+    if name not in classes or name in seen:
+      return set()
+    seen.add(name)
+    cls = classes[name]
+    found = {s.target.id for s in cls.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
+    for base in cls.bases:
+      if isinstance(base, ast.Name):
+        found |= fields(base.id, seen)
+    return found - {"model_config"}
+
+  keys = fields("MaxTextConfig", set())
+  for stmt in classes["MaxTextConfig"].body:
+    if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.annotation, ast.Name) and stmt.annotation.id in classes:
+      keys |= {f"{stmt.target.id}.{f}" for f in fields(stmt.annotation.id, set())}
+  names: list[str] = []
+  for stmt in tree.body:
+    if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "ModelName" for t in stmt.targets):
+      names = [e.value for e in stmt.value.slice.elts]  # Literal["default", "llama2-7b", ...]
+  return keys, names
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--maxtext_git", required=True, help="a git directory of AI-Hypercomputer/maxtext")
+  parser.add_argument("--commit", default="e591f30", help="the MaxText commit (default e591f30, the goldens')")
+  parser.add_argument("--out", default=OUT)
+  args = parser.parse_args()
+  commit = git(args.maxtext_git, "rev-parse", f"{args.commit}^{{commit}}").strip()
+  keys = base_keys(git(args.maxtext_git, "show", f"{commit}:{BASE_YML}"))
+  fields, literal = pydantic_keys(git(args.maxtext_git, "show", f"{commit}:{TYPES_PY}"))
+  files = git(args.maxtext_git, "ls-tree", "--name-only", f"{commit}:{MODELS_DIR}").split()
+  names = {f[:-4] for f in files if f.endswith(".yml")} | set(literal)
+  names.discard("default")
+  table = {"source": "github.com/AI-Hypercomputer/maxtext", "commit": commit,
+           "keys": sorted(keys | fields), "model_names": sorted(names)}
+  with open(args.out, "w", encoding="utf-8") as f:
+    json.dump(table, f, indent=0)
+    f.write("\n")
+  print(f"{args.out}: {len(table['keys'])} keys ({len(keys)} in base.yml), {len(names)} model names at {commit[:9]}")
+
+
+if __name__ == "__main__":
+  main()
