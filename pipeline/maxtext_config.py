@@ -72,54 +72,72 @@ def check_model_name(model_name: str) -> None:
                         f"MaxText's configs/models (MaxText {commit()[:7]})")
 
 
-# config.json field -> MaxText override, for the dimensions a model_name fixes.
-DIMENSIONS = (
-    ("hidden_size", "base_emb_dim"),
-    ("num_attention_heads", "base_num_query_heads"),
-    ("num_key_value_heads", "base_num_kv_heads"),
-    ("head_dim", "head_dim"),
-    ("intermediate_size", "base_mlp_dim"),
-    ("moe_intermediate_size", "base_moe_mlp_dim"),
-    ("num_hidden_layers", "base_num_decoder_layers"),
-    ("vocab_size", "vocab_size"),
-    ("num_local_experts", "num_experts"),
-    ("num_experts", "num_experts"),
-    ("n_routed_experts", "num_experts"),
-    ("num_experts_per_tok", "num_experts_per_tok"),
-    ("n_shared_experts", "shared_experts"),
-    ("first_k_dense_replace", "first_num_dense_layers"),
-    ("q_lora_rank", "q_lora_rank"),
-    ("kv_lora_rank", "kv_lora_rank"),
-    ("qk_nope_head_dim", "qk_nope_head_dim"),
-    ("qk_rope_head_dim", "qk_rope_head_dim"),
-    ("v_head_dim", "v_head_dim"),
-)
-
-
 def _text(config: dict[str, Any]) -> dict[str, Any]:
-  return config.get("text_config") or config  # multimodal configs nest the language model
+  """The language model's config: multimodal configs nest it (Qwen3-Omni inside its thinker)."""
+  return (config.get("thinker_config") or {}).get("text_config") or config.get("text_config") or config
 
 
-def _dimensions(config: dict[str, Any]) -> dict[str, Any]:
+# config.json fields MaxText names alike or directly (MaxText's names are also the keys of
+# maxtext_config.json's model_dimensions: scripts/maxtext_tables.py reads MAXTEXT_DIMENSIONS).
+_DIRECT = (("hidden_size", "base_emb_dim"), ("num_attention_heads", "base_num_query_heads"),
+           ("num_key_value_heads", "base_num_kv_heads"), ("vocab_size", "vocab_size"),
+           ("num_local_experts", "num_experts"), ("num_experts", "num_experts"), ("n_routed_experts", "num_experts"),
+           ("num_experts_per_tok", "num_experts_per_tok"), ("top_k_experts", "num_experts_per_tok"), ("n_shared_experts", "shared_experts"),
+           ("first_k_dense_replace", "first_num_dense_layers"), ("q_lora_rank", "q_lora_rank"),
+           ("kv_lora_rank", "kv_lora_rank"), ("qk_nope_head_dim", "qk_nope_head_dim"),
+           ("qk_rope_head_dim", "qk_rope_head_dim"), ("v_head_dim", "v_head_dim"))
+
+
+MAXTEXT_DIMENSIONS = tuple(dict.fromkeys([*(k for _, k in _DIRECT), "head_dim", "base_num_decoder_layers",
+                                          "base_mlp_dim", "base_moe_mlp_dim"]))
+
+
+def maxtext_dimensions(config: dict[str, Any]) -> dict[str, int]:
+  """config.json's dimensions as MaxText's model configs (configs/models/*.yml) state them."""
   text = _text(config)
-  found = {field: text[field] for field, _ in DIMENSIONS if isinstance(text.get(field), int)}
-  if "head_dim" not in found and isinstance(text.get("hidden_size"), int) and text.get("num_attention_heads"):
-    found["head_dim"] = text["hidden_size"] // text["num_attention_heads"]  # MaxText's yml states it
-  return found
+
+  def number(field: str) -> int | None:
+    value = text.get(field)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+  dims = {key: number(field) for field, key in _DIRECT if number(field) is not None}
+  if number("kv_lora_rank") is not None:
+    pass  # multi-head latent attention sizes its heads by the ranks above, not head_dim
+  elif number("head_dim") is not None:
+    dims["head_dim"] = number("head_dim")
+  elif number("hidden_size") and number("num_attention_heads"):
+    dims["head_dim"] = number("hidden_size") // number("num_attention_heads")  # each yml states it
+  layers = number("num_hidden_layers")
+  if layers is not None:  # Gemma 2 pairs a local and a global attention layer into one MaxText layer
+    dims["base_num_decoder_layers"] = layers // 2 if text.get("model_type") == "gemma2" else layers
+  dense, moe = number("intermediate_size"), number("moe_intermediate_size")
+  if moe is not None and str(text.get("model_type", "")).startswith("qwen"):
+    dims["base_mlp_dim"] = dims["base_moe_mlp_dim"] = moe  # Qwen3 MoE / Next / 3.5: both sized by the expert
+  elif moe is not None:  # DeepSeek, Gemma 4: dense layers and experts have their own sizes
+    dims.update({k: v for k, v in (("base_mlp_dim", dense), ("base_moe_mlp_dim", moe)) if v is not None})
+  elif dense is not None and "num_experts" in dims:  # Mixtral, gpt-oss: intermediate_size is the expert's
+    dims["base_mlp_dim"] = dims["base_moe_mlp_dim"] = dense
+  elif dense is not None:
+    dims["base_mlp_dim"] = dense
+  return dims
+
+
+def model_dimensions(model_name: str) -> dict[str, int] | None:
+  """The dimensions MaxText's configs/models/<model_name>.yml sets (-Instruct shares its base's, as in MaxText)."""
+  table = _table()["model_dimensions"]
+  return table.get(model_name, table.get(model_name.replace("-Instruct", "")))
 
 
 def overrides(config: dict[str, Any], model_name: str) -> list[str]:
-  """The MaxText key=value words under which `model_name` has `config`'s dimensions; [] when they agree
-  (or when there is no built-in config of that model to compare with)."""
-  built_in = known_config(model_name)
-  if built_in is None:
-    return []
-  ours, theirs = _dimensions(config), _dimensions(built_in)
-  words: dict[str, str] = {}
-  for field, key in DIMENSIONS:
-    if field in ours and ours[field] != theirs.get(field) and key not in words:
-      words[key] = f"{key}={ours[field]}"
-  return list(words.values())
+  """The MaxText key=value words under which `model_name` has `config`'s dimensions: those where MaxText's
+  own model config (else the released model's config.json) says otherwise; [] when they agree."""
+  theirs = model_dimensions(model_name)
+  if theirs is None:
+    built_in = known_config(model_name)
+    if built_in is None:
+      return []
+    theirs = maxtext_dimensions(built_in)
+  ours = maxtext_dimensions(config)
+  return [f"{key}={value}" for key, value in ours.items() if key in theirs and theirs[key] != value]
 
 
 def dimension_note(config: dict[str, Any], model_name: str, where: str) -> str | None:

@@ -7,7 +7,9 @@ JSON is checked in, so nothing reads MaxText at run time. Keys are the top-level
 src/maxtext/configs/base.yml, plus the fields of MaxText's pydantic config (configs/types.py: the
 classes MaxTextConfig is made of, and its nested sections such as lora.* as dotted keys), which
 MaxText's pyconfig accepts on the command line as well. Model names are configs/models/*.yml and
-types.py's ModelName, the names MaxText's own validation accepts (-Instruct variants included).
+types.py's ModelName, the names MaxText's own validation accepts (-Instruct variants included). Each model config's dimensions
+(base_emb_dim, base_num_query_heads, ...) are kept too, to say which overrides load a model whose
+config.json differs.
 """
 from __future__ import annotations
 
@@ -22,15 +24,17 @@ import yaml
 BASE_YML = "src/maxtext/configs/base.yml"
 TYPES_PY = "src/maxtext/configs/types.py"
 MODELS_DIR = "src/maxtext/configs/models"
+# The dimension keys of a model config that pipeline/maxtext_config.py compares config.json with
+# (its MAXTEXT_DIMENSIONS; repeated here so this script runs without ckptflow's dependencies).
+DIMENSIONS = ("base_emb_dim", "base_num_query_heads", "base_num_kv_heads", "vocab_size", "num_experts",
+              "num_experts_per_tok", "shared_experts", "first_num_dense_layers", "q_lora_rank", "kv_lora_rank",
+              "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "head_dim", "base_num_decoder_layers",
+              "base_mlp_dim", "base_moe_mlp_dim")
 OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pipeline", "maxtext_config.json")
 
 
 def git(repo: str, *args: str) -> str:
   return subprocess.run(["git", "--git-dir", repo, *args], check=True, capture_output=True, text=True).stdout
-
-
-def base_keys(text: str) -> set[str]:
-  return set(yaml.safe_load(text))
 
 
 def pydantic_keys(text: str) -> tuple[set[str], list[str]]:
@@ -67,13 +71,20 @@ def main() -> None:
   parser.add_argument("--out", default=OUT)
   args = parser.parse_args()
   commit = git(args.maxtext_git, "rev-parse", f"{args.commit}^{{commit}}").strip()
-  keys = base_keys(git(args.maxtext_git, "show", f"{commit}:{BASE_YML}"))
+  base = yaml.safe_load(git(args.maxtext_git, "show", f"{commit}:{BASE_YML}"))
+  keys = set(base)
   fields, literal = pydantic_keys(git(args.maxtext_git, "show", f"{commit}:{TYPES_PY}"))
   files = git(args.maxtext_git, "ls-tree", "--name-only", f"{commit}:{MODELS_DIR}").split()
   names = {f[:-4] for f in files if f.endswith(".yml")} | set(literal)
   names.discard("default")
+  dims = {}
+  for f in sorted(files):
+    if f.endswith(".yml"):
+      model = yaml.safe_load(git(args.maxtext_git, "show", f"{commit}:{MODELS_DIR}/{f}")) or {}
+      merged = {**base, **model}  # as MaxText merges them: what the model's yml leaves out, base.yml sets
+      dims[f[:-4]] = {k: merged[k] for k in DIMENSIONS if isinstance(merged.get(k), int)}
   table = {"source": "github.com/AI-Hypercomputer/maxtext", "commit": commit,
-           "keys": sorted(keys | fields), "model_names": sorted(names)}
+           "keys": sorted(keys | fields), "model_names": sorted(names), "model_dimensions": dims}
   with open(args.out, "w", encoding="utf-8") as f:
     json.dump(table, f, indent=0)
     f.write("\n")
