@@ -46,13 +46,21 @@ def usage() -> str:
 
 
 def isolate_from_cwd() -> None:
-  """Drops the current directory from sys.path (as '' or its absolute path) unless ckptflow runs from it."""
+  """Drops the current directory from sys.path (as '' or its absolute path) unless ckptflow runs from it.
+
+  The local runner's worker processes (`python -m ...`, started in this directory) would put it first
+  again: PYTHONSAFEPATH (Python >= 3.11) keeps it out of theirs, and PYTHONPATH leads them to this
+  checkout when it is not installed."""
   cwd = os.path.realpath(os.getcwd())
   if cwd == os.path.realpath(ROOT):
     return
   sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != cwd]
   if ROOT not in sys.path:  # a checkout run as `python -m pipeline.command` from elsewhere (PYTHONPATH)
     sys.path.insert(0, ROOT)
+  os.environ["PYTHONSAFEPATH"] = "1"
+  paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+  if not any(os.path.realpath(p) == os.path.realpath(ROOT) for p in paths):
+    os.environ["PYTHONPATH"] = os.pathsep.join([ROOT, *paths])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from pipeline.options import ConversionOptions
 from models.known_configs import known_model_names
 from transforms.errors import ConversionError
 from tests import goldens
+from tests.test_to_maxtext import IN_PROCESS
 
 
 def run(main, args, capsys):
@@ -111,7 +112,7 @@ def test_dtype_aliases():
 def test_dtype_alias_reaches_the_written_checkpoint(tmp_path, hf, capsys):
   out = tmp_path / "out"
   status, lines = run(to_maxtext_job.main, [f"base_output_directory={out}", f"--hf_model_path={hf}",
-                                            "--save_dtype=fp32", "--direct_num_workers=1", "--progress=false"], capsys)
+                                            "--save_dtype=fp32", *IN_PROCESS, "--progress=false"], capsys)
   assert status == 0, lines
   restored = goldens.restore(str(out / "0" / "items"))
   assert {str(a.dtype) for name, a in restored.items() if name.startswith("params/")} == {"float32"}
