@@ -105,8 +105,10 @@ def summary_of(doc: str) -> str:
 
 def help_text(prog: str, command: str, doc: str, maxtext_keys: Sequence[str], options: Sequence[str]) -> str:
   """--help of one command: its own options only, grouped, each with its help, and an example."""
+  dry_run = command in KEYS  # the conversions; plan is a dry run, verify has none
   parser = argparse.ArgumentParser(prog=prog, add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                   usage=f"{prog} [-h] [--dry_run] key=value ... [--flag=value ...]",
+                                   usage=f"{prog} [-h]{' [--dry_run]' if dry_run else ''} key=value ... "
+                                         "[--flag=value ...]",
                                    description=summary_of(doc))
   calls = option_calls()
   own = set(options)
@@ -118,6 +120,7 @@ def help_text(prog: str, command: str, doc: str, maxtext_keys: Sequence[str], op
       group.add_argument(*args, **{**kwargs, "help": own_help(kwargs.get("help", ""), command)})
     if title == "run":
       group.add_argument("-h", "--help", action="store_true", help="show this help and exit")
+    if title == "run" and dry_run:
       group.add_argument("--dry_run", action="store_true",
                          help="print the pre-flight plan (elements, bytes, memory per worker, estimated time) from "
                               "headers only, and stop")
