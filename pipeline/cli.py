@@ -83,7 +83,7 @@ class OneLineParser(_BeamArgumentParser):
       return
     if message.startswith("unrecognized arguments: "):
       raise ConversionError(unknown_flag(message.split(": ", 1)[1].split()[0], self.option_strings()))
-    raise ConversionError(message)
+    raise ConversionError(_value_error(message))
 
   def option_strings(self) -> list[str]:
     return [s for s in self._option_string_actions if s.startswith("--")]
@@ -114,7 +114,7 @@ def check_flags(flags: Sequence[str], where: str = "") -> None:
   try:
     _, unknown = parser.parse_known_args(list(flags))
   except ConversionError as e:
-    raise ConversionError(f"{prefix}{_value_error(str(e))}") from None
+    raise ConversionError(f"{prefix}{e}") from None
   for word in unknown:
     if word.startswith("-"):
       raise ConversionError(prefix + unknown_flag(word, parser.option_strings()))

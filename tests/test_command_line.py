@@ -206,3 +206,17 @@ def test_a_home_relative_path_is_expanded(tmp_path, monkeypatch):
   monkeypatch.setenv("HOME", str(tmp_path))
   (tmp_path / "model").mkdir()
   assert hub.resolve_source("~/model", None, None) == str(tmp_path / "model")
+
+
+def test_every_command_refuses_in_one_line(tmp_path, capsys):
+  from pipeline import batch, check_logits, demo, verify  # pylint: disable=import-outside-toplevel
+  refused(batch.main, [], capsys, "the jobs file comes first: python -m pipeline.batch jobs.yaml [--flag=value ...] "
+                                  "(see --help)")
+  refused(check_logits.main, ["load_parameters_path=x", "--top_kk=3"], capsys,
+          "unknown flag --top_kk (did you mean --top_k?)")
+  refused(check_logits.main, ["load_parameters_path=x", "--top_k=many"], capsys,
+          "--top_k: invalid int value: 'many'")
+  refused(demo.main, ["--layers=two"], capsys, "--layers: invalid int value: 'two'")
+  refused(verify.main, ["load_parameters_path=x", "max_shard_size=1GB"], capsys,
+          "max_shard_size= is an option of to_huggingface, not of verify; drop it (or run to_huggingface)")
+  assert not os.listdir(tmp_path)
