@@ -68,7 +68,7 @@ def check_model_name(model_name: str) -> None:
   if model_name in model_names():
     return
   hint = did_you_mean(model_name, model_names(), n=3)
-  raise ConversionError(f"model_name={model_name} is not a MaxText model name{hint or ''}; the names are those of "
+  raise ConversionError(f"model_name={model_name} is not a MaxText model name{hint}; the names are those of "
                         f"MaxText's configs/models (MaxText {commit()[:7]})")
 
 
@@ -77,12 +77,13 @@ def _text(config: dict[str, Any]) -> dict[str, Any]:
   return (config.get("thinker_config") or {}).get("text_config") or config.get("text_config") or config
 
 
-# config.json fields MaxText names alike or directly (MaxText's names are also the keys of
-# maxtext_config.json's model_dimensions: scripts/maxtext_tables.py reads MAXTEXT_DIMENSIONS).
+# config.json fields MaxText names alike or directly. MAXTEXT_DIMENSIONS are the keys of
+# maxtext_config.json's model_dimensions (scripts/maxtext_tables.py lists them again, as DIMENSIONS).
 _DIRECT = (("hidden_size", "base_emb_dim"), ("num_attention_heads", "base_num_query_heads"),
            ("num_key_value_heads", "base_num_kv_heads"), ("vocab_size", "vocab_size"),
            ("num_local_experts", "num_experts"), ("num_experts", "num_experts"), ("n_routed_experts", "num_experts"),
-           ("num_experts_per_tok", "num_experts_per_tok"), ("top_k_experts", "num_experts_per_tok"), ("n_shared_experts", "shared_experts"),
+           ("num_experts_per_tok", "num_experts_per_tok"), ("top_k_experts", "num_experts_per_tok"),
+           ("n_shared_experts", "shared_experts"),
            ("first_k_dense_replace", "first_num_dense_layers"), ("q_lora_rank", "q_lora_rank"),
            ("kv_lora_rank", "kv_lora_rank"), ("qk_nope_head_dim", "qk_nope_head_dim"),
            ("qk_rope_head_dim", "qk_rope_head_dim"), ("v_head_dim", "v_head_dim"))

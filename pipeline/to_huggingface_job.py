@@ -16,7 +16,7 @@ from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import cli, usage, destination, hub, lora, outputs, preflight, runner, up_to_date
+from pipeline import cli, destination, hub, lora, outputs, preflight, runner, up_to_date, usage
 from pipeline.build import add_to_huggingface
 from transforms.errors import ConversionError
 from pipeline.options import ConversionOptions, is_dry_run

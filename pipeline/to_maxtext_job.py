@@ -21,7 +21,7 @@ from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import cli, usage, destination, hub, lora, outputs, preflight, runner
+from pipeline import cli, destination, hub, lora, outputs, preflight, runner, usage
 from pipeline.build import add_to_maxtext
 from transforms.errors import ConversionError
 from pipeline.options import MAXTEXT_COMPATIBILITY, ConversionOptions, is_dry_run

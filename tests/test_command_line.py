@@ -132,6 +132,19 @@ def test_model_name_is_one_maxtext_has_exactly(tmp_path, hf, capsys, name, expec
   assert not out.exists()
 
 
+def test_the_table_script_reads_the_dimensions_we_compare():
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location("maxtext_tables", os.path.join(goldens.REPO, "scripts",
+                                                                                "maxtext_tables.py"))
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  assert script.DIMENSIONS == maxtext_config.MAXTEXT_DIMENSIONS
+  llama = {"base_emb_dim": 4096, "base_num_query_heads": 32, "base_num_kv_heads": 8, "vocab_size": 128256,
+           "head_dim": 128, "base_num_decoder_layers": 32, "base_mlp_dim": 14336}  # configs/models/llama3.1-8b.yml
+  assert llama.items() <= maxtext_config.model_dimensions("llama3.1-8b").items()
+  assert maxtext_config.model_dimensions("llama3.1-8b-Instruct") == maxtext_config.model_dimensions("llama3.1-8b")
+
+
 def test_every_built_in_model_name_is_maxtexts():
   assert set(known_model_names()) <= set(maxtext_config.model_names())
   assert "llama3.1-8b-Instruct" in maxtext_config.model_names()  # types.py's ModelName, not a yml of its own
