@@ -58,8 +58,9 @@ Without --runner, the local multi-process runner is used and nothing touches the
 
 
 def other_command(key: str, command: str | None) -> str | None:
-  """The conversion command `key` belongs to, when it is not `command`'s."""
-  if command in KEYS and key in KEYS[command]:
+  """The conversion command `key` belongs to, when it is not `command`'s (None for no command: check_logits
+  hands MaxText's keys to MaxText's own config)."""
+  if command is None or (command in KEYS and key in KEYS[command]):
     return None
   return next((name for name, keys in KEYS.items() if name != command and key in keys), None)
 

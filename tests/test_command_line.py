@@ -233,3 +233,6 @@ def test_every_command_refuses_in_one_line(tmp_path, capsys):
   refused(verify.main, ["load_parameters_path=x", "max_shard_size=1GB"], capsys,
           "max_shard_size= is an option of to_huggingface, not of verify; drop it (or run to_huggingface)")
   assert not os.listdir(tmp_path)
+  # check_logits hands MaxText's keys to MaxText's own config: never "an option of to_maxtext" there.
+  assert cli.translate(["weight_dtype=bfloat16"], check_logits.MAXTEXT_KEYS)[1] == [
+      "ignored 'weight_dtype=bfloat16': it only matters to MaxText itself"]
