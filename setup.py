@@ -8,7 +8,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["pipeline", "pipeline.*", "transforms", "transforms.*", "models",
                                     "models.*"]),
-    package_data={"models": ["known_configs.json"]},
+    package_data={"models": ["known_configs.json"], "pipeline": ["maxtext_config.json"]},
+    entry_points={"console_scripts": ["ckptflow = pipeline.command:main"]},
     # The workers' runtime: no jax, torch or transformers (REFERENCE §6).
     install_requires=[
         "apache-beam[gcp]==2.77.0",

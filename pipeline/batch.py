@@ -57,14 +57,16 @@ def _words(value: Any, where: str) -> list[str]:
 
 
 def _translate(words: list[str], direction: str, where: str) -> list[str]:
-  flags, notes = cli.translate(words, COMMANDS[direction].MAXTEXT_KEYS)
+  flags, notes = cli.translate(words, COMMANDS[direction].MAXTEXT_KEYS, direction)
+  cli.check_flags(flags, where)
   for note in notes:
     print(f"note: {where}: {note}", file=sys.stderr)
   return flags
 
 
 def load_jobs(path: str, extra_flags: Sequence[str] = ()) -> list[Job]:
-  """Parses and checks the whole file before anything runs."""
+  """Parses and checks the whole file (and the command line's flags) before anything runs."""
+  cli.check_flags(extra_flags, "command line")
   try:
     spec = yaml.safe_load(storage.read_text(path))
   except yaml.YAMLError as e:
@@ -172,9 +174,12 @@ def run_all(jobs: Sequence[Job]) -> list[tuple[Job, str, bool]]:
 
 
 def main(argv: list[str]) -> int:
-  if not argv or argv[0] in ("-h", "--help") or argv[0].startswith("-"):
+  if argv and argv[0] in ("-h", "--help"):
     print(__doc__)
-    return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return 0
+  if not argv or argv[0].startswith("-"):
+    raise ConversionError("the jobs file comes first: python -m pipeline.batch jobs.yaml [--flag=value ...] "
+                          "(see --help)")
   results = run_all(load_jobs(argv[0], argv[1:]))
   failed = sum(not ok for _, _, ok in results)
   print(f"{len(results)} jobs: {sum('skipped' in o for _, o, ok in results if ok)} skipped, {failed} failed")

@@ -329,7 +329,7 @@ class Criteria:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m pipeline.check_logits", description=__doc__,
+  parser = cli.OneLineParser(prog="python -m pipeline.check_logits", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   add = parser.add_argument
   add("--load_parameters_path", required=True, help="the MaxText checkpoint item, <dir>/0/items")

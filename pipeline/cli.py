@@ -1,28 +1,29 @@
 """MaxText's command lines, accepted as they are, turned into ConversionOptions flags.
 
-`key=value` words are MaxText config overrides: the ones ckptflow uses become `--key=value`, the
-rest (hardware=cpu, skip_jax_distributed_system=true, ...) only matter to MaxText and are noted
-and ignored. A positional `*.yml` (MaxText's base config) is ignored likewise. `--flags` pass
-through: ours and Beam's pipeline options (--runner, --direct_num_workers, --project, ...).
+`key=value` words are MaxText config overrides: the ones ckptflow uses become `--key=value`; other
+keys of MaxText's config (hardware=cpu, skip_jax_distributed_system=true, ...) only matter to MaxText
+and are noted and ignored; a key MaxText does not have either is refused with the closest one, as
+MaxText's own config loader refuses it. A positional `*.yml` (MaxText's base config) is ignored.
+`--flags` pass through when they are ours or Beam's pipeline options (--runner, --direct_num_workers,
+--project, ...); any other is refused. Every refusal is one line, before anything is read or written.
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import re
 import sys
 import traceback
 from typing import Callable, Sequence
 
+from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
 from transforms.errors import ConversionError
-from pipeline import interrupts
+from pipeline import interrupts, maxtext_config, usage
 from pipeline.options import ConversionOptions, str2bool
 
-BEAM_OPTIONS_HELP = """\
-Beam pipeline options pass through unchanged, e.g.:
-  --runner=DataflowRunner --project=P --region=R --temp_location=gs://b/tmp --num_workers=N
-  --direct_num_workers=N   worker processes of the local runner (default: the number of CPUs)
-Without --runner, the local multi-process runner is used and nothing touches the network.
-"""
+BEAM_OPTIONS_HELP = usage.BEAM_OPTIONS_HELP
 
 
 # MaxText's LoRA settings. One a command does not use is an error, never a note: ignoring it would
@@ -36,8 +37,12 @@ def is_lora_key(key: str) -> bool:
   return key in LORA_KEYS or key.startswith("lora.")
 
 
-def translate(argv: Sequence[str], used_keys: Sequence[str]) -> tuple[list[str], list[str]]:
-  """MaxText argv -> (pipeline flags, notes for the user about what was ignored)."""
+def translate(argv: Sequence[str], used_keys: Sequence[str], command: str | None = None
+              ) -> tuple[list[str], list[str]]:
+  """MaxText argv -> (pipeline flags, notes for the user about what was ignored).
+
+  `command` (to_maxtext, to_huggingface, ...) names the command in the line that refuses a key of
+  another one."""
   flags: list[str] = []
   notes: list[str] = []
   for word in argv:
@@ -47,6 +52,7 @@ def translate(argv: Sequence[str], used_keys: Sequence[str]) -> tuple[list[str],
       flags.append(word)
     elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*=.*", word, flags=re.S):
       key, value = word.split("=", 1)
+      other = usage.other_command(key, command)
       if key in used_keys:
         flags.append(f"--{key}={value}")
       elif is_lora_key(key) and value.strip().lower() not in LORA_DEFAULT_VALUES:
@@ -54,8 +60,13 @@ def translate(argv: Sequence[str], used_keys: Sequence[str]) -> tuple[list[str],
         raise ConversionError(f"{word}: this command cannot honour MaxText's LoRA option {key} and will not convert "
                               f"without it; its LoRA options are: {lora} (to_maxtext: hf_lora_adapter_path= a PEFT "
                               "adapter; to_huggingface: lora.lora_restore_path= a MaxText adapter checkpoint)")
-      else:
+      elif other is not None and not is_lora_key(key):
+        raise ConversionError(f"{key}= is an option of {other}, not of {command or 'this command'}; "
+                              f"drop it (or run {other})")
+      elif maxtext_config.is_key(key):
         notes.append(f"ignored {word!r}: it only matters to MaxText itself")
+      else:
+        raise ConversionError(maxtext_config.unknown_key(key, used_keys))
     elif word.endswith((".yml", ".yaml")):
       notes.append(f"ignored {word!r}: MaxText's base config is not needed")
     else:
@@ -63,26 +74,81 @@ def translate(argv: Sequence[str], used_keys: Sequence[str]) -> tuple[list[str],
   return flags, notes
 
 
-def help_text(prog: str, summary: str, maxtext_keys: Sequence[str]) -> str:
-  parser = argparse.ArgumentParser(prog=prog, description=summary, add_help=False,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  ConversionOptions._add_argparse_args(parser)  # pylint: disable=protected-access
-  keys = " ".join(f"{k}=..." for k in maxtext_keys)
-  epilog = (f"\nMaxText-style overrides are accepted as key=value: {keys}\n"
-            "(each is the --flag of the same name). Other key=value overrides of MaxText, such as\n"
-            "hardware=cpu or skip_jax_distributed_system=true, are accepted and ignored.\n"
-            "--dry_run prints the pre-flight plan (elements, bytes, memory per worker, estimated time)\n"
-            "from headers only and stops; python -m pipeline.plan does the same.\n\n"
-            + BEAM_OPTIONS_HELP)
-  return parser.format_help() + epilog
+class OneLineParser(_BeamArgumentParser):
+  """An argument parser whose every complaint is one ConversionError line (exit 2 by run_main), never
+  argparse's usage dump; an unknown flag gets the closest known one."""
+
+  def error(self, message):
+    if message.startswith("ambiguous option: "):  # as Beam's parser: let the next parser decide
+      return
+    if message.startswith("unrecognized arguments: "):
+      raise ConversionError(unknown_flag(message.split(": ", 1)[1].split()[0], self.option_strings()))
+    raise ConversionError(_value_error(message))
+
+  def option_strings(self) -> list[str]:
+    return [s for s in self._option_string_actions if s.startswith("--")]
 
 
-def start(argv: Sequence[str], prog: str, doc: str, maxtext_keys: Sequence[str]) -> list[str] | None:
-  """The flags of a command line, with notes on what was ignored; None after printing --help."""
+def unknown_flag(word: str, known: Sequence[str]) -> str:
+  name = word.split("=", 1)[0]
+  return f"unknown flag {name}" + maxtext_config.did_you_mean(name, known)
+
+
+@functools.lru_cache(maxsize=None)
+def _all_options_parser() -> OneLineParser:
+  """Every pipeline option Beam and ckptflow define, as Beam's own get_all_options gathers them."""
+  parser = OneLineParser(allow_abbrev=False, add_help=False)
+  subset = {}
+  for cls in PipelineOptions.__subclasses__():
+    subset.setdefault(str(cls), cls)
+  subset.setdefault(str(ConversionOptions), ConversionOptions)
+  for cls in subset.values():
+    cls._add_argparse_args(parser)  # pylint: disable=protected-access
+  return parser
+
+
+def check_flags(flags: Sequence[str], where: str = "") -> None:
+  """Refuses a --flag neither ckptflow nor Beam has, and a value its option cannot take (one line each)."""
+  parser = _all_options_parser()
+  prefix = f"{where}: " if where else ""
+  try:
+    _, unknown = parser.parse_known_args(list(flags))
+  except ConversionError as e:
+    raise ConversionError(f"{prefix}{e}") from None
+  for word in unknown:
+    if word.startswith("-"):
+      raise ConversionError(prefix + unknown_flag(word, parser.option_strings()))
+    raise ConversionError(f"{prefix}unexpected argument {word!r}; use key=value or --flag=value (see --help)")
+
+
+def _value_error(message: str) -> str:
+  """argparse's "argument --x: invalid choice: 'y' (choose from 'a', 'b')" as one plain line."""
+  return re.sub(r"^argument (--[\w.]+)(?:/--[\w.]+)*: ", r"\1: ", message)
+
+
+def prog_name(default: str, command: str | None) -> str:
+  """`ckptflow <command>` when run by the ckptflow command (pipeline/command.py), else `default`."""
+  return f"ckptflow {command}" if command and os.path.basename(sys.argv[0] or "").startswith("ckptflow") else default
+
+
+def help_text(prog: str, summary: str, maxtext_keys: Sequence[str], command: str | None = None,
+              options: Sequence[str] | None = None) -> str:
+  """--help: the command's own options, grouped (all of them when `options` is not given)."""
+  return usage.help_text(prog, command or "", summary, maxtext_keys,
+                         tuple(usage.option_calls()) if options is None else options)
+
+
+def start(argv: Sequence[str], prog: str, doc: str, maxtext_keys: Sequence[str], command: str | None = None,
+          options: Sequence[str] | None = None) -> list[str] | None:
+  """The flags of a command line, with notes on what was ignored; None after printing --help.
+
+  Unknown keys and flags, and values an option cannot take, are refused here: nothing has been read
+  or written yet."""
   if any(a in ("-h", "--help") for a in argv):
-    print(help_text(prog, doc, maxtext_keys))
+    print(help_text(prog_name(prog, command), doc, maxtext_keys, command, options))
     return None
-  flags, notes = translate(argv, maxtext_keys)
+  flags, notes = translate(argv, maxtext_keys, command)
+  check_flags(flags)
   for note in notes:
     print(f"note: {note}", file=sys.stderr)
   return flags

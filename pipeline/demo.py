@@ -136,9 +136,10 @@ def compare_models(original_dir: str, converted_dir: str) -> tuple[int, int]:
 
 
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", default="demo-out")
-  parser.add_argument("--layers", type=int, default=DEMO_CONFIG["num_hidden_layers"])
+  parser = cli.OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--workdir", default="demo-out", help="where the model and its conversions go")
+  parser.add_argument("--layers", type=int, default=DEMO_CONFIG["num_hidden_layers"],
+                      help=f"decoder layers of the demo model (default {DEMO_CONFIG['num_hidden_layers']})")
   args = parser.parse_args(argv)
   hf_dir = os.path.join(args.workdir, "hf")
   make_model(hf_dir, {**DEMO_CONFIG, "num_hidden_layers": args.layers})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 from models.known_configs import hub_repo
 from transforms.errors import ConversionError
@@ -32,36 +33,59 @@ def access(hf_access_token: str | None, hf_cache_dir: str | None = None) -> HubA
   return chosen
 
 
-def source_repo(hf_model_path: str | None, model_name: str | None) -> tuple[str, str | None] | None:
-  """(repo id, revision written in the path) when the source is on the Hub, else None."""
+def looks_like_path(path: str) -> bool:
+  """A local path, never a Hub repo: starts with /, . or ~, or names more than two components."""
+  return path.startswith(("/", ".", "~")) or len([p for p in path.split("/") if p]) > 2
+
+
+def source_repo(hf_model_path: str | None, model_name: str | None,
+                flag: str = "--hf_model_path") -> tuple[str, str | None] | None:
+  """(repo id, revision written in the path) when the source is on the Hub, else None.
+
+  A path that looks like one (see looks_like_path) and does not exist is an error at once, never a
+  Hub request; a bare org/repo that is no local directory is a Hub repo, and a note says so."""
   if not hf_model_path:
     repo = hub_repo(model_name)
     return (repo, None) if repo else None
   if is_hub(hf_model_path):
     where = hub_io.split(hf_model_path)
     if where.file:
-      raise ConversionError(f"--hf_model_path={hf_model_path}: give the repo (hf://<org>/<repo>), not a file in it")
+      raise ConversionError(f"{flag}={hf_model_path}: give the repo (hf://<org>/<repo>), not a file in it")
     explicit = "@" in hf_model_path
     return where.repo, where.revision if explicit else None
-  if storage.is_gcs(hf_model_path) or os.path.exists(hf_model_path):
+  if storage.is_gcs(hf_model_path) or os.path.exists(os.path.expanduser(hf_model_path)):
     return None
-  # org/repo, never an absolute or relative local path that happens not to exist.
+  if looks_like_path(hf_model_path):
+    raise ConversionError(f"{flag}={hf_model_path}: no such directory (a Hub repo is written org/repo or "
+                          "hf://org/repo)")
   if _REPO_ID.fullmatch(hf_model_path.rstrip("/")):
-    return hf_model_path.rstrip("/"), None
+    repo = hf_model_path.rstrip("/")
+    _note_once(f"{flag}={hf_model_path} is not a local directory: reading the Hugging Face Hub repo {repo}")
+    return repo, None
   return None
 
 
-def resolve_source(hf_model_path: str | None, model_name: str | None, revision: str | None) -> str | None:
-  """The path the plan reads: a local or gs:// path as given, a Hub repo as hf://org/repo@<commit>."""
-  found = source_repo(hf_model_path, model_name)
+_NOTED: set[str] = set()
+
+
+def _note_once(note: str) -> None:
+  if note not in _NOTED:
+    _NOTED.add(note)
+    print(f"note: {note}", file=sys.stderr)
+
+
+def resolve_source(hf_model_path: str | None, model_name: str | None, revision: str | None,
+                   flag: str = "--hf_model_path") -> str | None:
+  """The path the plan reads: a local or gs:// path as given (~ expanded), a Hub repo as hf://org/repo@<commit>."""
+  found = source_repo(hf_model_path, model_name, flag)
   if found is None:
     if revision and hf_model_path:
       raise ConversionError(f"--revision={revision} only applies to a Hub repo, and {hf_model_path} is a "
                             "local or gs:// directory")
-    return hf_model_path
+    return os.path.expanduser(hf_model_path) if hf_model_path and hf_model_path.startswith("~") else hf_model_path
   repo, in_path = found
   if in_path and revision and in_path != revision:
-    raise ConversionError(f"--hf_model_path={hf_model_path} names revision {in_path} but --revision={revision}; "
+    raise ConversionError(f"{flag}={hf_model_path} names revision {in_path} but --revision={revision}; "
                           "give one")
   return f"{PREFIX}{repo}@{hub_io.resolve_revision(repo, in_path or revision)}"
 

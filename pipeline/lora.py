@@ -77,7 +77,7 @@ def to_maxtext_mode(conv: ConversionOptions) -> str | None:
 @functools.lru_cache(maxsize=None)
 def _adapter_dir(path: str) -> str:
   """A local or gs:// directory as given, a Hub repo as hf://org/repo@<commit> (resolved once)."""
-  return hub.resolve_source(path, None, None)
+  return hub.resolve_source(path, None, None, "--hf_lora_adapter_path")
 
 
 def adapter_location(conv: ConversionOptions) -> str | None:

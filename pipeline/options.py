@@ -18,6 +18,17 @@ def str2bool(value: str | bool) -> bool:
   raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+# Short names of the dtypes asked for (--save_dtype, --weight_dtype), as people write them.
+DTYPE_ALIASES = {"bf16": "bfloat16", "fp32": "float32", "f32": "float32", "fp16": "float16", "f16": "float16",
+                 "half": "float16"}
+
+
+def dtype_name(value: str) -> str:
+  """A dtype as argparse's `type`: bf16 / fp32 / fp16 become bfloat16 / float32 / float16."""
+  lowered = value.strip().lower()
+  return DTYPE_ALIASES.get(lowered, lowered)
+
+
 def is_dry_run(options: PipelineOptions) -> bool:
   """--dry_run: print the pre-flight plan and stop. The flag is Beam's own (TestOptions), which
   takes a value; the CLI turns a bare --dry_run into --dry_run=true."""
@@ -58,7 +69,7 @@ class ConversionOptions(PipelineOptions):
     add("--force_unroll", type=str2bool, nargs="?", const=True, default=False,
         help="to_maxtext: write unscanned layers (layers_0, layers_1, ...) whatever scan_layers= says, as "
              "MaxText's generate_param_only_checkpoint does with force_unroll=true.")
-    add("--weight_dtype", default=None, choices=("bfloat16", "float32", "float16"),
+    add("--weight_dtype", type=dtype_name, default=None, choices=("bfloat16", "float32", "float16"),
         help="to_huggingface: dtype of the HF tensors (default: config.json's dtype, else bfloat16). to_maxtext "
              "from load_parameters_path: the saved dtype, as reshard_checkpoint reads it (--save_dtype wins).")
     add("--max_shard_size", default="5GB",
@@ -73,7 +84,7 @@ class ConversionOptions(PipelineOptions):
     add("--hf_cache_dir", default=None,
         help="Keep every byte range read from the Hub under this directory (local or gs://), keyed by commit, "
              "file and range; a later run at the same commit reads identical ranges from there. Off by default.")
-    add("--save_dtype", default=None, choices=("bfloat16", "float32"),
+    add("--save_dtype", type=dtype_name, default=None, choices=("bfloat16", "float32"),
         help="dtype of the saved MaxText weights. Default bfloat16 from an HF source; a MaxText source keeps each "
              "array's dtype, except a training state (load_full_state_path), which is cast to bfloat16.")
     add("--checkpoint_storage_use_zarr3", type=str2bool, default=True,

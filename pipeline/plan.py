@@ -20,7 +20,8 @@ DIRECTIONS = ("to_maxtext", "to_huggingface")
 def main(argv: Sequence[str]) -> int:
   direction = argv[0] if argv and argv[0] in DIRECTIONS else None
   keys = tuple(dict.fromkeys(to_maxtext_job.MAXTEXT_KEYS + to_huggingface_job.MAXTEXT_KEYS))
-  flags = cli.start(argv[1:] if direction else argv, "python -m pipeline.plan", __doc__, keys)
+  options = tuple(dict.fromkeys(to_maxtext_job.OPTIONS + to_huggingface_job.OPTIONS))
+  flags = cli.start(argv[1:] if direction else argv, "python -m pipeline.plan", __doc__, keys, "plan", options)
   if flags is None:
     return 0
   conv = PipelineOptions(flags).view_as(ConversionOptions)

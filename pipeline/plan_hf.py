@@ -17,8 +17,8 @@ from models.lora import base_family
 from models.spec import Family
 from transforms.errors import ConversionError
 from pipeline.row_blocks import SPLIT_BYTES, RowBlock, Split, find_split
-from pipeline.planner import (detect_family, family_sizes, mt_shape, parse_size, placements, read_config, with_options,
-                           without_options)
+from pipeline.planner import (BUILT_IN, config_hint, detect_family, family_sizes, mt_shape, parse_size, placements,
+                              read_config, with_options, without_options)
 from transforms import manifest, quantized, storage
 from transforms.orbax_layout import NUMPY_DTYPES
 from transforms.lora import LoraFactors
@@ -146,18 +146,7 @@ def target_config(hf_model_path: str | None, model_name: str | None,
   if config is None:
     raise ConversionError(f"model_name={model_name} has no built-in config; pass --hf_model_path=DIR with its "
                           "config.json")
-  return config, f"{BUILT_IN} {model_name}"
-
-
-# How `where` starts for a model_name's known config: a checkpoint of other dimensions needs its own config.json.
-BUILT_IN = "the built-in config of"
-
-
-def config_hint(where: str) -> str:
-  """What to do when a checkpoint disagrees with the config from `where`."""
-  if where.startswith(BUILT_IN):
-    return "; if the checkpoint is not that released model, pass --hf_model_path=DIR with its config.json"
-  return "; wrong model_name or config?"
+  return config, f"{BUILT_IN}{model_name}"
 
 
 def default_weight_dtype(config: dict[str, Any]) -> str:
@@ -211,7 +200,7 @@ def plan_to_huggingface(items: str, output: str, config: dict[str, Any], where: 
     array = stored[place.model_path]
     if array is None:
       raise ConversionError(f"{items}: no array {tree.layout.stored(place.model_path)}, which a {family.name} model "
-                            f"with this config has ({where}){config_hint(where)}")
+                            f"with this config has ({where}); wrong model_name or config?{config_hint(where)}")
     shape, stored_dtype = specs[array]
     if shape != place.array_shape:
       raise ConversionError(f"{items}: array {array} has shape {list(shape)} but {where} implies "

@@ -16,9 +16,8 @@ import math
 from typing import Any
 
 from models.spec import Family
-from pipeline.planner import (SAVE_DTYPES, Placement, Plan, SourceRef, check_save_dtype, detect_family, family_sizes,
-                              placements, plan_slices, split_by_rows, with_options)
-from pipeline.plan_hf import config_hint
+from pipeline.planner import (SAVE_DTYPES, Placement, Plan, SourceRef, check_save_dtype, config_hint, detect_family,
+                              family_sizes, placements, plan_slices, split_by_rows, with_options)
 from pipeline.row_blocks import SPLIT_BYTES, RowBlock, Split
 from transforms import orbax_layout
 from transforms.errors import ConversionError
@@ -123,7 +122,7 @@ def _slices(reader: CheckpointReader, family: Family, places: list[Placement],
     shape, dtype = specs[array]
     if shape != place.array_shape:
       raise ConversionError(f"{reader.items}: array {array} has shape {list(shape)} but {where} implies "
-                            f"{list(place.array_shape)}{config_hint(where)}")
+                            f"{list(place.array_shape)}; wrong model_name or config?{config_hint(where)}")
     if dtype not in SAVE_DTYPES:
       raise ConversionError(f"{reader.items}: array {array} has dtype {dtype}; only bfloat16 and float32 parameters "
                             "are supported")

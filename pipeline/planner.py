@@ -10,15 +10,17 @@ import itertools
 import json
 import math
 import re
+import sys
 from typing import Any, Callable, Protocol
 
 import models
 from models.known_configs import known_config, maxtext_vocab
 from models.spec import Family, Param
 from transforms.errors import ConversionError
+from pipeline import maxtext_config
 from pipeline.row_blocks import SPLIT_BYTES, RowBlock, Split, find_split
 from transforms import checkpoint_tree, orbax_layout, storage
-from transforms.checkpoint_tree import PARAMS_PREFIX, TreeLayout
+from transforms.checkpoint_tree import TreeLayout
 from transforms.orbax_layout import ArraySpec
 from transforms.orbax_reader import OrbaxRef
 from transforms.filled import FilledRef
@@ -145,18 +147,42 @@ def detect_family(config: dict[str, Any], model_name: str | None = None, where: 
     if named is not family:
       raise ConversionError(f"model_name={model_name} is a {named.name} model but {where} describes "
                             f"{archs[0]} ({family.name}); fix model_name or omit it to auto-detect")
+    _note_once(maxtext_config.dimension_note(config, model_name, where))
   return family
 
 
+_NOTED: set[str] = set()
+
+
+def _note_once(note: str | None) -> None:
+  """A note about the command line, printed once however many times the config is planned from."""
+  if note and note not in _NOTED:
+    _NOTED.add(note)
+    print(f"note: {note}", file=sys.stderr)
+
+
+BUILT_IN = "the built-in config of "
+
+
+def config_hint(where: str) -> str:
+  """What to do when a checkpoint disagrees with `where`: a built-in config may simply not be the model's."""
+  if where.startswith(BUILT_IN):
+    return ("; the checkpoint has other dimensions than the released model: pass --hf_model_path=DIR with the "
+            "config.json of the HF model it was converted from")
+  return ""
+
+
 def family_of_model_name(model_name: str) -> Family:
-  """The family of a MaxText model name: exact for released models, else by name prefix."""
+  """The family of a MaxText model name (one MaxText has, spelled as MaxText does): exact for released
+  models, else by name prefix."""
+  maxtext_config.check_model_name(model_name)
   config = known_config(model_name)
   if config is not None:
     return models.BY_ARCHITECTURE[config["architectures"][0]]
   matches = [f for f in models.FAMILIES for p in f.model_name_prefixes if model_name.startswith(p)]
   if not matches:
     known = ", ".join(p + "*" for f in models.FAMILIES for p in f.model_name_prefixes)
-    raise ConversionError(f"model_name={model_name} is not a known model (known: {known})")
+    raise ConversionError(f"model_name={model_name} is a MaxText model ckptflow does not convert (it converts: {known})")
   return max(matches, key=lambda f: max(len(p) for p in f.model_name_prefixes if model_name.startswith(p)))
 
 

@@ -1,7 +1,7 @@
 """MaxText Orbax checkpoint -> HF safetensors, as a Beam pipeline.
 
   python -m pipeline.to_huggingface model_name=qwen3-4b load_parameters_path=gs://b/ckpt/0/items \\
-      base_output_directory=gs://b/hf-out scan_layers=false weight_dtype=bfloat16 [--hf_model_path=DIR]
+      base_output_directory=gs://b/hf-out weight_dtype=bfloat16 [--hf_model_path=DIR]
 
 writes sharded safetensors (model-0000i-of-0000N.safetensors + model.safetensors.index.json, or
 model.safetensors), config.json and the tokenizer files of --hf_model_path to base_output_directory
@@ -18,7 +18,7 @@ from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import cli, destination, hub, lora, outputs, preflight, runner, up_to_date
+from pipeline import cli, destination, hub, lora, outputs, preflight, runner, up_to_date, usage
 from pipeline.build import add_to_huggingface
 from transforms.errors import ConversionError
 from pipeline.options import ConversionOptions, is_dry_run
@@ -29,9 +29,7 @@ from transforms.orbax_layout import NUMPY_DTYPES
 from transforms.orbax_reader import CheckpointReader
 from transforms.shard_dofns import AUX_FILES
 
-MAXTEXT_KEYS = ("model_name", "load_parameters_path", "base_output_directory", "scan_layers", "weight_dtype",
-                "hf_model_path", "hf_access_token", "max_shard_size", "use_multimodal", "vocab_size",
-                "quantize_fp8_blocks", "revision", "lora.lora_restore_path", "lora.lora_rank", "lora.lora_alpha")
+MAXTEXT_KEYS = usage.KEYS["to_huggingface"]
 
 # Every ConversionOptions field this command reads; its flex template's parameters are these minus
 # template_metadata.NOT_TEMPLATE_PARAMETERS.
@@ -205,7 +203,7 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
 
 
 def main(argv: list[str]) -> int:
-  flags = cli.start(argv, "python -m pipeline.to_huggingface", __doc__, MAXTEXT_KEYS)
+  flags = cli.start(argv, "python -m pipeline.to_huggingface", __doc__, MAXTEXT_KEYS, "to_huggingface", OPTIONS)
   if flags is None:
     return 0
   options = PipelineOptions(flags)

@@ -22,20 +22,17 @@ from typing import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline import cli, destination, hub, lora, outputs, preflight, runner
+from pipeline import cli, destination, hub, lora, outputs, preflight, runner, usage
 from pipeline.build import add_to_maxtext
 from transforms.errors import ConversionError
-from pipeline.options import ConversionOptions, is_dry_run
+from pipeline.options import MAXTEXT_COMPATIBILITY, ConversionOptions, is_dry_run
 from pipeline.plan_hf import target_config
 from pipeline.plan_maxtext import plan_from_maxtext
 from pipeline.planner import SAVE_DTYPES, Plan, parse_size, plan_to_maxtext
 from transforms import hub_io, manifest, orbax_layout, orbax_writer, storage
 from transforms.orbax_writer import CheckpointTarget
 
-MAXTEXT_KEYS = ("model_name", "base_output_directory", "scan_layers", "checkpoint_storage_use_zarr3",
-                "checkpoint_storage_use_ocdbt", "hf_model_path", "save_dtype", "use_multimodal", "vocab_size",
-                "hf_access_token", "revision", "hf_lora_adapter_path", "load_parameters_path", "lora.lora_rank",
-                "lora.lora_alpha", "load_full_state_path", "force_unroll", "weight_dtype")
+MAXTEXT_KEYS = usage.KEYS["to_maxtext"]
 # Every ConversionOptions field this command reads; its flex template's parameters are these minus
 # template_metadata.NOT_TEMPLATE_PARAMETERS.
 OPTIONS = ("hf_model_path", "base_output_directory", "model_name", "scan_layers", "save_dtype",
@@ -275,7 +272,8 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
 
 
 def main(argv: list[str]) -> int:
-  flags = cli.start(argv, "python -m pipeline.to_maxtext", __doc__, MAXTEXT_KEYS)
+  flags = cli.start(argv, "python -m pipeline.to_maxtext", __doc__, MAXTEXT_KEYS, "to_maxtext",
+                    OPTIONS + MAXTEXT_COMPATIBILITY)
   if flags is None:
     return 0
   options = PipelineOptions(flags)

@@ -147,7 +147,7 @@ def source_plan(conv: ConversionOptions, reader: CheckpointReader) -> Plan:
 
 
 def main(argv: list[str]) -> int:
-  flags = cli.start(argv, "python -m pipeline.verify", __doc__, MAXTEXT_KEYS)
+  flags = cli.start(argv, "python -m pipeline.verify", __doc__, MAXTEXT_KEYS, "verify", OPTIONS)
   if flags is None:
     return 0
   start = time.monotonic()

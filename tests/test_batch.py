@@ -243,7 +243,8 @@ jobs:
 """)
   assert cli.run_main(batch.main, [jobs]) == 1
   lines = capsys.readouterr().out.splitlines()
-  assert lines[0].startswith(f"broken: FAILED: {tmp_path / 'nowhere'}")
+  assert lines[0] == (f"broken: FAILED: --hf_model_path={tmp_path / 'nowhere'}: no such directory (a Hub repo is "
+                      "written org/repo or hf://org/repo)")
   assert lines[1].startswith("fine: converted in ") and lines[2] == "2 jobs: 0 skipped, 1 failed"
   assert (tmp_path / "b" / "0" / "commit_success.txt").exists()
 

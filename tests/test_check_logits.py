@@ -114,8 +114,8 @@ def test_maxtext_backend_through_a_stand_in(tmp_path, monkeypatch, capsys, kind,
       m.setitem(models.BY_NAME, "qwen3", broken)
       m.setitem(models.BY_ARCHITECTURE, broken.architectures[0], broken)
       _, items, _ = to_maxtext(goldens.path("qwen3", "hf"), tmp_path)
-  rc = check(items, "qwen3", "model_name=qwen3-0.6b", "per_device_batch_size=2",
-             f"stand_in_hf_config={goldens.path('qwen3', 'hf')}")
+  monkeypatch.setenv("STAND_IN_HF_CONFIG", goldens.path("qwen3", "hf"))
+  rc = check(items, "qwen3", "model_name=qwen3-0.6b", "per_device_batch_size=2")
   out = capsys.readouterr().out
   assert "converted model: maxtext backend" in out
   assert rc == (1 if kind else 0), out[-300:]

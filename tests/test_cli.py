@@ -110,7 +110,8 @@ def test_to_huggingface_command_line(tmp_path):
                       "hardware=cpu"], cwd=goldens.REPO, capture_output=True, text=True, timeout=300)
   assert p.returncode == 2
   assert p.stderr.strip().splitlines()[-1].startswith("error: ") and "holds scanned layers" in p.stderr
-  assert len(p.stderr.strip().splitlines()) == 2  # the note on hardware=cpu, then the error
+  # The note on hardware=cpu, the one on the tiny model's dimensions (not llama3.1-8b's), then the error.
+  assert len(p.stderr.strip().splitlines()) == 3 and "override_model_config=true base_emb_dim=64" in p.stderr
   p = subprocess.run([sys.executable, "-m", "pipeline.to_huggingface", "model_name=llama3.1-8b",
                       f"load_parameters_path={goldens.items('llama3.1', 'scan')}", f"base_output_directory={out}",
                       "weight_dtype=bfloat16", f"--hf_model_path={goldens.path('llama3.1', 'hf')}"],

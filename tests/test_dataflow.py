@@ -183,14 +183,15 @@ def test_dataflow_without_project_or_temp_location_fails_in_one_line_before_any_
 
 
 @pytest.mark.parametrize("main, argv, named", [
-    (to_maxtext_job.main, ["--hf_model_path=/data/Llama", "base_output_directory=gs://b/out"],
-     "--hf_model_path=/data/Llama"),
+    # Local directories that exist (one that does not is "no such directory" before any runner check).
+    (to_maxtext_job.main, ["--hf_model_path=/tmp", "base_output_directory=gs://b/out"],
+     "--hf_model_path=/tmp"),
     (to_maxtext_job.main, ["--hf_model_path=gs://b/hf", "base_output_directory=/tmp/out"],
      "--base_output_directory=/tmp/out"),
     (to_huggingface_job.main, ["load_parameters_path=/ckpt/0/items", "base_output_directory=gs://b/o"],
      "--load_parameters_path=/ckpt/0/items"),
     (to_huggingface_job.main, ["load_parameters_path=gs://b/0/items", "base_output_directory=gs://b/o",
-                           "--hf_model_path=./Qwen3"], "--hf_model_path=./Qwen3"),
+                           "--hf_model_path=."], "--hf_model_path=."),
 ])
 def test_dataflow_refuses_paths_on_the_drivers_disk(submitted, capsys, main, argv, named):
   line = one_line_error(capsys, main, [*DATAFLOW, *argv])

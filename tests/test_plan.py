@@ -82,7 +82,7 @@ def test_family_is_detected_and_model_name_must_agree():
   with pytest.raises(ConversionError, match=r"model_name=llama3.1-8b is a llama3.1 model but .*config.json "
                                             r"describes Qwen3ForCausalLM \(qwen3\)"):
     plan_to_maxtext(goldens.path("qwen3", "hf"), model_name="llama3.1-8b")
-  with pytest.raises(ConversionError, match="model_name=gpt-9 is not a known model"):
+  with pytest.raises(ConversionError, match="model_name=gpt-9 is not a MaxText model name"):
     plan_to_maxtext(goldens.path("qwen3", "hf"), model_name="gpt-9")
 
 

@@ -1,5 +1,4 @@
 """The pre-flight plan: `python -m pipeline.plan`, --dry_run on both directions, big header sets."""
-import os
 import subprocess
 import sys
 
