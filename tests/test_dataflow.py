@@ -199,12 +199,13 @@ def test_dataflow_refuses_paths_on_the_drivers_disk(submitted, capsys, main, arg
   assert not submitted
 
 
-def test_dataflow_accepts_hub_outputs_which_the_workers_upload(submitted, capsys):
+def test_dataflow_accepts_hub_outputs_which_the_workers_upload(submitted, capsys, gcs_bucket):
   """hf:// outputs are uploaded shard by shard by the workers, so the driver-disk check lets them
-  through; this run stops at the next check instead (no config.json to write)."""
-  line = one_line_error(capsys, to_huggingface_job.main, [*DATAFLOW, "load_parameters_path=gs://b/0/items",
+  through; this run stops at the next check instead (no checkpoint there to carry a config)."""
+  items = f"gs://{gcs_bucket}/0/items"
+  line = one_line_error(capsys, to_huggingface_job.main, [*DATAFLOW, f"load_parameters_path={items}",
                                                        "base_output_directory=hf://me/model"])
-  assert line == "error: give --hf_model_path (a directory with config.json) or model_name=... of a released model"
+  assert line.startswith(f"error: load_parameters_path={items}: not a MaxText checkpoint"), line
   assert not submitted
 
 

@@ -28,7 +28,8 @@ def restored_environment(monkeypatch):
   """command.main may take the current directory off sys.path and set PYTHONSAFEPATH / PYTHONPATH."""
   monkeypatch.setattr(sys, "path", list(sys.path))
   monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
-  monkeypatch.delenv("PYTHONSAFEPATH", raising=False)
+  monkeypatch.setenv("PYTHONSAFEPATH", "")  # recorded (also when unset), so what command.main sets is undone
+  monkeypatch.delenv("PYTHONSAFEPATH")
 
 
 @pytest.fixture
