@@ -25,10 +25,17 @@ LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 LOCAL_RUNNERS = {LOCAL_RUNNER, "FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"}
 
 
+# A job that moves less than this is over before worker processes would have started (each spends
+# ~2 s importing Beam, tensorstore and numpy before its first element): its slices run on threads of
+# this process instead. Same pipeline, same output; only the local runner's mode differs.
+SMALL_JOB_BYTES = 8 * 2**20
+
+
 def with_local_defaults(options: PipelineOptions, flags: Sequence[str],
-                        running_mode: str = "multi_processing") -> PipelineOptions:
+                        running_mode: str = "multi_processing", job_bytes: int | None = None) -> PipelineOptions:
   """No --runner means the offline local runner, one worker per CPU: processes by default, or
-  `running_mode` (threads of one process, when the work runs in tensorstore, outside the GIL).
+  `running_mode` (threads of one process, when the work runs in tensorstore, outside the GIL, or
+  when the job's `job_bytes` are below SMALL_JOB_BYTES).
 
   `flags` are the user's, so explicit --direct_running_mode / --direct_num_workers win.
   """
@@ -36,6 +43,8 @@ def with_local_defaults(options: PipelineOptions, flags: Sequence[str],
   if standard.runner is None:
     standard.runner = LOCAL_RUNNER
     direct = options.view_as(DirectOptions)
+    if job_bytes is not None and job_bytes < SMALL_JOB_BYTES:
+      running_mode = "multi_threading"
     if not any(f.startswith("--direct_running_mode") for f in flags):
       direct.direct_running_mode = running_mode
     if not any(f.startswith("--direct_num_workers") for f in flags):
