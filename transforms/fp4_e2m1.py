@@ -11,11 +11,10 @@ Rows are independent (FP8: per block row), so a row range reads only its own dat
 from __future__ import annotations
 
 import dataclasses
-import math
 import numpy as np
 
 from transforms.errors import ConversionError
-from transforms.safetensors_io import TensorRef, read_tensor
+from transforms.safetensors_io import ScaledTensorRef, TensorRef, read_tensor
 
 SCALE_FMT = "ue8m0"
 E8M0, FP4_DTYPE = "F8_E8M0", "I8"
@@ -46,36 +45,19 @@ def dequantize_fp4(packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class Fp4Ref:
+class Fp4Ref(ScaledTensorRef):
   """An FP4 weight [out, in] with its E8M0 scales, presented as float32."""
   name: str
   weight: TensorRef
   scales: TensorRef
 
-  dtype = "F32"
-
   @property
-  def file(self) -> str:
-    return self.weight.file
-
-  @property
-  def files(self) -> tuple[str, ...]:
-    return tuple(sorted({self.weight.file, self.scales.file}))
+  def stored(self) -> tuple[TensorRef, TensorRef]:
+    return self.weight, self.scales
 
   @property
   def shape(self) -> tuple[int, ...]:
     return (self.weight.shape[0], self.weight.shape[1] * 2)
-
-  @property
-  def nbytes(self) -> int:
-    return self.weight.nbytes + self.scales.nbytes
-
-  @property
-  def dequantized_nbytes(self) -> int:
-    return math.prod(self.shape) * 4
-
-  def rows_nbytes(self, rows: tuple[int, int] | None) -> int:
-    return self.weight.rows_nbytes(rows) + self.scales.rows_nbytes(rows)
 
   def read(self, rows: tuple[int, int] | None = None) -> np.ndarray:
     try:

@@ -11,13 +11,12 @@ row range needs only its own packed rows and scales: one ranged read of each.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Mapping
 
 import numpy as np
 
 from transforms.errors import ConversionError
-from transforms.safetensors_io import TensorRef, read_tensor
+from transforms.safetensors_io import ScaledTensorRef, TensorRef, read_tensor
 
 METHOD = "compressed-tensors"
 FORMAT = "pack-quantized"
@@ -41,37 +40,20 @@ def dequantize_int4(packed: np.ndarray, scale: np.ndarray, group: int) -> np.nda
 
 
 @dataclasses.dataclass(frozen=True)
-class PackedInt4Ref:
+class PackedInt4Ref(ScaledTensorRef):
   """A pack-quantized weight presented as its float32 value [out, in]."""
   name: str
   packed: TensorRef
   scale: TensorRef
   group: int
 
-  dtype = "F32"
-
   @property
-  def file(self) -> str:
-    return self.packed.file
-
-  @property
-  def files(self) -> tuple[str, ...]:
-    return tuple(sorted({self.packed.file, self.scale.file}))
+  def stored(self) -> tuple[TensorRef, TensorRef]:
+    return self.packed, self.scale
 
   @property
   def shape(self) -> tuple[int, ...]:
     return (self.packed.shape[0], self.packed.shape[1] * PER_INT)
-
-  @property
-  def nbytes(self) -> int:
-    return self.packed.nbytes + self.scale.nbytes
-
-  @property
-  def dequantized_nbytes(self) -> int:
-    return math.prod(self.shape) * 4
-
-  def rows_nbytes(self, rows: tuple[int, int] | None) -> int:
-    return self.packed.rows_nbytes(rows) + self.scale.rows_nbytes(rows)
 
   def read(self, rows: tuple[int, int] | None = None) -> np.ndarray:
     return dequantize_int4(read_tensor(self.packed, rows), read_tensor(self.scale, rows), self.group)

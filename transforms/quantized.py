@@ -26,7 +26,7 @@ import numpy as np
 from transforms import fp4_e2m1, packed_int4
 from transforms.fp4_e2m1 import E2M1_PAIRS as _E2M1_PAIRS, E8M0_TABLE as _E8M0_TABLE, Fp4Ref
 from transforms.errors import ConversionError
-from transforms.safetensors_io import TensorRef, read_tensor
+from transforms.safetensors_io import ScaledTensorRef, TensorRef, read_tensor
 
 FP8 = "fp8"
 MXFP4 = "mxfp4"
@@ -149,7 +149,7 @@ def dequantize_mxfp4(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class QuantizedRef:
+class QuantizedRef(ScaledTensorRef):
   """A tensor stored quantized, presented as the float32 tensor the family spec names.
 
   `weight` is the FP8 data or the packed MXFP4 `_blocks`, `scales` its `weight_scale_inv` or
@@ -164,17 +164,8 @@ class QuantizedRef:
   block: tuple[int, int] = FP8_BLOCK
 
   @property
-  def dtype(self) -> str:
-    return "F32"
-
-  @property
-  def file(self) -> str:
-    return self.weight.file
-
-  @property
-  def files(self) -> tuple[str, ...]:
-    """Every file read (scales may sit in another shard than their data)."""
-    return tuple(sorted({self.weight.file, self.scales.file}))
+  def stored(self) -> tuple[TensorRef, TensorRef]:
+    return self.weight, self.scales
 
   @property
   def shape(self) -> tuple[int, ...]:
@@ -182,14 +173,6 @@ class QuantizedRef:
       return self.weight.shape
     *lead, out, groups, pairs = self.weight.shape
     return (*lead, groups * 2 * pairs, out)
-
-  @property
-  def nbytes(self) -> int:
-    return self.weight.nbytes + self.scales.nbytes
-
-  @property
-  def dequantized_nbytes(self) -> int:
-    return math.prod(self.shape) * 4
 
   def rows_nbytes(self, rows: tuple[int, int] | None) -> int:
     """Bytes `read(rows)` fetches: those rows of the data and the scale rows they need."""
@@ -326,7 +309,7 @@ def _pair_mxfp4(tensors: dict[str, TensorRef], qc: dict[str, Any]) -> dict[str, 
 
 def is_quantized(ref: Any) -> bool:
   """A source read quantized and dequantized as it is read (any of the formats above)."""
-  return isinstance(ref, (QuantizedRef, packed_int4.PackedInt4Ref, Fp4Ref))
+  return isinstance(ref, ScaledTensorRef)
 
 
 def is_ue8m0(qc: Mapping[str, Any]) -> bool:

@@ -93,6 +93,39 @@ class TensorRef:
                end=int(d["end"]))
 
 
+class ScaledTensorRef:
+  """What every quantized source (FP8 blocks, FP4, MXFP4, packed int4) shares: one data tensor and
+  its scales, read together and presented as the float32 tensor the family spec names. Subclasses
+  are dataclasses that say which two refs those are (`stored`) and how they decode."""
+
+  dtype = "F32"
+
+  @property
+  def stored(self) -> tuple[TensorRef, TensorRef]:
+    raise NotImplementedError
+
+  @property
+  def file(self) -> str:
+    return self.stored[0].file
+
+  @property
+  def files(self) -> tuple[str, ...]:
+    """Every file read (scales may sit in another shard than their data)."""
+    return tuple(sorted({ref.file for ref in self.stored}))
+
+  @property
+  def nbytes(self) -> int:
+    """What is read: data and scales."""
+    return sum(ref.nbytes for ref in self.stored)
+
+  @property
+  def dequantized_nbytes(self) -> int:
+    return math.prod(self.shape) * 4  # pylint: disable=no-member
+
+  def rows_nbytes(self, rows: tuple[int, int] | None) -> int:
+    return sum(ref.rows_nbytes(rows) for ref in self.stored)
+
+
 def _is_int(x: Any) -> bool:
   return isinstance(x, int) and not isinstance(x, bool)
 
