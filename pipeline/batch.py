@@ -30,8 +30,13 @@ says to add --resume or --overwrite to its options (only those take over a dead 
 """
 from __future__ import annotations
 
-import os
 import sys
+
+if __name__ == "__main__":  # before the imports: it may restart the process
+  from pipeline import hugepages
+  hugepages.use()
+
+import os
 import time
 from typing import Any, Sequence
 

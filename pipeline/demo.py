@@ -10,10 +10,15 @@ Orbax, torch and transformers are in the `test` extra, which scripts/venv.sh ins
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # before the imports: it may restart the process
+  from pipeline import hugepages
+  hugepages.use()
+
 import argparse
 import json
 import os
-import sys
 import time
 
 import ml_dtypes

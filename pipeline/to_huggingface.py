@@ -6,7 +6,11 @@ The job itself is pipeline/to_huggingface_job.py, which the batch runner and the
 """
 import sys
 
-from pipeline import cli, to_huggingface_job
+if __name__ == "__main__":  # before the imports: it may restart the process
+  from pipeline import hugepages
+  hugepages.use()
+
+from pipeline import cli, to_huggingface_job  # pylint: disable=wrong-import-position
 
 if __name__ == "__main__":
   sys.exit(cli.run_main(to_huggingface_job.main))

@@ -6,7 +6,11 @@ The job itself is pipeline/to_maxtext_job.py, which the batch runner and the tem
 """
 import sys
 
-from pipeline import cli, to_maxtext_job
+if __name__ == "__main__":  # before the imports: it may restart the process
+  from pipeline import hugepages
+  hugepages.use()
+
+from pipeline import cli, to_maxtext_job  # pylint: disable=wrong-import-position
 
 if __name__ == "__main__":
   sys.exit(cli.run_main(to_maxtext_job.main))
