@@ -4,6 +4,7 @@ Every "file is missing" becomes a one-line ConversionError naming the path. tran
 adds hf:// Hub repos on top (read through transforms/hub_io.py, which keeps its cache here).
 """
 
+import mmap
 import os
 import shutil
 import tempfile
@@ -113,6 +114,32 @@ def read_bytes(path: str, start: int | None = None, end: int | None = None) -> b
     # gcsfs has already retried transient errors (5xx, dropped connections) with backoff.
     raise ConversionError(f"{path}: storage error that persisted through retries: {type(e).__name__}: "
                           f"{str(e).splitlines()[0][:200]}") from None
+
+
+def read_range(path: str, start: int, end: int) -> memoryview | bytes:
+  """Bytes [start, end) of a file: for a local file a read-only mapping of the page cache's own pages
+  (no copy, and about a tenth of the kernel time of read(); only the pages used are ever touched),
+  for gs:// one ranged read. Fewer bytes come back if the file is shorter.
+
+  The mapping lives as long as what views it; the file must not be truncated meanwhile (the
+  planner has checked every tensor's extent against the file's size).
+  """
+  if is_gcs(path) or end <= start:
+    return read_bytes(path, start, end)
+  try:
+    with open(path, "rb") as f:
+      stop = min(end, os.fstat(f.fileno()).st_size)
+      if stop <= start:
+        return b""
+      base = start - start % mmap.ALLOCATIONGRANULARITY
+      mapped = mmap.mmap(f.fileno(), stop - base, offset=base, access=mmap.ACCESS_READ)
+  except (FileNotFoundError, IsADirectoryError):
+    raise _missing(path) from None
+  except PermissionError:
+    raise ConversionError(f"{path}: permission denied") from None
+  if hasattr(mmap, "MADV_WILLNEED"):
+    mapped.madvise(mmap.MADV_WILLNEED)  # a cold file is read ahead in full while the first pages are used
+  return memoryview(mapped)[start - base:]
 
 
 def read_text(path: str) -> str:

@@ -17,7 +17,7 @@ import ml_dtypes
 import numpy as np
 
 from transforms.errors import ConversionError
-from transforms import storage
+from transforms import storage, writeback
 
 DTYPES: dict[str, np.dtype] = {
     "BF16": np.dtype(ml_dtypes.bfloat16),
@@ -203,7 +203,7 @@ def read_tensor(ref: TensorRef, rows: tuple[int, int] | None = None) -> np.ndarr
     start, end = ref.start + rows[0] * row_bytes, ref.start + rows[1] * row_bytes
   if end == start:
     return np.zeros(shape, dtype)
-  data = storage.read_bytes(ref.file, start, end)
+  data = storage.read_range(ref.file, start, end)
   if len(data) != end - start:
     raise ConversionError(
         f"{ref.file}: truncated: tensor {ref.name} needs bytes up to {end} but only "
@@ -345,6 +345,8 @@ class SafetensorsWriter:
     # Slices keep gcsfs's upload buffer small instead of a second copy of the whole array.
     for i in range(0, flat.size, _WRITE_SLICE):
       self._file.write(flat[i:i + _WRITE_SLICE].data)
+    if self._tmp is not None:
+      writeback.wrote(os.path.dirname(self._tmp), flat.size)
     self._rows = 0 if whole else self._rows + array.shape[0]
     if whole or self._rows == shape[0]:
       self._next += 1

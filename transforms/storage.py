@@ -32,6 +32,11 @@ def read_bytes(path: str, start: int | None = None, end: int | None = None) -> b
   return hub_io.read_bytes(path, start, end) if is_hub(path) else files.read_bytes(path, start, end)
 
 
+def read_range(path: str, start: int, end: int) -> memoryview | bytes:
+  """Bytes [start, end) of a tensor's extent: mapped from a local file, else one ranged read."""
+  return hub_io.read_bytes(path, start, end) if is_hub(path) else files.read_range(path, start, end)
+
+
 def read_text(path: str) -> str:
   if not is_hub(path):
     return files.read_text(path)
