@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import tensorstore as ts
 
-from transforms import orbax_layout, storage
+from transforms import orbax_layout, storage, writeback
 from transforms.orbax_layout import NUMPY_DTYPES, ArraySpec
 from transforms.tensor_ops import contiguous
 
@@ -119,6 +119,7 @@ class SliceWriter:
     if not free:
       store[tuple(expr)].write(np.asarray(value, dtype)).result()
       return dtype.itemsize
+    written = value.size * dtype.itemsize
     axis = free[0]
     offset = expr[axis].start or 0
     row_bytes = math.prod(value.shape[1:]) * dtype.itemsize
@@ -135,7 +136,8 @@ class SliceWriter:
         pending.result()
       pending = future
     pending.result()
-    return value.size * dtype.itemsize
+    writeback.wrote(self.target.items, written)
+    return written
 
   def write_stored_chunk(self, array: ArraySpec, key: str, data: bytes) -> ts.Future:
     """Starts writing one already-encoded chunk (`key` as orbax_layout.chunk_keys names it), through the
