@@ -4,6 +4,7 @@ Every "file is missing" becomes a one-line ConversionError naming the path. tran
 adds hf:// Hub repos on top (read through transforms/hub_io.py, which keeps its cache here).
 """
 
+import contextlib
 import mmap
 import os
 import shutil
@@ -93,27 +94,37 @@ def size(path: str) -> int:
     raise _missing(path) from None
 
 
-def read_bytes(path: str, start: int | None = None, end: int | None = None) -> bytes:
-  """One ranged read of [start, end); fewer bytes come back if the file is shorter."""
-  if start is not None and end is not None and end <= start:
-    return b""
+@contextlib.contextmanager
+def _file_errors(path: str):
+  """A missing or unreadable file (local, or gs:// through gcsfs) as one line."""
   try:
-    if not is_gcs(path):
-      with open(path, "rb") as f:
-        if start:
-          f.seek(start)
-        return f.read() if end is None else f.read(end - (start or 0))
-    return filesystem(path).cat_file(path, start=start, end=end)
+    yield
   except (FileNotFoundError, IsADirectoryError):
     raise _missing(path) from None
   except PermissionError:
     raise ConversionError(f"{path}: permission denied") from None
-  except Exception as e:  # gcsfs.retry.HttpError; imported lazily with gcsfs.
-    if getattr(e, "code", None) == 416:  # Range starts at or past the end of the object.
-      return b""
-    # gcsfs has already retried transient errors (5xx, dropped connections) with backoff.
-    raise ConversionError(f"{path}: storage error that persisted through retries: {type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:200]}") from None
+
+
+def read_bytes(path: str, start: int | None = None, end: int | None = None) -> bytes:
+  """One ranged read of [start, end); fewer bytes come back if the file is shorter."""
+  if start is not None and end is not None and end <= start:
+    return b""
+  if not is_gcs(path):
+    with _file_errors(path), open(path, "rb") as f:
+      if start:
+        f.seek(start)
+      return f.read() if end is None else f.read(end - (start or 0))
+  with _file_errors(path):
+    try:
+      return filesystem(path).cat_file(path, start=start, end=end)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+      raise
+    except Exception as e:  # gcsfs.retry.HttpError; imported lazily with gcsfs.
+      if getattr(e, "code", None) == 416:  # Range starts at or past the end of the object.
+        return b""
+      # gcsfs has already retried transient errors (5xx, dropped connections) with backoff.
+      raise ConversionError(f"{path}: storage error that persisted through retries: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200]}") from None
 
 
 def read_range(path: str, start: int, end: int) -> memoryview | bytes:
@@ -126,17 +137,12 @@ def read_range(path: str, start: int, end: int) -> memoryview | bytes:
   """
   if is_gcs(path) or end <= start:
     return read_bytes(path, start, end)
-  try:
-    with open(path, "rb") as f:
-      stop = min(end, os.fstat(f.fileno()).st_size)
-      if stop <= start:
-        return b""
-      base = start - start % mmap.ALLOCATIONGRANULARITY
-      mapped = mmap.mmap(f.fileno(), stop - base, offset=base, access=mmap.ACCESS_READ)
-  except (FileNotFoundError, IsADirectoryError):
-    raise _missing(path) from None
-  except PermissionError:
-    raise ConversionError(f"{path}: permission denied") from None
+  with _file_errors(path), open(path, "rb") as f:
+    stop = min(end, os.fstat(f.fileno()).st_size)
+    if stop <= start:
+      return b""
+    base = start - start % mmap.ALLOCATIONGRANULARITY
+    mapped = mmap.mmap(f.fileno(), stop - base, offset=base, access=mmap.ACCESS_READ)
   if hasattr(mmap, "MADV_WILLNEED"):
     mapped.madvise(mmap.MADV_WILLNEED)  # a cold file is read ahead in full while the first pages are used
   return memoryview(mapped)[start - base:]

@@ -142,6 +142,7 @@ class SliceWriter:
   def write_stored_chunk(self, array: ArraySpec, key: str, data: bytes) -> ts.Future:
     """Starts writing one already-encoded chunk (`key` as orbax_layout.chunk_keys names it), through the
     array's own key-value store: the same OCDBT sub-database its values go to."""
+    writeback.wrote(self.target.items, len(data))
     return self.store(array).kvstore.write(key[len(array.key) + 1:], data)
 
 

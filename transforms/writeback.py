@@ -11,6 +11,7 @@ blocks left. Durability is unchanged: the commit still syncs before anything say
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 import threading
@@ -68,14 +69,9 @@ def sync_file_system(path: str) -> None:
     os.close(fd)
 
 
-_LIBC: ctypes.CDLL | None = None
-
-
+@functools.cache
 def _libc() -> ctypes.CDLL:
-  global _LIBC
-  if _LIBC is None:
-    _LIBC = ctypes.CDLL(None, use_errno=True)
-  return _LIBC
+  return ctypes.CDLL(None, use_errno=True)
 
 
 _WRITEBACK = _Writeback()
