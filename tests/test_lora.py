@@ -464,10 +464,11 @@ def test_merge_is_the_same_in_chunks_and_row_blocks(monkeypatch):
   want = w.astype(np.float64) + 2.0 * (b.astype(np.float64) @ a)
   assert whole.dtype == np.float32
   np.testing.assert_allclose(whole, want, rtol=1e-6, atol=1e-5)
-  monkeypatch.setattr(lora, "MERGE_BYTES", 3 * 67 * 4)  # 3 rows a chunk, a last chunk of 301 % 3 = 1 joined
+  monkeypatch.setattr(lora, "MERGE_BYTES", 3 * 67 * 4)  # 3 rows a block, a last block of 301 % 3 = 1 row
   assert goldens.same_bits(lora.merge(w, a, b, 2.0), whole)
   assert goldens.same_bits(np.concatenate([lora.merge(w[:100], a, b[:100], 2.0), lora.merge(w[100:], a, b[100:], 2.0)]),
                            whole)
+  assert all(goldens.same_bits(lora.merge(w[i:i + 1], a, b[i:i + 1], 2.0), whole[i:i + 1]) for i in (0, 150, 300))
 
 
 def test_adapter_and_base_on_the_hub(tmp_path, monkeypatch):

@@ -115,28 +115,39 @@ def merge(w: np.ndarray, a: np.ndarray, b: np.ndarray, scale: float) -> np.ndarr
   """W + scale * (B @ A) in float32, or in W's dtype when it is wider (float64).
 
   `w` is [out, in] (or rows of it), `b` the same rows [out, r] and `a` [r, in]; one rounding to
-  the output dtype is left to the writer. The product is made MERGE_BYTES of rows at a time, so
-  a merge holds the merged copy and little more. (Every chunk has 2 rows or more: BLAS gives a
-  one-row product other bits than the same row of a larger one.)
+  the output dtype is left to the writer. The product is summed rank by rank in a fixed order
+  rather than by BLAS, whose kernels (picked by the number of rows) round differently: so a row
+  merges to the same bits whether it comes alone, in a row block or in the whole weight, and
+  whichever machine runs it. It is made MERGE_BYTES of rows at a time, in a cache-sized buffer.
   """
   dtype = np.promote_types(w.dtype, np.float32)
   # A new C-ordered copy: rows of it are contiguous, and a transposed view (MaxText -> HF) is copied tiled.
   out = np.array(w, dtype, order="C") if w.flags.c_contiguous else contiguous(w, dtype)
   a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
-  rows = len(out)
-  step = max(2, MERGE_BYTES // max(1, out[0].nbytes if rows else 1))
+  rows, cols = out.shape
+  step = max(1, MERGE_BYTES // max(1, cols * dtype.itemsize))
+  delta, term = np.empty((min(step, rows), cols), dtype), np.empty((min(step, rows), cols), dtype)
   for start in range(0, rows, step):
-    stop = rows if rows - (start + step) < 2 else start + step
-    delta = np.matmul(b[start:stop], a)
-    delta *= dtype.type(scale)
-    out[start:stop] += delta
-    if stop == rows:
-      break
+    stop = min(rows, start + step)
+    low_rank_product(b[start:stop], a, delta[:stop - start], term[:stop - start])
+    delta[:stop - start] *= dtype.type(scale)
+    out[start:stop] += delta[:stop - start]
   return out
 
 
-# Rows of a LoRA product made at once: a small fraction of what the merged block itself holds.
-MERGE_BYTES = 32 * 2**20
+def low_rank_product(b: np.ndarray, a: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
+  """out = B @ A as sum over k of B[:, k] (outer) A[k], added in order k = 0, 1, ... (IEEE per element)."""
+  if not len(a):
+    out.fill(0)
+    return
+  np.multiply(b[:, :1], a[0], out=out)
+  for k in range(1, a.shape[0]):
+    np.multiply(b[:, k:k + 1], a[k], out=scratch)
+    out += scratch
+
+
+# Rows of a LoRA product made at once: about what a core's L2 cache holds, twice (product and term).
+MERGE_BYTES = 2**20
 
 
 @dataclasses.dataclass(frozen=True)
