@@ -58,8 +58,11 @@ def ts_context() -> ts.Context:
 
 
 def _ocdbt_kvstore(target: CheckpointTarget, process: str | None = None) -> dict:
-  base = target.items if process is None else storage.join(target.items, orbax_layout.PROCESS_PREFIX + process)
-  return {"driver": "ocdbt", "base": storage.kvstore_spec(base), "config": orbax_layout.OCDBT_CONFIG,
+  if process is None:
+    base, config = target.items, orbax_layout.OCDBT_CONFIG
+  else:
+    base, config = storage.join(target.items, orbax_layout.PROCESS_PREFIX + process), orbax_layout.WRITER_OCDBT_CONFIG
+  return {"driver": "ocdbt", "base": storage.kvstore_spec(base), "config": config,
           "assume_config": True}
 
 
