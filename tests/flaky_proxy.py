@@ -7,6 +7,7 @@ fail the job with the storage error in the message.
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +33,11 @@ class FlakyProxy:
 
       def log_message(self, *args):  # quiet
         pass
+
+      def setup(self):
+        super().setup()
+        # Headers and body go out in two writes: without this, each response waits out a delayed ACK.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
       def _any(self):
         length = int(self.headers.get("Content-Length") or 0)

@@ -1,4 +1,7 @@
 """Transient storage errors are retried; persistent ones fail with the storage error in the message."""
+import types
+
+import gcsfs.retry
 import pytest
 
 from tests import goldens
@@ -10,9 +13,14 @@ from transforms import storage
 ENV = ("STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL")
 
 
+async def _no_wait(_seconds):
+  """gcsfs waits 1, 2, 4, 8 and 16 s (plus up to 1 s) between its 6 tries; the count, not the wait, is tested."""
+
+
 @pytest.fixture
 def through(gcs_server, monkeypatch):
   """Points every GCS client of this process at a flaky proxy in front of the emulator."""
+  monkeypatch.setattr(gcsfs.retry, "asyncio", types.SimpleNamespace(sleep=_no_wait))
   proxies = []
 
   def start(fail):
