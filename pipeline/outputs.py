@@ -43,7 +43,7 @@ class MaxTextOutput:
     leftovers.sweep(self.target.step_dir, tensorstore=True, recursive=True)
     for process in orbax_writer.writer_ids(self.target):
       writer = storage.join(self.target.items, orbax_layout.PROCESS_PREFIX + process)
-      if not storage.exists(storage.join(writer, "manifest.ocdbt")):
+      if not storage.exists(storage.join(writer, orbax_layout.OCDBT_MANIFEST)):
         storage.remove_tree(writer)
 
   def remove_written(self) -> None:

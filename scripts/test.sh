@@ -5,6 +5,6 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/venv.sh"
 cd "$root"
-# Two test processes (CKPTFLOW_TEST_WORKERS=0 for one): every test makes its own temporary files, bucket
-# and ports, and tests that time nothing run the same on either core.
+# Two test processes (CKPTFLOW_TEST_WORKERS=0 for one): every test has its own temporary directory, bucket
+# and ports, and no test measures time, so they may share the cores.
 exec .venv/bin/python -m pytest tests -q -n "${CKPTFLOW_TEST_WORKERS:-2}" --dist worksteal "$@"

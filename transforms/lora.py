@@ -126,20 +126,20 @@ def merge(w: np.ndarray, a: np.ndarray, b: np.ndarray, scale: float) -> np.ndarr
   a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
   rows, cols = out.shape
   step = max(1, MERGE_BYTES // max(1, cols * dtype.itemsize))
-  delta, term = np.empty((min(step, rows), cols), dtype), np.empty((min(step, rows), cols), dtype)
+  delta_rows, term_rows = np.empty((2, min(step, rows), cols), dtype)
   for start in range(0, rows, step):
-    stop = min(rows, start + step)
-    low_rank_product(b[start:stop], a, delta[:stop - start], term[:stop - start])
-    delta[:stop - start] *= dtype.type(scale)
-    out[start:stop] += delta[:stop - start]
+    block = out[start:start + step]
+    delta, term = delta_rows[:len(block)], term_rows[:len(block)]
+    low_rank_product(b[start:start + step], a, delta, term)
+    delta *= dtype.type(scale)
+    block += delta
   return out
 
 
 def low_rank_product(b: np.ndarray, a: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
-  """out = B @ A as sum over k of B[:, k] (outer) A[k], added in order k = 0, 1, ... (IEEE per element)."""
-  if not len(a):
-    out.fill(0)
-    return
+  """out = B @ A as sum over k of B[:, k] (outer) A[k], added in order k = 0, 1, ... (IEEE per element).
+
+  The rank is at least 1 (read_adapter_config refuses others)."""
   np.multiply(b[:, :1], a[0], out=out)
   for k in range(1, a.shape[0]):
     np.multiply(b[:, k:k + 1], a[k], out=scratch)

@@ -141,7 +141,7 @@ def orbax_source_files(items: str) -> list[str]:
   commit markers and OCDBT root (every chunk write goes through it), and our manifest if present."""
   step_dir = storage.parent(items)
   candidates = [storage.join(items, name) for name in (orbax_layout.METADATA, orbax_layout.COMMIT_MARKER,
-                                                       "manifest.ocdbt")]
+                                                       orbax_layout.OCDBT_MANIFEST)]
   candidates += [storage.join(step_dir, name) for name in (orbax_layout.CHECKPOINT_METADATA,
                                                           orbax_layout.COMMIT_MARKER, MANIFEST)]
   return [path for path in candidates if storage.exists(path)]

@@ -32,6 +32,8 @@ ITEMS = "items"
 COMMIT_MARKER = "commit_success.txt"
 METADATA = "_METADATA"
 CHECKPOINT_METADATA = "_CHECKPOINT_METADATA"
+# An OCDBT database's root file (manifest_kind "single"); it exists once the database holds anything.
+OCDBT_MANIFEST = "manifest.ocdbt"
 
 OCDBT_CONFIG = {
     "max_inline_value_bytes": 1024,
@@ -44,7 +46,8 @@ OCDBT_CONFIG = {
 # small chunk inline, so a writer committing write by write rewrites all it has written so far: 400
 # writes of 16 small chunks took 18 s and left 1.5 GB of dead nodes. With values out of line and
 # 64 KiB leaves a commit rewrites a few small nodes (1600 such writes: 5 s, 54 MB). The merged
-# manifest.ocdbt keeps Orbax's settings; the merge copies references, whatever the leaves were.
+# manifest.ocdbt keeps Orbax's settings; the merge copies references, whatever the leaves were. A
+# sub-database an earlier run made (perhaps under other settings) is reopened with its own.
 WRITER_OCDBT_CONFIG = {**OCDBT_CONFIG, "max_inline_value_bytes": 0, "max_decoded_node_bytes": 2**16}
 
 

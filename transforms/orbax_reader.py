@@ -68,7 +68,7 @@ class CheckpointReader:
                             f"{items}: no {orbax_layout.COMMIT_MARKER}: the checkpoint was never committed "
                             "(its writer died or is still running); convert it again or point at a finished one")
     self.use_zarr3 = bool(self.metadata.get("use_zarr3", False))
-    self.use_ocdbt = storage.exists(storage.join(items, "manifest.ocdbt"))
+    self.use_ocdbt = storage.exists(storage.join(items, orbax_layout.OCDBT_MANIFEST))
     self._stores: dict[str, ts.TensorStore] = {}
 
   def _kvstore(self, path: str) -> dict[str, Any]:

@@ -58,17 +58,23 @@ def ts_context() -> ts.Context:
 
 
 def _ocdbt_kvstore(target: CheckpointTarget, process: str | None = None) -> dict:
+  """The merged database (Orbax's settings), or writer `process`'s: new ones get WRITER_OCDBT_CONFIG;
+  one an earlier run made (--resume) is opened with the settings stored in it, since tensorstore
+  refuses any others as a configuration mismatch."""
   if process is None:
-    base, config = target.items, orbax_layout.OCDBT_CONFIG
-  else:
-    base, config = storage.join(target.items, orbax_layout.PROCESS_PREFIX + process), orbax_layout.WRITER_OCDBT_CONFIG
-  return {"driver": "ocdbt", "base": storage.kvstore_spec(base), "config": config,
-          "assume_config": True}
+    return {"driver": "ocdbt", "base": storage.kvstore_spec(target.items), "config": orbax_layout.OCDBT_CONFIG,
+            "assume_config": True}
+  base = storage.join(target.items, orbax_layout.PROCESS_PREFIX + process)
+  spec = {"driver": "ocdbt", "base": storage.kvstore_spec(base)}
+  if not storage.exists(storage.join(base, orbax_layout.OCDBT_MANIFEST)):
+    spec.update(config=orbax_layout.WRITER_OCDBT_CONFIG, assume_config=True)
+  return spec
 
 
-def _array_spec(target: CheckpointTarget, array: ArraySpec, process: str) -> dict:
-  if target.use_ocdbt:
-    kvstore = {**_ocdbt_kvstore(target, process), "path": array.key}
+def _array_spec(target: CheckpointTarget, array: ArraySpec, ocdbt: dict | None) -> dict:
+  """`ocdbt`: the writer's database (_ocdbt_kvstore), when the target uses OCDBT."""
+  if ocdbt is not None:
+    kvstore = {**ocdbt, "path": array.key}
   else:
     kvstore = storage.kvstore_spec(storage.join(target.items, array.key))
   return {"driver": "zarr3" if target.use_zarr3 else "zarr", "kvstore": kvstore,
@@ -83,13 +89,14 @@ def step_array() -> ArraySpec:
 def create_arrays(target: CheckpointTarget, arrays: Iterable[ArraySpec]) -> None:
   """Writes every array's metadata (and the step value) once, into the coordinator's sub-database."""
   ctx = ts_context()
-  opens = [ts.open({**_array_spec(target, a, META_PROCESS), "create": True, "open": True}, context=ctx)
+  ocdbt = _ocdbt_kvstore(target, META_PROCESS) if target.use_ocdbt else None
+  opens = [ts.open({**_array_spec(target, a, ocdbt), "create": True, "open": True}, context=ctx)
            for a in arrays]
   for future in opens:
     future.result()
   if not target.with_step:
     return
-  step = ts.open({**_array_spec(target, step_array(), META_PROCESS), "create": True, "open": True},
+  step = ts.open({**_array_spec(target, step_array(), ocdbt), "create": True, "open": True},
                  context=ctx).result()
   step.write(np.int64(0)).result()
 
@@ -101,11 +108,14 @@ class SliceWriter:
     self.target = target
     self.process_id = process_id
     self._stores: dict[str, ts.TensorStore] = {}
+    self._ocdbt: dict | None = None  # its database, looked up at the first write
 
   def store(self, array: ArraySpec) -> ts.TensorStore:
     store = self._stores.get(array.path)
     if store is None:
-      spec = {**_array_spec(self.target, array, self.process_id), "assume_metadata": True}
+      if self.target.use_ocdbt and self._ocdbt is None:
+        self._ocdbt = _ocdbt_kvstore(self.target, self.process_id)
+      spec = {**_array_spec(self.target, array, self._ocdbt), "assume_metadata": True}
       store = self._stores[array.path] = ts.open(spec, context=ts_context()).result()
     return store
 
