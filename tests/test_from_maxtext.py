@@ -7,6 +7,7 @@ import os
 import shutil
 
 import ml_dtypes
+import google_crc32c
 import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -390,7 +391,7 @@ def test_manifest_records_the_maxtext_source(tmp_path):
   reader = CheckpointReader(source)
   for task in plan.tasks[:20]:
     (ref,) = task.sources
-    assert manifest["tensors"][ref.name]["crc32"] == zlib.crc32(np.ascontiguousarray(ref.read()).view(np.uint8))
+    assert manifest["tensors"][ref.name]["crc32c"] == google_crc32c.value(np.ascontiguousarray(ref.read()).tobytes())
   assert any("[" in name for name in manifest["tensors"]) and reader.tree.scan_layers
 
 

@@ -3,6 +3,7 @@ import json
 import os
 
 import ml_dtypes
+import google_crc32c
 import numpy as np
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -256,5 +257,5 @@ def test_manifest_records_what_the_checkpoint_was_made_from(tmp_path):
   refs = list_checkpoint(hf)
   assert sorted(manifest["tensors"]) == sorted(refs)
   for name, ref in refs.items():
-    assert manifest["tensors"][name]["crc32"] == zlib.crc32(read_tensor(ref).view("uint8")), name
+    assert manifest["tensors"][name]["crc32c"] == google_crc32c.value(read_tensor(ref).tobytes()), name
   goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("qwen3", "unscan")))

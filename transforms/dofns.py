@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import time
 import uuid
-import zlib
 from typing import Any, Iterator
 
 import apache_beam as beam
@@ -23,14 +22,14 @@ METRICS_NAMESPACE = "ckptflow"
 
 def convert_slice(task, param, sizes: dict[str, Any],
                   read: list[np.ndarray] | None = None) -> tuple[np.ndarray, tuple[tuple[str, int], ...]]:
-  """One task's MaxText value (of its row block, if split) and the CRC-32 of each source as read
+  """One task's MaxText value (of its row block, if split) and the CRC-32C of each source as read
   (`read`: the sources' values when they were read already), before the eager cast to
   `task.source_dtype`, if any.
 
   A slice of a MaxText checkpoint (OrbaxRef) is already the value: only the writer's cast remains.
   """
   sources = read or [read_tensor(ref, task.rows) for ref in task.sources]
-  checksums = tuple((manifest.checksum_key(ref.name, task.rows), zlib.crc32(np.ascontiguousarray(s).view(np.uint8)))
+  checksums = tuple((manifest.checksum_key(ref.name, task.rows), manifest.crc32c(s))
                     for ref, s in zip(task.sources, sources))
   if isinstance(task.sources[0], OrbaxRef):
     return sources[0], checksums
@@ -87,7 +86,7 @@ class TensorCountingFn(beam.DoFn):
 
 
 class WriteSliceFn(TensorCountingFn):
-  """Reads one source tensor, transforms it and writes it into its slice; yields (writer id, 1, CRC-32s).
+  """Reads one source tensor, transforms it and writes it into its slice; yields (writer id, 1, CRC-32Cs).
 
   A slice of a MaxText checkpoint whose chunks stay the same is copied as stored (transforms/chunk_copy.py).
   """
@@ -135,7 +134,7 @@ def slice_name(task) -> str:
 
 
 class CollectWriters(beam.CombineFn):
-  """The barrier: every writer's id, the number of slices written, and each source's CRC-32."""
+  """The barrier: every writer's id, the number of slices written, and each source's CRC-32C."""
 
   def create_accumulator(self):
     return frozenset(), 0, {}

@@ -2,7 +2,7 @@
 
 Both directions write one beside their output, before the output's own commit marker (Orbax's
 commit_success.txt, HF's config.json): the tool version, the conversion's options, a fingerprint of
-every source file as it was when planned, and a CRC-32 per tensor (source tensors as read going to
+every source file as it was when planned, and a CRC-32C per tensor (source tensors as read going to
 MaxText, output tensors as written going to HF), gathered through the pipeline's barrier.
 """
 from __future__ import annotations
@@ -12,6 +12,9 @@ import datetime
 import importlib.metadata
 import json
 from typing import Any, Iterable
+
+import google_crc32c
+import numpy as np
 
 from transforms import hub_io, orbax_layout, storage
 from transforms.errors import ConversionError
@@ -51,14 +54,22 @@ def checksum_key(name: str, rows: tuple[int, int] | None, stored: bool = False) 
   return (name if rows is None else f"{name}@{rows[0]}:{rows[1]}") + (STORED if stored else "")
 
 
+def crc32c(value: np.ndarray, previous: int = 0) -> int:
+  """The CRC-32C of an array's bytes in C order, continuing `previous` (a tensor written in row blocks).
+
+  CRC-32C rather than zlib's CRC-32: the CPU computes it (12 GB/s on the development VM, against
+  2.1 GB/s), and checksumming every byte of a model is otherwise a second of CPU per 2 GB."""
+  return google_crc32c.extend(previous, np.ascontiguousarray(value).reshape(-1).view(np.uint8))
+
+
 def write(directory: str, manifest: dict[str, Any], checksums: dict[str, int]) -> None:
-  """Adds each tensor's CRC-32 (`crc32`; for a slice copied as stored, the CRC-32C of its stored chunk
-  bytes: `crc32c_stored`), or for a tensor read in row blocks each block's (by its rows: `crc32_by_rows`,
+  """Adds each tensor's CRC-32C of its values (`crc32c`; for a slice copied as stored, of its stored chunk
+  bytes: `crc32c_stored`), or for a tensor read in row blocks each block's (by its rows: `crc32c_by_rows`,
   `crc32c_stored_by_rows`); null for tensors an interrupted run wrote before --resume."""
   whole: dict[str, dict[str, int]] = {}
   blocks: dict[str, dict[str, dict[str, int]]] = {}
   for key, crc in checksums.items():
-    field = "crc32c_stored" if key.endswith(STORED) else "crc32"
+    field = "crc32c_stored" if key.endswith(STORED) else "crc32c"
     key = key[:-len(STORED)] if key.endswith(STORED) else key
     if "@" in key:
       name, rows = key.rsplit("@", 1)
@@ -67,7 +78,7 @@ def write(directory: str, manifest: dict[str, Any], checksums: dict[str, int]) -
       whole[key] = {field: crc}
   tensors = {name: {field: dict(sorted(rows.items(), key=lambda kv: int(kv[0].split(":")[0])))
                     for field, rows in blocks[name].items()}
-             if name in blocks else whole.get(name, {"crc32": None}) for name in manifest.get("tensors", ())}
+             if name in blocks else whole.get(name, {"crc32c": None}) for name in manifest.get("tensors", ())}
   storage.write_text(storage.join(directory, MANIFEST),
                      json.dumps({**manifest, "tensors": tensors}, indent=1, sort_keys=True))
 

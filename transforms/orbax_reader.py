@@ -168,7 +168,7 @@ class OrbaxRef:
   `index` fixes the array's stacked axes ((axis, position) pairs: a layer, an expert), `shape` is
   the slice that remains. Like a safetensors TensorRef, `read(rows)` may read a block of it:
   positions [start, stop) of the slice's axis `row_axis`. `name` is unique per slice
-  (`params/params/decoder/layers/mlp/wi_0/kernel[:, 3, :]`): the manifest's key for its CRC-32.
+  (`params/params/decoder/layers/mlp/wi_0/kernel[:, 3, :]`): the manifest's key for its CRC-32C.
 
   `span` lists the stacked axes whose stored chunks hold several positions, (axis, chunk size):
   MaxText's own scanned checkpoints keep every layer in each chunk. Slices that share those chunks

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import zlib
 from typing import Any, Callable, Iterator, Sequence
 
 import apache_beam as beam
@@ -48,7 +47,7 @@ class WriteShardFn(CheckpointReadingFn):
   """Streams one shard: header first, then each tensor read from Orbax, converted and appended."""
 
   def process(self, shard) -> Iterator[tuple[str, int, tuple[tuple[str, int], ...]]]:
-    """Yields (file, tensors written, each tensor's CRC-32 as written)."""
+    """Yields (file, tensors written, each tensor's CRC-32C as written)."""
     start = time.monotonic()
     checksums: dict[str, int] = {}
     name = shard.file.rsplit("/", 1)[-1]
@@ -79,7 +78,7 @@ class WriteShardFn(CheckpointReadingFn):
           scales = []
         for name, value in pending:
           writer.write(name, value)
-          checksums[name] = zlib.crc32(value.reshape(-1).view(np.uint8), checksums.get(name, 0))
+          checksums[name] = manifest.crc32c(value, checksums.get(name, 0))
         if last:
           self.tensor_done(read, task.nbytes)
 
@@ -137,7 +136,7 @@ def hf_tensors(reader: CheckpointReader, tasks: Sequence, param_of: Callable[[in
 
 
 class CountTensors(beam.CombineFn):
-  """The barrier: how many tensors all shard writers wrote, and their CRC-32s."""
+  """The barrier: how many tensors all shard writers wrote, and their CRC-32Cs."""
 
   def create_accumulator(self) -> tuple[int, dict[str, int]]:
     return 0, {}
