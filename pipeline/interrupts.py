@@ -4,14 +4,16 @@ A terminal's Ctrl-C signals the whole foreground process group. Left alone, each
 runner's worker processes then prints its own KeyboardInterrupt traceback and the runner relays
 their dying words as CRITICAL log lines. So the workers are started in their own session (the
 terminal's signal never reaches them), and the first SIGINT or SIGTERM the command gets kills them
-(SIGKILL: nothing is printed, nothing more is written), quiets Beam's logging and its worker
-threads' exceptions, and raises `Interrupted` in the main thread. The job that was running turns
-that into its one line ("11 of 27 slices stored in <dir>; rerun with --resume") after removing its
-temporary files; later signals are ignored while it does.
+(SIGKILL: nothing is printed, nothing more is written), stops the workers that are threads of this
+process (transforms/stopping.py: the writes in flight end, no new one starts), quiets Beam's logging
+and its worker threads' exceptions, and raises `Interrupted` in the main thread. The job that was
+running turns that into its one line ("11 of 27 slices stored in <dir>; rerun with --resume") after
+removing its temporary files; later signals are ignored while it does.
 """
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import shlex
@@ -23,6 +25,9 @@ import time
 from typing import Iterator
 
 from apache_beam.runners.portability import local_job_service
+from apache_beam.runners.worker import sdk_worker
+
+from transforms import stopping
 
 
 class Interrupted(KeyboardInterrupt):
@@ -79,18 +84,35 @@ class _WorkerSubprocess:
     return getattr(subprocess, name)
 
 
+class _Discarded(io.TextIOBase):
+  def write(self, s: str) -> int:
+    return len(s)
+
+
+class _SysWithoutStderr:
+  """sdk_worker's view of `sys` when its workers are threads of this process: it prints a failing
+  bundle's traceback to stderr before it hands the same traceback to the driver; that print is dropped."""
+  stderr = _Discarded()
+
+  def __getattr__(self, name):
+    return getattr(sys, name)
+
+
 @contextlib.contextmanager
 def contained_workers(verbose: bool = False) -> Iterator[None]:
   """While a local pipeline runs: its workers are ours to stop when the command is interrupted.
-  Unless `verbose`, what they print themselves is dropped: a failing element's traceback, which the
-  runner also hands to the driver, where it becomes one line (cli.run_main), or all of it with --verbose."""
-  original = local_job_service.subprocess
+  Unless `verbose`, what they print themselves is dropped (workers that are processes or threads): a
+  failing element's traceback, which the runner also hands to the driver, where it becomes one line
+  (cli.run_main), or all of it with --verbose."""
+  original = local_job_service.subprocess, sdk_worker.sys
   local_job_service.subprocess = _WorkerSubprocess()
   _worker_stderr[0] = None if verbose else subprocess.DEVNULL
+  if not verbose:
+    sdk_worker.sys = _SysWithoutStderr()
   try:
     yield
   finally:
-    local_job_service.subprocess = original
+    local_job_service.subprocess, sdk_worker.sys = original
     with _workers_lock:
       _workers.difference_update([p for p in _workers if p.poll() is not None])
 
@@ -126,6 +148,7 @@ def _on_signal(signum: int, _frame) -> None:
   if not _verbose[0]:
     _quiet()
   stop_workers()
+  stopping.stop()
   raise Interrupted(signum)
 
 
@@ -136,6 +159,7 @@ def handled(verbose: bool = False) -> Iterator[None]:
     yield
     return
   _received.clear()
+  stopping.reset()
   _verbose[0] = verbose
   previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
   try:

@@ -109,7 +109,7 @@ class HfOutput:
 
 def hf_needs(output: str, shards: Sequence, aux_bytes: int, reclaimed: int, scratch_writers: int) -> list[Need]:
   """Shards are written whole, at their planned size; for an hf:// destination each of the
-  `scratch_writers` local worker processes holds one shard in its temporary directory at a time."""
+  `scratch_writers` local workers holds one shard in its temporary directory at a time."""
   metadata = HF_METADATA_BYTES + 100 * sum(len(s.tensors) for s in shards)
   needs = [Need(output, sum(s.size for s in shards) + aux_bytes + metadata, "use another base_output_directory",
                 reclaimed)]

@@ -167,7 +167,7 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
     if conv.load_parameters_path:  # a run's checkpoints/ means one step: the manifest records which
       conv.load_parameters_path, conv.step = plan.items, None
     written = outputs.HfOutput(plan, output)
-    run_options = runner.with_local_defaults(options, flags, job_bytes=plan.total_size)
+    run_options = runner.with_local_defaults(options, flags)
     scratch_writers = runner.local_workers(run_options)
     if hub.is_hub(output):  # the repo is made (or its old model files deleted) before its shards are listed
       destination.check_space(outputs.hf_needs(output, plan.shards, 0, 0, scratch_writers))

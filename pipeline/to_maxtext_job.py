@@ -257,10 +257,7 @@ def convert(options: PipelineOptions, flags: Sequence[str] = (), take_over: bool
       print(f"resuming {target.items}: {len(plan.tasks) - len(todo.tasks)} of {len(plan.tasks)} slices already stored",
             file=sys.stderr)
     provenance = build_manifest(plan, conv, source, adapter.config_files if adapter else None)
-    # From a MaxText checkpoint the work is tensorstore's (chunk copies, decoding, encoding), outside the
-    # GIL: the local runner's workers are threads of one process, which saves starting one per CPU.
-    mode = "multi_threading" if checkpoint is not None else "multi_processing"
-    run_options = runner.with_local_defaults(options, flags, mode, job_bytes=todo.source_bytes)
+    run_options = runner.with_local_defaults(options, flags)
     with destination.guarded(output, conv.resume):
       totals = runner.run(lambda p, progress: add_to_maxtext(p, todo, target, progress, provenance, access,
                                                              lock=claim.held),

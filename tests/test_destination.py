@@ -1,15 +1,17 @@
 """What a run does to its destination: one writer at a time, room checked before the first byte, a
-full disk and an interrupt said in one line, and nothing left behind but one checkpoint's data.
+full disk, a failing worker and an interrupt said in one line, and nothing left behind but one
+checkpoint's data.
 
 Full disks are real: a small tmpfs mounted for the test (skipped where mounting is not allowed), filled
 by the test once the conversion has passed its pre-flight. Interrupts are real signals to real CLI
-processes running the local multi-process runner.
+processes running the local runner, its workers threads (the default) or processes.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,7 +26,7 @@ from pipeline import batch, cli, destination, outputs, to_huggingface_job, to_ma
 from pipeline.options import ConversionOptions
 from tests import goldens, sized_model
 from tests.test_hub import TOKEN, server  # pylint: disable=unused-import (the Hub stand-in fixture)
-from transforms import disk_full, leftovers, orbax_writer, writer_lock
+from transforms import disk_full, leftovers, orbax_writer, stopping, writer_lock
 from transforms.orbax_writer import CheckpointTarget
 from transforms.errors import ConversionError
 
@@ -427,15 +429,72 @@ def test_ctrl_c_of_to_huggingface_is_one_line_leaves_whole_shards_only_and_resum
   assert not leftover_files(out)
 
 
-def test_sigterm_is_one_line_and_exit_143(model, reference, tmp_path):
+@pytest.mark.parametrize("mode", ["multi_threading", "multi_processing"])
+def test_sigterm_is_one_line_and_exit_143(model, reference, tmp_path, mode):
   out = str(tmp_path / "hf")
-  process = start(cli_args("to_huggingface", (f"{reference[0]}/0/items", model), out))
+  process = start(cli_args("to_huggingface", (f"{reference[0]}/0/items", model), out, f"--direct_running_mode={mode}"))
   wait_for(lambda: shard_stored(out), process)
   process.terminate()  # the driver alone, as `kill <pid>` or a scheduler's timeout
   _, err = process.communicate(timeout=120)
   assert process.returncode == 143, err
   one_line(err, "interrupted: ")
   assert not leftover_files(out)
+
+
+def test_a_stop_ends_the_writes_in_flight_and_refuses_new_ones():
+  """What an interrupt does to workers that are threads: stop() returns once no other thread is inside
+  work(); a thread's next check() raises, and so does a new work(); the caller's own work() is not waited for."""
+  started, blocks, failures = threading.Event(), [], []
+
+  def worker():
+    try:
+      with stopping.work():
+        started.set()
+        for i in range(10_000):
+          stopping.check()
+          blocks.append(i)
+          time.sleep(0.001)
+    except stopping.Stopped as e:
+      failures.append(e)
+
+  thread = threading.Thread(target=worker)
+  try:
+    thread.start()
+    started.wait(10)
+    with stopping.work():  # the driver's own write (the in-process runner) does not hold it up
+      assert stopping.stop(timeout=30)
+    written = len(blocks)
+    time.sleep(0.05)
+    assert len(blocks) == written < 10_000 and len(failures) == 1
+    with pytest.raises(stopping.Stopped):
+      with stopping.work():
+        pass
+  finally:
+    stopping.reset()
+    thread.join(30)
+  with stopping.work():
+    stopping.check()
+
+
+def test_a_failing_worker_thread_is_one_line(tmp_path):
+  """A damaged chunk fails inside a worker thread: Beam prints and logs its traceback there, before the
+  driver gets the same failure; the user sees one line (and the traceback with --verbose)."""
+  shutil.copytree(goldens.path("qwen3", "maxtext_scan"), tmp_path / "ckpt", copy_function=shutil.copyfile)
+  items = tmp_path / "ckpt" / "0" / "items"
+  data = max((p for p in items.rglob("d/*") if p.is_file()), key=lambda p: p.stat().st_size)
+  raw = bytearray(data.read_bytes())
+  raw[:] = bytes(len(raw))  # every value stored in this file is zeros: no zstd frame decodes
+  data.write_bytes(raw)
+  args = ["-m", "pipeline.to_huggingface", f"load_parameters_path={items}", f"base_output_directory={tmp_path / 'hf'}",
+          f"--hf_model_path={goldens.path('qwen3', 'hf')}", "--direct_running_mode=multi_threading",
+          "--direct_num_workers=2"]
+  quiet = run(args)
+  assert quiet.returncode == 2, quiet.stderr[-3000:]
+  assert re.fullmatch(rf"error: {re.escape(str(items))}: cannot read .*the checkpoint is incomplete or damaged",
+                      one_line(quiet.stderr, "error: "))
+  assert "Traceback" not in quiet.stderr and not (tmp_path / "hf" / "config.json").exists()
+  loud = run([*args, "--verbose"])
+  assert loud.returncode == 2 and "Traceback" in loud.stderr and "sdk_worker" in loud.stderr
 
 
 def test_stale_temporary_files_of_an_earlier_run_are_removed_by_the_next(model, reference, tmp_path):

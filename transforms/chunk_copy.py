@@ -21,7 +21,7 @@ from typing import Any
 import google_crc32c
 import tensorstore as ts
 
-from transforms import orbax_layout
+from transforms import orbax_layout, stopping
 from transforms.errors import ConversionError
 from transforms.orbax_layout import ArraySpec
 from transforms.orbax_reader import OrbaxRef, shared_reader
@@ -122,6 +122,7 @@ class ChunkCopier:
                               "checkpoint is incomplete or damaged")
       data = result.value  # each access copies the chunk out of tensorstore
       crc = google_crc32c.extend(crc, data)
+      stopping.check()
       writes.append(self.writer.write_stored_chunk(task.array, key, data))
     for write in writes:
       write.result()

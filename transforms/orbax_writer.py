@@ -19,7 +19,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import tensorstore as ts
 
-from transforms import orbax_layout, storage, writeback
+from transforms import orbax_layout, stopping, storage, writeback
 from transforms.orbax_layout import NUMPY_DTYPES, ArraySpec
 from transforms.tensor_ops import contiguous
 
@@ -145,6 +145,7 @@ class SliceWriter:
       # Copy the next block while tensorstore compresses and writes the previous one. Nothing changes a
       # block once written, so tensorstore may encode from it instead of copying it into fresh pages
       # (8B-shaped, 8 layers: 6% less CPU, 8% lower peak RSS, median of 4 paired runs).
+      stopping.check()
       block = contiguous(value[start:stop], dtype)
       future = store[tuple(expr)].write(block, can_reference_source_data_indefinitely=True)
       if pending is not None:

@@ -15,7 +15,7 @@ import apache_beam as beam
 import numpy as np
 
 from transforms.errors import ConversionError
-from transforms import disk_full, hub_io, hub_upload, leftovers, lora, manifest, storage, writer_lock
+from transforms import disk_full, hub_io, hub_upload, leftovers, lora, manifest, stopping, storage, writer_lock
 from transforms.convert import maxtext_to_hf
 from transforms.dofns import TensorCountingFn
 from transforms.orbax_reader import CheckpointReader
@@ -51,6 +51,12 @@ class WriteShardFn(CheckpointReadingFn):
     start = time.monotonic()
     checksums: dict[str, int] = {}
     name = shard.file.rsplit("/", 1)[-1]
+    with stopping.work():
+      self._stream(shard, name, checksums)
+    self.msec.update(int((time.monotonic() - start) * 1000))
+    yield shard.file, len(shard.tensors), tuple(checksums.items())
+
+  def _stream(self, shard, name: str, checksums: dict[str, int]) -> None:
     if hub_io.is_hub(shard.file):
       repo = hub_upload.repo_of(_directory(shard.file))
       with leftovers.scratch_directory() as local:
@@ -61,8 +67,6 @@ class WriteShardFn(CheckpointReadingFn):
     else:
       with disk_full.writing(_directory(shard.file), f"shard {name}"):
         self._write(shard, shard.file, checksums)
-    self.msec.update(int((time.monotonic() - start) * 1000))
-    yield shard.file, len(shard.tensors), tuple(checksums.items())
 
   def _write(self, shard, path: str, checksums: dict[str, int]) -> None:
     entries = [o for t in shard.tensors for o in t.outputs]
@@ -77,6 +81,7 @@ class WriteShardFn(CheckpointReadingFn):
           pending.append((task.outputs[1][0], np.concatenate(scales)))
           scales = []
         for name, value in pending:
+          stopping.check()
           writer.write(name, value)
           checksums[name] = manifest.crc32c(value, checksums.get(name, 0))
         if last:
@@ -184,7 +189,7 @@ class FinalizeFn(beam.DoFn):
       raise ConversionError(f"{self.output}: {count} of {self.expected_tensors} tensors were written; "
                             "not writing config.json")
     if not hub_io.is_hub(self.output):
-      with disk_full.writing(self.output, "the index, tokenizer files and config.json"):
+      with stopping.work(), disk_full.writing(self.output, "the index, tokenizer files and config.json"):
         self._write(self.output, checksums)
       writer_lock.release(self.lock)  # config.json is written: the destination is free
       yield self.output
