@@ -35,7 +35,7 @@ from pipeline.options import ConversionOptions
 from pipeline.plan_hf import target_config
 from pipeline.plan_maxtext import plan_from_maxtext
 from pipeline.planner import Plan, plan_to_maxtext
-from transforms import manifest, storage
+from transforms import manifest, stopping, storage
 from transforms.dofns import convert_slice
 from transforms.hub_io import HubAccess
 from transforms.shard_dofns import CheckpointReadingFn
@@ -69,6 +69,7 @@ class VerifySliceFn(CheckpointReadingFn):
     tasks = element if isinstance(element, tuple) else (element,)
     together = read_together([t.sources[0] for t in tasks], tasks[0].rows) if len(tasks) > 1 else [None]
     for task, value in zip(tasks, together):
+      stopping.check()  # an interrupted run stops here, not after the rest of its bundle
       dtype = NUMPY_DTYPES[task.array.dtype]
       converted = convert_slice(task, self.param_of(task.param), self.sizes, None if value is None else [value])[0]
       expected = contiguous(converted, dtype)
