@@ -7,6 +7,7 @@ from tests.test_to_maxtext import convert
 from transforms import storage
 
 MULTI_PROCESS = ("--direct_running_mode=multi_processing", "--direct_num_workers=2")
+THREADS = ("--direct_running_mode=multi_threading", "--direct_num_workers=2")  # the local runner's default
 
 
 @pytest.mark.parametrize("ocdbt", [True, False])
@@ -49,6 +50,7 @@ def test_worker_reads_only_its_tensor_bytes(gcs_server, gcs_bucket):
 
 
 def test_gcs_maxtext_to_hf(tmp_path, gcs_bucket):
+  """On worker threads, the default: the bucket's client is shared by both workers of the process."""
   from tests.test_to_huggingface import assert_same_model, tensors, to_hf  # pylint: disable=import-outside-toplevel
   ckpt = f"gs://{gcs_bucket}/ckpt"
   upload_dir(goldens.path("llama3.1", "maxtext_unscan"), ckpt)
@@ -56,7 +58,7 @@ def test_gcs_maxtext_to_hf(tmp_path, gcs_bucket):
   upload_dir(goldens.path("llama3.1", "hf"), hf)
   out = f"gs://{gcs_bucket}/hf-out"
   plan, totals = to_hf(f"{ckpt}/0/items", out, "--max_shard_size=150KB", hf_model_path=hf,
-                       runner_flags=MULTI_PROCESS)
+                       runner_flags=THREADS)
   assert len(plan.shards) > 1 and totals["tensors"] == plan.tensor_count
   assert {"config.json", "model.safetensors.index.json", "tokenizer.json"} <= set(storage.list_names(out))
   download_dir(out, str(tmp_path / "hf"))
