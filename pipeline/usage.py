@@ -52,8 +52,9 @@ GROUPS = (
 BEAM_OPTIONS_HELP = """\
 Beam pipeline options pass through unchanged, e.g.:
   --runner=DataflowRunner --project=P --region=R --temp_location=gs://b/tmp --num_workers=N
-  --direct_num_workers=N   worker processes of the local runner (default: the number of CPUs)
-Without --runner, the local multi-process runner is used and nothing touches the network.
+  --direct_num_workers=N   workers of the local runner (default: the number of CPUs), threads of one
+                           process (--direct_running_mode=multi_processing: processes)
+Without --runner, the local runner is used and nothing touches the network.
 """
 
 

@@ -1,4 +1,4 @@
-"""gs:// in and out through the fake GCS server, with the multi-process local runner."""
+"""gs:// in and out through the fake GCS server, on the local runner's worker threads and processes."""
 import pytest
 
 from tests import goldens

@@ -168,7 +168,7 @@ def test_token_never_reaches_output_manifest_or_logs_and_workers_get_the_option(
   out = tmp_path / "out"
   p = run_cli("pipeline.to_maxtext", "model_name=qwen3-0.6b", f"base_output_directory={out}", "scan_layers=true",
               "--hf_model_path=me/gated", f"hf_access_token={TOKEN}", "--direct_num_workers=2",
-              env={"HF_ENDPOINT": server.url})
+              "--direct_running_mode=multi_processing", env={"HF_ENDPOINT": server.url})
   assert p.returncode == 0, p.stderr
   assert TOKEN not in p.stdout + p.stderr
   for root, _, files in os.walk(out):
