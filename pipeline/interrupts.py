@@ -89,13 +89,22 @@ class _Discarded(io.TextIOBase):
     return len(s)
 
 
-class _SysWithoutStderr:
-  """sdk_worker's view of `sys` when its workers are threads of this process: it prints a failing
-  bundle's traceback to stderr before it hands the same traceback to the driver; that print is dropped."""
-  stderr = _Discarded()
+class _SysWithQuietWorkers:
+  """sdk_worker's view of `sys`, for workers that are threads of this process: it prints a failing
+  bundle's traceback to stderr before it hands the same traceback to the driver. That print is dropped
+  unless --verbose. For the whole process, not only while a pipeline runs: after an interrupt or a
+  failure the driver leaves the pipeline at once, while its worker threads' bundles still unwind."""
+  _discarded = _Discarded()
+
+  @property
+  def stderr(self):
+    return sys.stderr if _verbose[0] else self._discarded
 
   def __getattr__(self, name):
     return getattr(sys, name)
+
+
+sdk_worker.sys = _SysWithQuietWorkers()
 
 
 @contextlib.contextmanager
@@ -104,15 +113,14 @@ def contained_workers(verbose: bool = False) -> Iterator[None]:
   Unless `verbose`, what they print themselves is dropped (workers that are processes or threads): a
   failing element's traceback, which the runner also hands to the driver, where it becomes one line
   (cli.run_main), or all of it with --verbose."""
-  original = local_job_service.subprocess, sdk_worker.sys
+  original = local_job_service.subprocess
   local_job_service.subprocess = _WorkerSubprocess()
   _worker_stderr[0] = None if verbose else subprocess.DEVNULL
-  if not verbose:
-    sdk_worker.sys = _SysWithoutStderr()
+  _verbose[0] = verbose
   try:
     yield
   finally:
-    local_job_service.subprocess, sdk_worker.sys = original
+    local_job_service.subprocess = original
     with _workers_lock:
       _workers.difference_update([p for p in _workers if p.poll() is not None])
 
