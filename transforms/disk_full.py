@@ -15,6 +15,7 @@ import shutil
 import socket
 from typing import Iterator
 
+from transforms import stopping
 from transforms.errors import ConversionError
 
 OUT_OF_SPACE = "out of space"
@@ -30,16 +31,20 @@ def is_out_of_space(e: BaseException) -> bool:
 
 @contextlib.contextmanager
 def writing(destination: str, what: str) -> Iterator[None]:
-  """Runs a write to `destination`; a full disk becomes '<destination>: out of space writing <what> (...)'."""
-  try:
-    yield
-  except ConversionError:
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    if not is_out_of_space(e):
+  """Runs a write to `destination`; a full disk becomes '<destination>: out of space writing <what> (...)'.
+
+  Every write a worker makes passes here, so this is also where an interrupted command's worker
+  threads stop: none starts once a stop is asked for, and the stop waits for those running (stopping.work)."""
+  with stopping.work():
+    try:
+      yield
+    except ConversionError:
       raise
-    reason = "Disk quota exceeded" if _quota(e) else "No space left on device"
-    raise ConversionError(f"{destination}: {OUT_OF_SPACE} writing {what} ({reason})") from None
+    except Exception as e:  # pylint: disable=broad-except
+      if not is_out_of_space(e):
+        raise
+      reason = "Disk quota exceeded" if _quota(e) else "No space left on device"
+      raise ConversionError(f"{destination}: {OUT_OF_SPACE} writing {what} ({reason})") from None
 
 
 def _quota(e: BaseException) -> bool:

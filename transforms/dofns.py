@@ -9,7 +9,7 @@ import apache_beam as beam
 import numpy as np
 
 from transforms.errors import ConversionError
-from transforms import disk_full, hub_io, manifest, orbax_writer, stopping, writer_lock
+from transforms import disk_full, hub_io, manifest, orbax_writer, writer_lock
 from transforms.chunk_copy import ChunkCopier
 from transforms.convert import hf_to_maxtext
 from transforms.orbax_layout import NUMPY_DTYPES, ArraySpec
@@ -112,7 +112,7 @@ class WriteSliceFn(TensorCountingFn):
 
   def _write(self, task, read: list[np.ndarray] | None) -> tuple[str, int, tuple[tuple[str, int], ...]]:
     start = time.monotonic()
-    with stopping.work(), disk_full.writing(self.target.items, slice_name(task)):
+    with disk_full.writing(self.target.items, slice_name(task)):
       if read is None and self.copier.copyable(task):
         name, crc = self.copier.copy(task)
         checksums = ((manifest.checksum_key(name, task.rows, stored=True), crc),)
@@ -173,7 +173,7 @@ class CommitFn(beam.DoFn):
     if count != self.expected_slices:
       raise ConversionError(f"{self.target.items}: {count} of {self.expected_slices} slices were written; "
                             "not committing")
-    with stopping.work(), disk_full.writing(self.target.items, "the commit (merge, metadata and markers)"):
+    with disk_full.writing(self.target.items, "the commit (merge, metadata and markers)"):
       if self.provenance is not None:
         manifest.write(self.target.step_dir, self.provenance, checksums)
       writers = [p for p in process_ids if p != orbax_writer.META_PROCESS]

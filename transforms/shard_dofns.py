@@ -51,12 +51,6 @@ class WriteShardFn(CheckpointReadingFn):
     start = time.monotonic()
     checksums: dict[str, int] = {}
     name = shard.file.rsplit("/", 1)[-1]
-    with stopping.work():
-      self._stream(shard, name, checksums)
-    self.msec.update(int((time.monotonic() - start) * 1000))
-    yield shard.file, len(shard.tensors), tuple(checksums.items())
-
-  def _stream(self, shard, name: str, checksums: dict[str, int]) -> None:
     if hub_io.is_hub(shard.file):
       repo = hub_upload.repo_of(_directory(shard.file))
       with leftovers.scratch_directory() as local:
@@ -67,6 +61,8 @@ class WriteShardFn(CheckpointReadingFn):
     else:
       with disk_full.writing(_directory(shard.file), f"shard {name}"):
         self._write(shard, shard.file, checksums)
+    self.msec.update(int((time.monotonic() - start) * 1000))
+    yield shard.file, len(shard.tensors), tuple(checksums.items())
 
   def _write(self, shard, path: str, checksums: dict[str, int]) -> None:
     entries = [o for t in shard.tensors for o in t.outputs]
@@ -189,7 +185,7 @@ class FinalizeFn(beam.DoFn):
       raise ConversionError(f"{self.output}: {count} of {self.expected_tensors} tensors were written; "
                             "not writing config.json")
     if not hub_io.is_hub(self.output):
-      with stopping.work(), disk_full.writing(self.output, "the index, tokenizer files and config.json"):
+      with disk_full.writing(self.output, "the index, tokenizer files and config.json"):
         self._write(self.output, checksums)
       writer_lock.release(self.lock)  # config.json is written: the destination is free
       yield self.output

@@ -2,10 +2,11 @@
 
 The local runner's worker processes can be killed when the command is interrupted (pipeline/interrupts.py);
 worker threads cannot. Left alone they would go on writing while the interrupted driver removes the
-run's temporary files, and leave new ones behind. So every write a worker starts runs inside `work()`,
-and between blocks it calls `check()`: once `stop()` is called, a thread's next check raises `Stopped`,
-no new write starts, and `stop()` returns when the writes in flight have ended (a block or stored chunk
-each: well under a second), so the cleanup that follows has the destination to itself.
+run's temporary files, and leave new ones behind. So every write a worker starts runs inside `work()`
+(entered by disk_full.writing, which every worker write passes through), and between blocks it calls
+`check()`: once `stop()` is called, a thread's next check raises `Stopped`, no new write starts, and
+`stop()` returns when the writes in flight have ended (a block or stored chunk each: well under a
+second), so the cleanup that follows has the destination to itself.
 """
 from __future__ import annotations
 
