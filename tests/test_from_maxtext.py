@@ -10,6 +10,7 @@ import ml_dtypes
 import google_crc32c
 import numpy as np
 import pytest
+import tensorstore as ts
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import cli, to_maxtext_job
@@ -293,6 +294,28 @@ def test_zarr2_chunks_are_copied_as_stored_too(tmp_path):
   assert totals["slices-copied-as-stored"] == len(plan.tasks)
   assert os.path.exists(os.path.join(items, "params.params.decoder.layers_2.mlp.wo.kernel", "0.0"))
   goldens.assert_same_checkpoint(goldens.restore(items), goldens.restore(goldens.items("llama3.1", "unscan")))
+
+
+@pytest.mark.parametrize("ocdbt", [True, False])
+def test_a_chunk_missing_from_a_copied_slice_is_one_line(tmp_path, capsys, ocdbt):
+  """Chunks copied as stored are read from the source's files, not through tensorstore: a chunk the
+  database (or the directory) lacks is still named, and nothing is committed."""
+  storage_flags = ("--checkpoint_storage_use_ocdbt=false",) if not ocdbt else ()
+  _, source, _ = hf_to_maxtext(goldens.path("llama3.1", "hf"), tmp_path / "scan", "--scan_layers=true", *storage_flags)
+  key = "params.params.decoder.layers.mlp.wo.kernel/c/0/1/0"
+  if ocdbt:
+    kv = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{source}"}).result()
+    assert kv.read(key).result().state == "value"
+    kv.delete_range(ts.KvStore.KeyRange(key, key + "\0")).result()
+  else:
+    os.remove(os.path.join(source, key))
+  out = tmp_path / "unscan"
+  code, lines = run_cli([f"load_parameters_path={source}", f"base_output_directory={out}", "scan_layers=false",
+                         *storage_flags, *config_flags("llama3.1")], capsys)
+  assert code == 2 and len(lines) == 1, lines
+  assert lines[0] == (f"error: {source}: cannot read params/params/decoder/layers/mlp/wo/kernel [(1, 1)]: a chunk is "
+                      "missing; the checkpoint is incomplete or damaged")
+  assert not os.path.exists(out / "0" / "items" / "commit_success.txt")
 
 
 def test_copied_and_converted_slices_share_one_writer(tmp_path):

@@ -16,15 +16,15 @@ from __future__ import annotations
 import ctypes
 import functools
 import json
-from typing import Any
+from typing import Any, Iterator
 
 import google_crc32c
 import tensorstore as ts
 
-from transforms import orbax_layout, stopping
+from transforms import ocdbt_index, orbax_layout, stopping, storage
 from transforms.errors import ConversionError
 from transforms.orbax_layout import ArraySpec
-from transforms.orbax_reader import OrbaxRef, shared_reader
+from transforms.orbax_reader import CheckpointReader, OrbaxRef, shared_reader
 from transforms.orbax_writer import SliceWriter
 
 # Metadata that says nothing about how a stored chunk's bytes are made from its values.
@@ -107,23 +107,40 @@ class ChunkCopier:
     source = reader.array(ref.array)
     source_spec = ArraySpec(ref.array, tuple(source.shape), ref.dtype, tuple(source.chunk_layout.write_chunk.shape))
     window = None if task.block is None else (ref.window_axis, *task.rows)
-    prefix = len(orbax_layout.array_key(ref.array)) + 1
-    reads = [source.kvstore.read(k[prefix:]) for k in orbax_layout.chunk_keys(source_spec, ref.index, reader.use_zarr3,
-                                                                               window)]
+    keys = orbax_layout.chunk_keys(source_spec, ref.index, reader.use_zarr3, window)
     targets = orbax_layout.chunk_keys(task.array, task.index, self.writer.target.use_zarr3, task.window)
-    if len(targets) != len(reads):
-      raise ValueError(f"{task.array.path}: {len(targets)} target chunks for {len(reads)} source chunks")
+    if len(targets) != len(keys):
+      raise ValueError(f"{task.array.path}: {len(targets)} target chunks for {len(keys)} source chunks")
     crc = 0
     writes = []
-    for future, key in zip(reads, targets):
-      result = future.result()
-      if result.state != "value":
+    for data, key in zip(_stored_chunks(reader, source, ref.array, keys), targets):
+      if data is None:
         raise ConversionError(f"{ref.items}: cannot read {ref.array} {list(ref.index)}: a chunk is missing; the "
                               "checkpoint is incomplete or damaged")
-      data = result.value  # each access copies the chunk out of tensorstore
       crc = google_crc32c.extend(crc, data)
       stopping.check()
       writes.append(self.writer.write_stored_chunk(task.array, key, data))
     for write in writes:
       write.result()
     return ref.name, crc
+
+
+def _stored_chunks(reader: CheckpointReader, source: ts.TensorStore, array: str, keys: list[str]) -> Iterator[bytes | None]:
+  """Each key's stored bytes (None when missing), in order. A local source's are read from its files
+  one at a time, each in one copy: an OCDBT data file's range (transforms/ocdbt_index.py), or a chunk's
+  own file. Anything else goes through tensorstore, every read started at once."""
+  local = not (storage.is_gcs(reader.items) or storage.is_hub(reader.items))
+  index = ocdbt_index.stored_values(reader.items) if local and reader.use_ocdbt else None
+  if index is not None:
+    for key in keys:
+      yield index.read(key.encode())
+    return
+  if local and not reader.use_ocdbt:
+    for key in keys:
+      path = storage.join(reader.items, key)
+      yield storage.read_bytes(path) if storage.exists(path) else None
+    return
+  prefix = len(orbax_layout.array_key(array)) + 1
+  for future in [source.kvstore.read(k[prefix:]) for k in keys]:
+    result = future.result()
+    yield result.value if result.state == "value" else None  # each access copies the chunk out of tensorstore
