@@ -109,9 +109,10 @@ class ConversionOptions(PipelineOptions):
              "(separate Beam elements), so a worker's memory is bounded by it. Default 256MiB.")
     add("--workers", default="1,8,32,128",
         help="Pre-flight: worker counts to estimate the wall time for (comma-separated).")
-    add("--worker_mbps", type=float, default=180.0,
-        help="Pre-flight: source MB/s one worker process converts (default 180: HF -> MaxText on a real-size "
-             "DeepSeek-V3 slice with 2 workers on 2 CPUs, bench/scale.py; use your own figure from a small run).")
+    add("--worker_mbps", type=float, default=None,
+        help="Pre-flight: source MB/s one worker converts. Default: the local runner's 300 to MaxText and 380 "
+             "to HF (worker threads on the 2-CPU development VM, bench/run.sh), or 180 on Dataflow (one worker "
+             "process here; no Dataflow job measured). Use your own figure from a small run.")
     add("--overwrite", type=str2bool, nargs="?", const=True, default=False,
         help="Replace an existing checkpoint at the output path (refused otherwise).")
     add("--resume", type=str2bool, nargs="?", const=True, default=False,

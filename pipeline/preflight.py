@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import models
 from pipeline.options import ConversionOptions
 from pipeline.planner import Plan
 from pipeline.plan_hf import HfPlan
+from pipeline import runner
 from pipeline.runner import human_bytes
 from transforms.orbax_layout import NUMPY_DTYPES
 from transforms.orbax_writer import WRITE_BLOCK_BYTES
@@ -24,13 +26,34 @@ from transforms.shard_dofns import PREFETCH_BYTES
 # caches. Calibrated on bench/scale.py: 1.5-1.7 GB peak per process with 256 MiB elements.
 WORKER_BASE_BYTES = 900 * 2**20
 
-# The time estimate, calibrated on the Llama-3.1-8B-shaped 4-layer benchmark (bench/README.md) with the
-# local runner on 2 shared CPUs: ~10 s before the first slice is written (Beam starting its worker
-# processes, planning) and the commit's flush of everything written (about 1 GB/s). 2 workers on 2
-# CPUs convert 1.65x as fast as one (bench/scale.py): each extra worker counts 0.8 of one.
-START_SECONDS = 10.0
-FLUSH_BYTES_PER_SECOND = 1e9
-EXTRA_WORKER_SHARE = 0.8
+
+
+@dataclasses.dataclass(frozen=True)
+class Rates:
+  """What the time estimate assumes of a runner: its start-up, one worker's source MB/s in each
+  direction, what each further worker adds, how many workers can add anything, and the final flush."""
+  start_seconds: float
+  worker_mbps: dict[str, float]
+  extra_worker_share: float
+  useful_workers: int | None  # None: every worker adds
+  flush_bytes_per_second: float | None  # None: written back while converting (transforms/writeback.py)
+  not_included: str = ""  # what the estimate leaves out, said under it
+
+
+# The local runner (worker threads of one process): bench/run.sh and bench/scale.py on the 2-CPU
+# development VM, 2026-12-03. Start-up with imports and the commit ~2.5 s; one worker converts ~300 MB/s
+# of source to MaxText (8B-shaped, 8 layers: 20.45 s; DeepSeek-V3 slice, 9.8 GB: 36.1 s) and ~380 MB/s
+# back (one 3.85 GB shard: 10.3-12.4 s); a second worker on the second CPU adds 0.45 of one (14.79 s and
+# 26.2 s). Workers beyond the CPUs add nothing: they share them.
+LOCAL = Rates(start_seconds=2.5, worker_mbps={"to_maxtext": 300.0, "to_huggingface": 380.0},
+              extra_worker_share=0.45, useful_workers=os.cpu_count() or 1, flush_bytes_per_second=None)
+# Remote runners (Dataflow): each worker is a VM of its own, so each adds a whole one until the
+# storage is the limit. The per-worker rate is that of one local worker process (180 MB/s, bench/scale.py);
+# no Dataflow job has been measured. Start-up is the driver's planning and submission: the workers'
+# VMs take minutes more to start, which the estimate leaves out.
+REMOTE = Rates(start_seconds=10.0, worker_mbps={"to_maxtext": 180.0, "to_huggingface": 180.0},
+               extra_worker_share=1.0, useful_workers=None, flush_bytes_per_second=1e9,
+               not_included="the minutes a remote runner takes to start its workers' machines")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,16 +74,19 @@ class Preflight:
   # shard going to HF (a shard is written front to back by one worker). Default: the largest element.
   largest_unit_bytes: int | None = None
 
-  def estimated_seconds(self, workers: int, worker_mbps: float) -> float:
+  def estimated_seconds(self, workers: int, rates: Rates, worker_mbps: float | None = None) -> float:
     """Start-up, then bytes read over the workers' combined throughput (a worker cannot split its
-    unit of work), then the flush of what was written."""
-    per_worker = worker_mbps * 1e6
-    effective = 1 + EXTRA_WORKER_SHARE * (max(workers, 1) - 1)
+    unit of work), then the flush of what was written, if it waits until the end."""
+    per_worker = (worker_mbps or rates.worker_mbps[self.direction]) * 1e6
+    useful = min(max(workers, 1), rates.useful_workers or workers)
+    effective = 1 + rates.extra_worker_share * (useful - 1)
     unit = self.largest_element_bytes if self.largest_unit_bytes is None else self.largest_unit_bytes
     work = max(self.read_bytes / (per_worker * effective), unit / per_worker)
-    return START_SECONDS + work + self.written_bytes / FLUSH_BYTES_PER_SECOND
+    flush = self.written_bytes / rates.flush_bytes_per_second if rates.flush_bytes_per_second else 0.0
+    return rates.start_seconds + work + flush
 
-  def lines(self, workers: tuple[int, ...], worker_mbps: float) -> list[str]:
+  def lines(self, workers: tuple[int, ...], rates: Rates, worker_mbps: float | None = None,
+            runner: str = "the local runner") -> list[str]:
     out = [f"{self.direction} {self.family}: pre-flight plan (headers and metadata only)",
            f"  tensors            {self.tensors:,}",
            f"  elements           {self.elements:,} (tensors above --max_element_size are split into row blocks)",
@@ -72,9 +98,14 @@ class Preflight:
            f"  output             {self.arrays:,} arrays, {self.chunks:,} chunks" if self.direction == "to_maxtext"
            else f"  output             {self.arrays:,} safetensors files"]
     out += [f"  {k:<18} {v}" for k, v in self.extra]
+    mbps = worker_mbps or rates.worker_mbps[self.direction]
     for n in workers:
-      out.append(f"  estimate           {format_seconds(self.estimated_seconds(n, worker_mbps))} with {n} worker(s) "
-                 f"at {worker_mbps:g} MB/s each")
+      shared = (f", sharing {rates.useful_workers} CPU(s)" if rates.useful_workers and n > rates.useful_workers
+                else "")
+      out.append(f"  estimate           {format_seconds(self.estimated_seconds(n, rates, worker_mbps))} with {n} "
+                 f"worker(s) at {mbps:g} MB/s each on {runner}{shared}")
+    if rates.not_included:
+      out.append(f"  (the estimate leaves out {rates.not_included})")
     return out
 
 
@@ -144,5 +175,8 @@ def to_huggingface_preflight(plan: HfPlan, stored_itemsize: dict[str, int]) -> P
 
 
 def print_report(report: Preflight, conv: ConversionOptions) -> None:
+  """The report for the runner `conv` names: the local runner's rates, or a remote runner's."""
   workers = tuple(int(n) for n in str(conv.workers).split(",") if n.strip())
-  print("\n".join(report.lines(workers, conv.worker_mbps)))
+  local = runner.is_local(conv)
+  print("\n".join(report.lines(workers, LOCAL if local else REMOTE, conv.worker_mbps,
+                               "the local runner" if local else runner.runner_name(conv))))
