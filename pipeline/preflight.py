@@ -11,10 +11,10 @@ import math
 import os
 
 import models
+from pipeline import runner
 from pipeline.options import ConversionOptions
 from pipeline.planner import Plan
 from pipeline.plan_hf import HfPlan
-from pipeline import runner
 from pipeline.runner import human_bytes
 from transforms.orbax_layout import NUMPY_DTYPES
 from transforms.orbax_writer import WRITE_BLOCK_BYTES
@@ -25,7 +25,6 @@ from transforms.shard_dofns import PREFETCH_BYTES
 # A worker process besides its elements: Python, Beam's SDK harness, numpy, tensorstore's pools and
 # caches. Calibrated on bench/scale.py: 1.5-1.7 GB peak per process with 256 MiB elements.
 WORKER_BASE_BYTES = 900 * 2**20
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +85,7 @@ class Preflight:
     return rates.start_seconds + work + flush
 
   def lines(self, workers: tuple[int, ...], rates: Rates, worker_mbps: float | None = None,
-            runner: str = "the local runner") -> list[str]:
+            runner_label: str = "the local runner") -> list[str]:
     out = [f"{self.direction} {self.family}: pre-flight plan (headers and metadata only)",
            f"  tensors            {self.tensors:,}",
            f"  elements           {self.elements:,} (tensors above --max_element_size are split into row blocks)",
@@ -103,7 +102,7 @@ class Preflight:
       shared = (f", sharing {rates.useful_workers} CPU(s)" if rates.useful_workers and n > rates.useful_workers
                 else "")
       out.append(f"  estimate           {format_seconds(self.estimated_seconds(n, rates, worker_mbps))} with {n} "
-                 f"worker(s) at {mbps:g} MB/s each on {runner}{shared}")
+                 f"worker(s) at {mbps:g} MB/s each on {runner_label}{shared}")
     if rates.not_included:
       out.append(f"  (the estimate leaves out {rates.not_included})")
     return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import posixpath
-from typing import Any, Union
+from typing import Union
 
 import tensorstore as ts
 
@@ -46,8 +46,8 @@ class StoredValues:
 
 def stored_values(items: str) -> StoredValues | None:
   """The index of a local OCDBT checkpoint's values, made once per version of its manifest; None when
-  there is no manifest or it is not described as expected. Not for gs://: tensorstore's reads run
-  concurrently there, and the network, not the copies, is the cost."""
+  there is no local manifest or it is not described as expected. gs:// sources stay with tensorstore's
+  reads (chunk_copy): those run concurrently, and the network, not the copies, is their cost."""
   try:
     manifest = os.stat(storage.join(items, OCDBT_MANIFEST))
   except OSError:
