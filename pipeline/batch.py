@@ -110,7 +110,7 @@ def load_jobs(path: str, extra_flags: Sequence[str] = ()) -> list[Job]:
 
 
 def _normalized(path: str) -> str:
-  if storage.is_gcs(path) or storage.is_hub(path):
+  if not storage.is_local(path):
     return path.rstrip("/")
   return os.path.normpath(os.path.abspath(path))
 

@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Protocol, Sequence
 from pipeline import interrupts
 from pipeline.cli import error_line
 from pipeline.runner import human_bytes
-from transforms import disk_full, files, hub_io, writer_lock
+from transforms import disk_full, files, hub_io, storage, writer_lock
 from transforms.errors import ConversionError
 
 # Room kept beyond the plan's bytes for what it does not count: metadata files, OCDBT's B-tree nodes,
@@ -96,7 +96,7 @@ def release(claim: Claim) -> None:
   if claim.handed_over:
     return
   writer_lock.release(claim.held)
-  if claim.created and not files.is_gcs(claim.destination) and not hub_io.is_hub(claim.destination):
+  if claim.created and storage.is_local(claim.destination):
     with contextlib.suppress(OSError):
       os.rmdir(claim.destination)  # only if the run left it empty
 
@@ -147,7 +147,7 @@ def check_space(needs: Sequence[Need], free: Callable[[str], int] = disk_full.fr
   """One line if a local file system cannot hold what the run writes there (needs on one file system add up)."""
   by_device: dict[int, list[Need]] = {}
   for need in needs:
-    if files.is_gcs(need.directory) or hub_io.is_hub(need.directory) or need.nbytes <= 0:
+    if not storage.is_local(need.directory) or need.nbytes <= 0:
       continue
     by_device.setdefault(os.stat(disk_full.existing_parent(need.directory)).st_dev, []).append(need)
   for group in by_device.values():

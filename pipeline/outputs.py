@@ -134,7 +134,7 @@ def aux_bytes(hf_model_path: str | None) -> int:
 
 def existing_bytes(output: str, names: set[str]) -> int:
   """Local bytes of the files of ours already in `output` (what --overwrite removes first)."""
-  if storage.is_gcs(output) or hub_io.is_hub(output) or not os.path.isdir(output):
+  if not storage.is_local(output) or not os.path.isdir(output):
     return 0
   return sum(local_bytes(os.path.join(output, n)) for n in os.listdir(output)
              if n in names or n.endswith(".safetensors"))

@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOpti
 from transforms.errors import ConversionError
 from pipeline import interrupts
 from pipeline.options import ConversionOptions
-from transforms import hub_io, storage
+from transforms import storage
 from transforms.dofns import METRICS_NAMESPACE
 
 # Runs locally (worker threads, or processes on request) and never downloads the Prism runner (REFERENCE §4).
@@ -134,7 +134,7 @@ def check_dataflow(options: PipelineOptions, paths: dict[str, str | None]) -> No
                           "--sdk_container_image=<the flex template image> (dataflow_templates/README.md) or "
                           "--setup_file=./setup.py")
   for flag, path in paths.items():
-    if path and not (storage.is_gcs(path) or hub_io.is_hub(path)):
+    if path and storage.is_local(path):
       raise ConversionError(f"--{flag}={path}: Dataflow workers cannot see this machine's disk; use a gs:// path")
 
 

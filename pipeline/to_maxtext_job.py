@@ -183,7 +183,7 @@ def refuse_overlap(items: str, base_output_directory: str) -> None:
   source_step, target_step = storage.parent(items), storage.join(base_output_directory, STEP)
 
   def norm(path: str) -> str:
-    return path.rstrip("/") if storage.is_gcs(path) or hub.is_hub(path) else os.path.realpath(path)
+    return os.path.realpath(path) if storage.is_local(path) else path.rstrip("/")
   a, b = norm(source_step), norm(target_step)
   if a == b:
     raise ConversionError(f"base_output_directory={base_output_directory} would write {target_step}, the checkpoint "

@@ -129,7 +129,7 @@ def _stored_chunks(reader: CheckpointReader, source: ts.TensorStore, array: str,
   """Each key's stored bytes (None when missing), in order. A local source's are read from its files
   one at a time, each in one copy: an OCDBT data file's range (transforms/ocdbt_index.py), or a chunk's
   own file. Anything else goes through tensorstore, every read started at once."""
-  local = not (storage.is_gcs(reader.items) or storage.is_hub(reader.items))
+  local = storage.is_local(reader.items)
   index = ocdbt_index.stored_values(reader.items) if local and reader.use_ocdbt else None
   if index is not None:
     for key in keys:

@@ -77,6 +77,11 @@ def remove_tree(path: str) -> None:
   files.remove_tree(path)
 
 
+def is_local(path: str) -> bool:
+  """A path on this machine's file system: neither gs:// nor hf://."""
+  return not (is_gcs(path) or is_hub(path))
+
+
 def stored_bytes(path: str, names: list[str] | None = None) -> int | None:
   """The bytes the files below `path` (or only `names` in it) take in storage; None on the Hub."""
   return None if is_hub(path) else files.stored_bytes(path, names)
@@ -87,6 +92,6 @@ def list_names(path: str) -> list[str]:
   return hub_io.list_names(path) if is_hub(path) else files.list_names(path)
 
 
-__all__ = ["check_writable", "exists", "filesystem", "find", "fingerprint", "is_gcs", "is_hub", "join", "kvstore_spec",
+__all__ = ["check_writable", "exists", "filesystem", "find", "fingerprint", "is_gcs", "is_hub", "is_local", "join", "kvstore_spec",
            "list_names", "parent", "read_bytes", "read_text", "remove_tree", "size", "stored_bytes", "write_bytes",
            "write_text"]
