@@ -33,11 +33,18 @@ class StoredValues:
 
   def read(self, key: bytes) -> bytes | None:
     """The key's stored bytes, exactly as tensorstore would return them; None for a key not stored."""
+    return self._fetch(key, storage.read_bytes)
+
+  def view(self, key: bytes | str) -> bytes | memoryview | None:
+    """Like `read`, but a value in a data file is the page cache's own pages, mapped rather than copied."""
+    return self._fetch(key.encode() if isinstance(key, str) else key, storage.read_range)
+
+  def _fetch(self, key: bytes, read_file_range) -> bytes | memoryview | None:
     where = self.values.get(key)
     if where is None or isinstance(where, bytes):
       return where
     path, offset, length = where
-    data = storage.read_bytes(path, offset, offset + length)
+    data = read_file_range(path, offset, offset + length)
     if len(data) != length:
       raise ConversionError(f"{path}: {len(data)} of the {length} bytes at offset {offset} that the OCDBT "
                             f"manifest of {self.items} names; the checkpoint is damaged or still being written")

@@ -20,7 +20,7 @@ import numpy as np
 import tensorstore as ts
 
 from transforms.errors import ConversionError
-from transforms import checkpoint_tree, orbax_layout, orbax_writer, storage, writer_lock
+from transforms import checkpoint_tree, chunk_decode, orbax_layout, orbax_writer, storage, writer_lock
 from transforms.orbax_writer import ts_context
 
 
@@ -70,6 +70,7 @@ class CheckpointReader:
     self.use_zarr3 = bool(self.metadata.get("use_zarr3", False))
     self.use_ocdbt = storage.exists(storage.join(items, orbax_layout.OCDBT_MANIFEST))
     self._stores: dict[str, ts.TensorStore] = {}
+    self._decoders: dict[str, chunk_decode.ChunkDecoder | None] = {}
 
   def _kvstore(self, path: str) -> dict[str, Any]:
     key = orbax_layout.array_key(path)
@@ -133,13 +134,23 @@ class CheckpointReader:
     return self.tree.scan_layers
 
   def read_slice(self, path: str, fixed: Sequence[tuple[int, int]] = (),
-                 window: orbax_layout.Window | None = None) -> ts.Future:
+                 window: orbax_layout.Window | None = None) -> ts.Future | chunk_decode.Decoding:
     """Starts reading the array with the (axis, position) pairs of `fixed` taken out (a layer),
     cut to the row block `window` = (axis, start, stop) when given."""
+    return self.read_region(path, orbax_layout.region(self.array(path).rank, fixed, window))
+
+  def read_region(self, path: str, expr: tuple) -> ts.Future | chunk_decode.Decoding:
+    """Starts reading the region `expr` (per axis a position or a slice): decoded here from a local
+    disk when the encoding allows (transforms/chunk_decode.py), else by tensorstore."""
+    if path not in self._decoders:
+      store = self.array(path)
+      self._decoders[path] = chunk_decode.decoder(self.items, path, store.spec().to_json()["metadata"],
+                                                  store.dtype.numpy_dtype, self.use_ocdbt)
+    decoder = self._decoders[path]
+    if decoder is not None:
+      return decoder.read(expr)
     store = self.array(path)
-    if not fixed and window is None:
-      return store.read()
-    return store[orbax_layout.region(store.rank, fixed, window)].read()
+    return store[expr].read() if expr else store.read()
 
   def read(self, path: str, index: tuple = ()) -> np.ndarray:
     """The array at `path`, or the part of it that the numpy-style `index` selects."""
@@ -231,7 +242,7 @@ def read_together(refs: Sequence[OrbaxRef], rows: tuple[int, int] | None) -> lis
       expr[axis] = position
   if rows is not None:
     expr[first.window_axis] = slice(*rows)
-  block = reader.result(store[tuple(expr)].read(), first.array, first.index)
+  block = reader.result(reader.read_region(first.array, tuple(expr)), first.array, first.index)
   kept = [a for a, e in enumerate(expr) if isinstance(e, slice)]  # the block's axes, in order
   out = []
   for ref in refs:
