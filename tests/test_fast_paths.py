@@ -119,3 +119,47 @@ def test_the_huge_page_restart_happens_only_for_our_own_programs():
   off = subprocess.run([sys.executable, "-m", "pipeline.to_maxtext", "--help"],
                        env={**env, "CKPTFLOW_HUGEPAGES": "0"}, cwd=ROOT, capture_output=True, text=True)
   assert off.returncode == 0
+
+
+def record_fadvise(monkeypatch):
+  """(file, offset, length) of each POSIX_FADV_DONTNEED asked for."""
+  dropped = []
+
+  def fadvise(fd, offset, length, advice):
+    assert advice == os.POSIX_FADV_DONTNEED
+    dropped.append((os.readlink(f"/proc/self/fd/{fd}"), offset, length))
+  monkeypatch.setattr(os, "posix_fadvise", fadvise)
+  return dropped
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise here")
+def test_a_shard_drops_its_cached_pages_a_step_behind_what_it_wrote(tmp_path, monkeypatch):
+  monkeypatch.setattr(writeback, "WRITEBACK_BYTES", 1000)
+  dropped = record_fadvise(monkeypatch)
+  tensors = {f"t{i}": np.full((150,), i, np.float32) for i in range(12)}  # 600 bytes each, 7200 in all
+  path = tmp_path / "model.safetensors"
+  write_safetensors(str(path), tensors)
+  assert dropped and all(p.endswith(".tmp") for p, _, _ in dropped)
+  ends = [offset + length for _, offset, length in dropped]
+  assert [offset for _, offset, _ in dropped] == [0, *ends[:-1]]  # each range follows the last, none twice
+  assert ends[-1] <= 7200 - 1000  # never the last WRITEBACK_BYTES written
+  read = {name: read_tensor(ref) for name, ref in list_checkpoint(str(tmp_path)).items()}
+  assert all(np.array_equal(read[name], value) for name, value in tensors.items())
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise here")
+def test_another_writers_data_files_are_dropped_after_each_sync_once_per_size(tmp_path, monkeypatch):
+  data = tmp_path / "ocdbt.process_x" / "d"
+  data.mkdir(parents=True)
+  (data / "a").write_bytes(b"1" * 10)
+  monkeypatch.setattr(writeback, "sync_file_system", lambda path: None)
+  dropped = record_fadvise(monkeypatch)
+  passes = writeback._Writeback()  # pylint: disable=protected-access
+  passes._drop_synced(str(data))  # pylint: disable=protected-access
+  (data / "b").write_bytes(b"2" * 10)
+  passes._drop_synced(str(data))  # pylint: disable=protected-access
+  with open(data / "a", "ab") as f:
+    f.write(b"more")
+  passes._drop_synced(str(data))  # pylint: disable=protected-access
+  passes._drop_synced(str(tmp_path / "gone"))  # pylint: disable=protected-access
+  assert [(os.path.basename(p), o, n) for p, o, n in dropped] == [("a", 0, 0), ("b", 0, 0), ("a", 0, 0)]

@@ -110,6 +110,13 @@ class SliceWriter:
     self._stores: dict[str, ts.TensorStore] = {}
     self._ocdbt: dict | None = None  # its database, looked up at the first write
 
+  @property
+  def _data_files(self) -> str | None:
+    """The directory of this writer's OCDBT data files, which nothing else writes."""
+    if not self.target.use_ocdbt:
+      return None
+    return storage.join(self.target.items, orbax_layout.PROCESS_PREFIX + self.process_id, "d")
+
   def store(self, array: ArraySpec) -> ts.TensorStore:
     store = self._stores.get(array.path)
     if store is None:
@@ -152,13 +159,13 @@ class SliceWriter:
         pending.result()
       pending = future
     pending.result()
-    writeback.wrote(self.target.items, written)
+    writeback.wrote(self.target.items, written, self._data_files)
     return written
 
   def write_stored_chunk(self, array: ArraySpec, key: str, data: bytes) -> ts.Future:
     """Starts writing one already-encoded chunk (`key` as orbax_layout.chunk_keys names it), through the
     array's own key-value store: the same OCDBT sub-database its values go to."""
-    writeback.wrote(self.target.items, len(data))
+    writeback.wrote(self.target.items, len(data), self._data_files)
     return self.store(array).kvstore.write(key[len(array.key) + 1:], data)
 
 

@@ -320,6 +320,7 @@ class SafetensorsWriter:
       self._tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
       self._file = open(self._tmp, "wb")  # pylint: disable=consider-using-with
+      self._drop_behind = writeback.DropBehind(self._file.fileno())
     self._file.write(head)
 
   def write(self, name: str, array: np.ndarray) -> None:
@@ -347,6 +348,7 @@ class SafetensorsWriter:
       self._file.write(flat[i:i + _WRITE_SLICE].data)
     if self._tmp is not None:
       writeback.wrote(os.path.dirname(self._tmp), flat.size)
+      self._drop_behind.wrote(flat.size)
     self._rows = 0 if whole else self._rows + array.shape[0]
     if whole or self._rows == shape[0]:
       self._next += 1
