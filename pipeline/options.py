@@ -110,7 +110,7 @@ class ConversionOptions(PipelineOptions):
     add("--workers", default="1,8,32,128",
         help="Pre-flight: worker counts to estimate the wall time for (comma-separated).")
     add("--worker_mbps", type=float, default=None,
-        help="Pre-flight: source MB/s one worker converts. Default: the local runner's 300 to MaxText and 380 "
+        help="Pre-flight: source MB/s one worker converts. Default: the local runner's 300 to MaxText and 480 "
              "to HF (worker threads on the 2-CPU development VM, bench/run.sh), or 180 on Dataflow (one worker "
              "process here; no Dataflow job measured). Use your own figure from a small run.")
     add("--overwrite", type=str2bool, nargs="?", const=True, default=False,

@@ -41,10 +41,10 @@ class Rates:
 
 # The local runner (worker threads of one process): bench/run.sh and bench/scale.py on the 2-CPU
 # development VM, 2026-12-03. Start-up with imports and the commit ~2.5 s; one worker converts ~300 MB/s
-# of source to MaxText (8B-shaped, 8 layers: 20.45 s; DeepSeek-V3 slice, 9.8 GB: 36.1 s) and ~380 MB/s
-# back (one 3.85 GB shard: 10.3-12.4 s); a second worker on the second CPU adds 0.45 of one (14.79 s and
+# of source to MaxText (8B-shaped, 8 layers: 20.45 s; DeepSeek-V3 slice, 9.8 GB: 36.1 s) and ~480 MB/s
+# back (one 3.85 GB shard: 9.2-10.7 s since ckptflow decodes local chunks itself); a second worker on the second CPU adds 0.45 of one (14.79 s and
 # 26.2 s). Workers beyond the CPUs add nothing: they share them.
-LOCAL = Rates(start_seconds=2.5, worker_mbps={"to_maxtext": 300.0, "to_huggingface": 380.0},
+LOCAL = Rates(start_seconds=2.5, worker_mbps={"to_maxtext": 300.0, "to_huggingface": 480.0},
               extra_worker_share=0.45, useful_workers=os.cpu_count() or 1, flush_bytes_per_second=None)
 # Remote runners (Dataflow): each worker is a VM of its own, so each adds a whole one until the
 # storage is the limit. The per-worker rate is that of one local worker process (180 MB/s, bench/scale.py);

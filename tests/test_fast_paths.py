@@ -1,6 +1,7 @@
 """The fast paths of issue 18 give the same bytes as the plain ones: packed transposes, mapped reads,
 early writeback and the huge-page restart."""
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -161,5 +162,8 @@ def test_another_writers_data_files_are_dropped_after_each_sync_once_per_size(tm
   with open(data / "a", "ab") as f:
     f.write(b"more")
   passes._drop_synced(str(data))  # pylint: disable=protected-access
-  passes._drop_synced(str(tmp_path / "gone"))  # pylint: disable=protected-access
   assert [(os.path.basename(p), o, n) for p, o, n in dropped] == [("a", 0, 0), ("b", 0, 0), ("a", 0, 0)]
+  passes._drop_dirs.add(str(data))  # pylint: disable=protected-access
+  shutil.rmtree(data)
+  passes._drop_synced(str(data))  # a finished job's directory is forgotten  # pylint: disable=protected-access
+  assert not passes._drop_dirs and not passes._dropped  # pylint: disable=protected-access

@@ -8,13 +8,14 @@ instead asks for its file system to be synced from a background thread whenever 
 were written, so the disk works while the CPUs compress, and the final sync has only the last
 blocks left. Durability is unchanged: the commit still syncs before anything says "committed".
 
-A file we write ourselves (a safetensors shard) also drops its pages from the page cache once they
-are WRITEBACK_BYTES behind its end (`DropBehind`), by then on disk or on their way. On the development
-VM (KVM, with virtio_balloon giving the guest's free memory back to the host) a page the guest has
-not touched lately costs about a second per GB to fault in, and a written page left in the cache is
-one the next write cannot reuse: every page of the output was such a page. MaxText -> HF of the
-8B-shaped model spent 11 of its 18.5 CPU-seconds in the kernel that way, and 4.0 with its shard's
-pages dropped behind (docs/performance.md). A 1 TB conversion no longer pushes everything else out
+Written data also leaves the page cache once it is on its way to disk: a file we write ourselves (a
+safetensors shard) drops its pages a WRITEBACK_BYTES step behind its end (`DropBehind`), and each
+writer's OCDBT data files (tensorstore's) are dropped after every background sync. On the development
+VM (a Firecracker/KVM guest whose free memory goes back to the host) a page the guest has not
+touched lately costs about a second per GB to fault in, and a written page left in the cache is one
+the next write cannot reuse, so every page of the output was such a page. MaxText -> HF of the
+8B-shaped model spent 11 of its 18.5 CPU-seconds in the kernel, 4.0 with this; HF -> MaxText 9.3 of
+20.3, 3.3 with this (docs/performance.md). A 1 TB conversion no longer pushes everything else out
 of the cache either; the cost is that reading the output right afterwards comes from disk.
 """
 from __future__ import annotations
@@ -74,7 +75,10 @@ class _Writeback:
     the last pass: synced just now, so all but what was written meanwhile."""
     try:
       entries = list(os.scandir(directory))
-    except OSError:
+    except OSError:  # removed (a finished or failed job): forget it
+      with self._lock:
+        self._drop_dirs.discard(directory)
+      self._dropped = {f: n for f, n in self._dropped.items() if os.path.dirname(f) != directory}
       return
     for entry in entries:
       try:
