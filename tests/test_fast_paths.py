@@ -25,7 +25,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ((96, 80), np.float64),
     ((40, 30), np.dtype("V3")),  # no packing at all
 ])
-def test_transpose_copy_is_bit_exact(shape, dtype):
+@pytest.mark.parametrize("band_bytes", [tensor_ops.PARALLEL_COPY, 4096])
+def test_transpose_copy_is_bit_exact(shape, dtype, band_bytes, monkeypatch):
+  """One band, and (with small bands) every CPU's band meeting the next at a multiple of the tile."""
+  monkeypatch.setattr(tensor_ops, "PARALLEL_COPY", band_bytes)
+  monkeypatch.setattr(tensor_ops.os, "cpu_count", lambda: 3)
   rng = np.random.default_rng(7)
   dtype = np.dtype(dtype)
   a = rng.integers(0, 256, (shape[0], shape[1] * dtype.itemsize), dtype=np.uint8).view(dtype)
@@ -34,8 +38,11 @@ def test_transpose_copy_is_bit_exact(shape, dtype):
   assert out.view(np.uint8).tobytes() == np.ascontiguousarray(a.T).view(np.uint8).tobytes()
 
 
-def test_transpose_copy_keeps_every_nan_payload():
-  """bf16 NaNs of any payload (as random weights hold) come through the 16-byte items unchanged."""
+def test_transpose_copy_keeps_every_nan_payload(monkeypatch):
+  """bf16 NaNs of any payload (as random weights hold) come through the 16-byte items unchanged, in
+  bands on two threads."""
+  monkeypatch.setattr(tensor_ops, "PARALLEL_COPY", 2**18)
+  monkeypatch.setattr(tensor_ops.os, "cpu_count", lambda: 2)
   bits = np.arange(2**16, dtype=np.uint16)
   a = np.resize(bits, (512, 1024)).view(ml_dtypes.bfloat16)
   assert np.array_equal(tensor_ops.transpose_copy(a).view(np.uint16), np.ascontiguousarray(a.T).view(np.uint16))

@@ -20,7 +20,6 @@ import dataclasses
 import functools
 import itertools
 import math
-import os
 import threading
 from typing import Any, Callable
 
@@ -28,7 +27,7 @@ import google_crc32c
 import numpy as np
 import zstandard
 
-from transforms import ocdbt_index, orbax_layout, storage
+from transforms import cpu_pool, ocdbt_index, orbax_layout, storage
 from transforms.errors import ConversionError
 
 _MISSING = 2**64 - 1  # a shard index entry (offset and length) of an inner chunk never written
@@ -101,7 +100,7 @@ class ChunkDecoder:
     kept = [isinstance(e, slice) for e in expr]
     out = np.empty([hi - lo for (lo, hi), k in zip(bounds, kept) if k], self.layout.dtype)
     cells = [range(lo // c, -(-hi // c)) if hi > lo else range(0) for (lo, hi), c in zip(bounds, self.layout.stored)]
-    pool = _pool()
+    pool = cpu_pool.pool("decode")  # as many threads as tensorstore's would be
     jobs = [pool.submit(self._decode_stored_chunk, cell, bounds, kept, out) for cell in itertools.product(*cells)]
     return Decoding(out, jobs)
 
@@ -238,15 +237,3 @@ def _decompressor() -> zstandard.ZstdDecompressor:
   if found is None:
     found = _local.decompressor = zstandard.ZstdDecompressor()
   return found
-
-
-_pools: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
-
-
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
-  """The process's decoding threads, one per CPU (as many as tensorstore's would be); zstd releases
-  the GIL while it decompresses."""
-  pid = os.getpid()
-  if pid not in _pools:
-    _pools[pid] = concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="ckptflow-decode")
-  return _pools[pid]

@@ -10,10 +10,14 @@ Value ops (`RopeInterleave`, `Scale`) act on an array already in MaxText's layou
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import os
 from typing import Mapping
 
 import numpy as np
+
+from transforms import cpu_pool
 
 Sizes = Mapping[str, int]
 
@@ -112,6 +116,9 @@ COPY_TILE = 64
 STAGING_COLS = 512
 # Below this many elements numpy's own copy is faster than the tiles' Python loop.
 SMALL_COPY = 2**16
+# A transposing copy is split among the CPUs in bands of at least this many bytes.
+PARALLEL_COPY = 16 * 2**20
+_UNSIGNED = {1: np.dtype(np.uint8), 2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.uint64)}
 
 
 def contiguous(x: np.ndarray, dtype: np.dtype | None = None) -> np.ndarray:
@@ -127,29 +134,56 @@ def contiguous(x: np.ndarray, dtype: np.dtype | None = None) -> np.ndarray:
 
 
 def transpose_copy(a: np.ndarray) -> np.ndarray:
-  """`a.T` as a new C-contiguous array, bit for bit, for a 2-D `a` whose rows are dense."""
+  """`a.T` as a new C-contiguous array, bit for bit, for a 2-D `a` whose rows are dense.
+
+  The copies move the bits as unsigned integers of the item's size, never through the dtype's own
+  copy function (ml_dtypes' bfloat16 copies element by element, several times slower). Large
+  matrices are cut into bands of source rows, one task each on the CPU pool: numpy lets go of the
+  GIL in each tile's copy, so the bands (and the kernel's zeroing of the fresh pages they write)
+  run on every core.
+  """
   rows, cols = a.shape
   out = np.empty((cols, rows), a.dtype)
+  src, dst = _as_native(a), _as_native(out)
   k = PACKED_ITEM.itemsize // a.itemsize if PACKED_ITEM.itemsize % a.itemsize == 0 else 1
   packed_rows = rows - rows % k if k > 1 else 0
   if packed_rows:
-    target = out[:, :packed_rows].view(PACKED_ITEM)  # rows of `out` as items (unaligned is fine)
-    staging = np.empty((COPY_TILE, STAGING_COLS, k), a.dtype)
-    for i in range(0, packed_rows, COPY_TILE * k):
-      block = a[i:min(i + COPY_TILE * k, packed_rows)]
-      n = block.shape[0] // k
-      for j0 in range(0, cols, STAGING_COLS):
-        width = min(STAGING_COLS, cols - j0)
-        interleaved = staging[:n, :width]
-        for r in range(k):
-          interleaved[:, :, r] = block[r::k, j0:j0 + width]
-        items = interleaved.view(PACKED_ITEM).reshape(n, width)
-        for j in range(0, width, COPY_TILE):
-          target[j0 + j:j0 + j + COPY_TILE, i // k:i // k + n] = items[:, j:j + COPY_TILE].T
+    step = COPY_TILE * k
+    bands = max(1, min(os.cpu_count() or 1, a.nbytes // PARALLEL_COPY, packed_rows // step))
+    edges = [packed_rows * b // bands // step * step for b in range(bands)] + [packed_rows]
+    copy = functools.partial(_transpose_band, src, dst[:, :packed_rows].view(PACKED_ITEM), k)
+    if bands == 1:
+      copy(0, packed_rows)
+    else:
+      for job in [cpu_pool.pool("copy").submit(copy, lo, hi) for lo, hi in zip(edges, edges[1:])]:
+        job.result()
   for i in range(packed_rows, rows, COPY_TILE):
     for j in range(0, cols, COPY_TILE):
-      out[j:j + COPY_TILE, i:i + COPY_TILE] = a[i:i + COPY_TILE, j:j + COPY_TILE].T
+      dst[j:j + COPY_TILE, i:i + COPY_TILE] = src[i:i + COPY_TILE, j:j + COPY_TILE].T
   return out
+
+
+def _transpose_band(src: np.ndarray, target: np.ndarray, k: int, start: int, stop: int) -> None:
+  """Source rows [start, stop) (a multiple of k) into `target`, the transposed result as packed items."""
+  cols = src.shape[1]
+  staging = np.empty((COPY_TILE, STAGING_COLS, k), src.dtype)
+  for i in range(start, stop, COPY_TILE * k):
+    block = src[i:min(i + COPY_TILE * k, stop)]
+    n = block.shape[0] // k
+    for j0 in range(0, cols, STAGING_COLS):
+      width = min(STAGING_COLS, cols - j0)
+      interleaved = staging[:n, :width]
+      for r in range(k):
+        interleaved[:, :, r] = block[r::k, j0:j0 + width]
+      items = interleaved.view(PACKED_ITEM).reshape(n, width)
+      for j in range(0, width, COPY_TILE):
+        target[j0 + j:j0 + j + COPY_TILE, i // k:i // k + n] = items[:, j:j + COPY_TILE].T
+
+
+def _as_native(x: np.ndarray) -> np.ndarray:
+  """`x` viewed as unsigned integers of its item size (itself when there are none of that size)."""
+  native = _UNSIGNED.get(x.itemsize)
+  return x if native is None or x.dtype == native else x.view(native)
 
 
 def _as_transposed_matrix(x: np.ndarray) -> np.ndarray | None:
