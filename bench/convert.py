@@ -7,7 +7,8 @@ Side by side in one run, with the source files warm in the page cache:
 - the tiny qwen3 golden (tests/data/goldens/qwen3/hf), both ways: the fixed cost, process start to exit;
 - for each layer count, a random Llama-3.1-8B-shaped checkpoint (made once by make_model.py into
   bench-data/): `cp -r` of its files + `sync` (the faster of two), then `python -m pipeline.to_maxtext`
-  and, from its output, `python -m pipeline.to_huggingface`, each under measure.py (peak RSS of the
+  and, from its output (read once first: to_maxtext leaves it out of the page cache, and a cold read
+  from this disk would time the disk), `python -m pipeline.to_huggingface`, each under measure.py (peak RSS of the
   largest process and of the whole tree, sampled every 50 ms).
 The marginal cost is the 8B time minus the tiny time of the same direction; its ratio to cp is the goal
 (<= 1.5x). MaxText's own converter is not installed here: its times are those measured for the issue on
@@ -53,12 +54,15 @@ def convert_both_ways(model: str, tmp: str, label: str, results: str, repeat: in
   mt, hf = os.path.join(tmp, f"{label}-mt"), os.path.join(tmp, f"{label}-hf")
   to_mt, to_hf = [], []
   for _ in range(repeat):
+    shutil.rmtree(mt, ignore_errors=True)  # a new output each time, not --overwrite's removal of the last
+    warm(model)
     subprocess.run(["sync"], check=False)
     to_mt.append(measure(f"to_maxtext-{label}", [
         sys.executable, "-m", "pipeline.to_maxtext", f"base_output_directory={mt}", f"--hf_model_path={model}",
-        "--progress=false", "--overwrite", *workers, *extra], results))
+        "--progress=false", *workers, *extra], results))
     subprocess.run(["sync"], check=False)
     shutil.rmtree(hf, ignore_errors=True)
+    warm(mt)  # to_maxtext dropped its output from the page cache on the way to disk
     to_hf.append(measure(f"to_huggingface-{label}", [
         sys.executable, "-m", "pipeline.to_huggingface", f"load_parameters_path={os.path.join(mt, '0', 'items')}",
         f"base_output_directory={hf}", "--progress=false", *workers], results))
@@ -78,11 +82,13 @@ def copy_seconds(model: str, tmp: str, results: str) -> float:
   return min(walls)
 
 
-def warm(model: str) -> None:
-  for name in os.listdir(model):
-    with open(os.path.join(model, name), "rb") as f:
-      while f.read(64 * 2**20):
-        pass
+def warm(tree: str) -> None:
+  """Reads every file under `tree` once, so that a conversion starts from warm source files."""
+  for folder, _, names in os.walk(tree):
+    for name in names:
+      with open(os.path.join(folder, name), "rb") as f:
+        while f.read(64 * 2**20):
+          pass
 
 
 def main() -> int:
@@ -101,7 +107,6 @@ def main() -> int:
   rows, ok = [], True
   with tempfile.TemporaryDirectory(dir=a.data) as tmp:
     results = os.path.join(tmp, "results.jsonl")
-    warm(TINY)
     tiny = convert_both_ways(TINY, tmp, "tiny", results, max(a.repeat, 2), [], workers)
     for layers in a.layers:
       model = os.path.join(a.data, f"{a.preset}-{layers}l")
@@ -114,7 +119,6 @@ def main() -> int:
       budget_mb = (2 * largest + 1.5e9) / 2**20
       warm(model)
       cp = copy_seconds(model, tmp, results)
-      warm(model)
       ours = convert_both_ways(model, tmp, f"{layers}l", results, a.repeat, a.extra, workers)
       for direction, run, fixed in zip(("to_maxtext", "to_huggingface"), ours, tiny):
         within = run["rc"] == 0 and run["peak_proc_rss_mb"] < budget_mb
