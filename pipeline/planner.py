@@ -6,6 +6,7 @@ the plan is deterministic and the same for 1 or N workers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -64,12 +65,12 @@ class SliceTask:
   def window(self) -> tuple[int, int, int] | None:
     return None if self.block is None else (self.block_axis, *self.block.positions)
 
-  @property
+  @functools.cached_property  # (a plan asks each of its tens of thousands of tasks several times)
   def nbytes(self) -> int:
     """Bytes read from the source."""
     return sum(s.rows_nbytes(self.rows) for s in self.sources)
 
-  @property
+  @functools.cached_property
   def written_nbytes(self) -> int:
     shape = self.array.shape
     expr = orbax_layout.region(len(shape), self.index, self.window)

@@ -22,6 +22,7 @@ from transforms import cpu_pool
 Sizes = Mapping[str, int]
 
 
+@functools.lru_cache(maxsize=None)  # a family has a few dozen; a plan parses them per task
 def parse_axes(axes: str) -> tuple[tuple[str, ...], ...]:
   """'(heads head_dim) embed' -> (('heads', 'head_dim'), ('embed',))."""
   groups: list[tuple[str, ...]] = []
