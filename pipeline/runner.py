@@ -15,7 +15,7 @@ from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOpti
                                                   StandardOptions, WorkerOptions)
 
 from transforms.errors import ConversionError
-from pipeline import interrupts
+from pipeline import beam_import, interrupts
 from pipeline.options import ConversionOptions
 from transforms import storage
 from transforms.dofns import METRICS_NAMESPACE
@@ -237,6 +237,8 @@ def run(build: Callable[[beam.Pipeline, str | None], object], options: PipelineO
   local = is_local(options)
   verbose = bool(options.view_as(ConversionOptions).verbose)
   _QUIET_WORKERS.relay_errors = verbose
+  if not local:
+    beam_import.load_remote_io()
   with Progress(total, label, show_progress and local and wait, unit, total_bytes) as progress:
     pipeline = beam.Pipeline(options=options)
     build(pipeline, progress.path)
