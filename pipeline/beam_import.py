@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
+import importlib.machinery
 import sys
 
 # Imported by apache_beam.io and apache_beam.io.filesystems inside `try: ... except ImportError`.
@@ -31,26 +32,18 @@ DATAFLOW_API = "google.cloud.dataflow"
 
 
 class _WhileBeamImports(importlib.abc.MetaPathFinder):
-  """Answers for apache_beam (to step aside once it is imported), DEFERRED and DATAFLOW_API; every
-  other name goes to the finders after it."""
+  """Answers for apache_beam (found where Python would find it, to step aside once it is imported),
+  DEFERRED and DATAFLOW_API; every other name goes to the finders after it."""
 
   def find_spec(self, name, path, target=None):
     if (name in DEFERRED or name == DATAFLOW_API) and "apache_beam" in sys.modules:  # Beam's __init__ runs
       raise ModuleNotFoundError(f"{name} is imported when a job needs it (pipeline/beam_import.py)", name=name)
     if name != "apache_beam":
       return None
-    spec = self._others_spec(name, path, target)
-    if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+    spec = importlib.machinery.PathFinder.find_spec(name, path, target)
+    if spec is not None:
       spec.loader = _ThenStepAside(spec.loader, self)
     return spec
-
-  def _others_spec(self, name, path, target):
-    for finder in sys.meta_path:
-      if finder is not self and hasattr(finder, "find_spec"):
-        spec = finder.find_spec(name, path, target)
-        if spec is not None:
-          return spec
-    return None
 
 
 class _ThenStepAside(importlib.abc.Loader):
@@ -76,7 +69,7 @@ def install() -> None:
   """Makes the next `import apache_beam` leave out the modules above (nothing if it is imported
   already). Installing imports nothing: an entry point that restarts itself before its imports
   (hugepages.py) does not pay for Beam twice."""
-  if "apache_beam" not in sys.modules and not any(isinstance(f, _WhileBeamImports) for f in sys.meta_path):
+  if "apache_beam" not in sys.modules:
     sys.meta_path.insert(0, _WhileBeamImports())
 
 
