@@ -17,7 +17,8 @@ import ml_dtypes
 import numpy as np
 
 from transforms.errors import ConversionError
-from transforms import storage, writeback
+from transforms import storage
+from transforms.direct_io import DirectFile
 
 DTYPES: dict[str, np.dtype] = {
     "BF16": np.dtype(ml_dtypes.bfloat16),
@@ -298,9 +299,11 @@ def _header_bytes(entries: list[tuple[str, str, tuple[int, ...]]],
 class SafetensorsWriter:
   """Writes one safetensors file tensor by tensor, so memory holds one array at a time.
 
-  The header is fixed up front from `entries` (name, dtype code, shape, in file order).
+  The header is fixed up front from `entries` (name, dtype code, shape, in file order). A local
+  file may still be writing an array after write() returns: the caller must not change it.
   Until close() succeeds nothing exists at `path`: local files are written to
-  `path.<random>.tmp` and renamed; gs:// uploads are committed only on close.
+  `path.<random>.tmp` around the page cache (DirectFile), fsynced and renamed; gs:// uploads are
+  committed only on close.
   """
 
   def __init__(self, path: str, entries: list[tuple[str, str, tuple[int, ...]]],
@@ -319,8 +322,7 @@ class SafetensorsWriter:
       # Unique, so a retried or duplicated Beam work item cannot interleave with this one.
       self._tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
       os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-      self._file = open(self._tmp, "wb")  # pylint: disable=consider-using-with
-      self._drop_behind = writeback.DropBehind(self._file.fileno())
+      self._file = DirectFile(self._tmp)
     self._file.write(head)
 
   def write(self, name: str, array: np.ndarray) -> None:
@@ -343,12 +345,11 @@ class SafetensorsWriter:
           f"{self.path}: tensor {name} is {array.dtype} {list(array.shape)}, "
           f"expected {code} {list(shape)}" + (f" from row {self._rows}" if self._rows else ""))
     flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-    # Slices keep gcsfs's upload buffer small instead of a second copy of the whole array.
-    for i in range(0, flat.size, _WRITE_SLICE):
-      self._file.write(flat[i:i + _WRITE_SLICE].data)
     if self._tmp is not None:
-      writeback.wrote(os.path.dirname(self._tmp), flat.size)
-      self._drop_behind.wrote(flat.size)
+      self._file.write(flat)  # Queued whole: the disk takes it while the caller makes the next tensor.
+    else:  # Slices keep gcsfs's upload buffer small instead of a second copy of the whole array.
+      for i in range(0, flat.size, _WRITE_SLICE):
+        self._file.write(flat[i:i + _WRITE_SLICE].data)
     self._rows = 0 if whole else self._rows + array.shape[0]
     if whole or self._rows == shape[0]:
       self._next += 1
@@ -380,7 +381,7 @@ class SafetensorsWriter:
       self._file.discard()
       self._file.closed = True
     else:
-      self._file.close()
+      self._file.abort()
       storage.remove_tree(self._tmp)
 
   def __enter__(self) -> "SafetensorsWriter":

@@ -15,7 +15,7 @@ import apache_beam as beam
 import numpy as np
 
 from transforms.errors import ConversionError
-from transforms import disk_full, hub_io, hub_upload, leftovers, lora, manifest, stopping, storage, writer_lock
+from transforms import disk_full, hub_io, hub_upload, leftovers, lora, manifest, stopping, storage, writeback, writer_lock
 from transforms.convert import maxtext_to_hf
 from transforms.dofns import TensorCountingFn
 from transforms.orbax_reader import CheckpointReader
@@ -185,6 +185,8 @@ class FinalizeFn(beam.DoFn):
       raise ConversionError(f"{self.output}: {count} of {self.expected_tensors} tensors were written; "
                             "not writing config.json")
     if not hub_io.is_hub(self.output):
+      if not storage.is_gcs(self.output):  # shards are fsynced; their renames reach the disk before config.json
+        writeback.sync_file_system(self.output)
       with disk_full.writing(self.output, "the index, tokenizer files and config.json"):
         self._write(self.output, checksums)
       writer_lock.release(self.lock)  # config.json is written: the destination is free
