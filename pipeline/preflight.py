@@ -153,7 +153,8 @@ def _ops(plan: Plan, task) -> tuple:
 
 
 def to_huggingface_preflight(plan: HfPlan, stored_itemsize: dict[str, int]) -> Preflight:
-  """A worker holds the piece being converted, the next one being read, and the copy it casts to."""
+  """A worker holds the piece being converted, the copy it casts to, the next one being read, and the
+  last one still on its way to a local disk (transforms/direct_io.py)."""
   pieces = []
   for shard in plan.shards:
     for task in shard.tensors:
@@ -164,7 +165,7 @@ def to_huggingface_preflight(plan: HfPlan, stored_itemsize: dict[str, int]) -> P
         pieces.append((task.name, block, read, out))
   name, block, read, out = max(pieces, key=lambda p: max(p[2], p[3]))
   label = name + (f" rows {block.rows[0]}:{block.rows[1]}" if block is not None else "")
-  memory = WORKER_BASE_BYTES + max(r + 2 * o for _, _, r, o in pieces) + PREFETCH_BYTES
+  memory = WORKER_BASE_BYTES + max(r + 2 * o for _, _, r, o in pieces) + max(o for *_, o in pieces) + PREFETCH_BYTES
   by_shard: dict[str, int] = {}
   for shard in plan.shards:
     by_shard[shard.file] = sum(p[2] for p in pieces if any(p[0] == t.name for t in shard.tensors))

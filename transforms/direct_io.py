@@ -9,9 +9,9 @@ by nobody in this process again, so its bytes can go straight to the disk.
 A direct write returns only once the device has the bytes, so the writing happens on a thread of
 the file's own: write() queues the caller's buffer (by reference: it must not change until close)
 and returns, and the thread copies it through a reused, page-aligned staging buffer to the disk
-while the caller computes the next tensor. The queue holds at most QUEUE_BYTES beyond one buffer,
-so a process holds the tensor on its way to the disk plus the one it is making: the 2 x largest
-tensor of the memory budget.
+while the caller computes the next tensor. The queue holds at most QUEUE_BYTES beyond one array,
+so a worker holds one piece more than it did, the one on its way to the disk; pipeline/preflight.py
+counts it.
 
 O_DIRECT wants each write aligned to the device's block size in address, offset and length. The
 staging buffer is written whole; the last one is padded and the file truncated to its true size. A
